@@ -1,0 +1,32 @@
+"""The backend contract: batched chat generation with per-item token counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from mascompare.generation import GenerationConfig
+
+Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int  # after the chat template, without padding
+    completion_tokens: int  # generated tokens, without padding, up to and including EOS
+    usage_source: str = "local_count"  # "api" | "local_count" | "estimate"
+    cached_prompt_tokens: int | None = None
+    error: str | None = None
+
+
+class Backend(Protocol):
+    name: str  # "hf", "openai", ...
+    model_name: str  # what results and reports call the model
+    capabilities: frozenset[str]  # "chat" always; "hidden_states" for latent methods
+
+    def chat(self, conversations: list[list[Message]], gen: GenerationConfig) -> list[Completion]:
+        """One completion per conversation, in input order."""
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Prompt tokens of one conversation after the chat template."""
