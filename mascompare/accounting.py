@@ -52,12 +52,18 @@ class Accountant:
     def record(self, record: UsageRecord) -> None:
         self._records[record.sample_id].append(record)
 
-    def record_batch(self, sample_ids, agent, role, wall_time_s, input_tokens, output_tokens, round=0, **shared) -> None:
-        """Record one batched call: per-sample token counts, the wall time split equally."""
+    def record_completions(self, sample_ids, completions, agent, role, wall_time_s, round=0, **extra) -> None:
+        """Record one batched text call: each sample's own token counts and an equal share of the wall time.
+
+        Decoding n tokens takes n forward passes (the prefill yields the first token).
+        """
         share = wall_time_s / max(len(sample_ids), 1)
-        for sid, n_in, n_out in zip(sample_ids, input_tokens, output_tokens, strict=True):
-            self.record(UsageRecord(sid, agent, role, round, input_tokens=n_in, output_tokens=n_out,
-                                    wall_time_s=share, **shared))
+        for sid, c in zip(sample_ids, completions, strict=True):
+            self.record(UsageRecord(
+                sid, agent, role, round, input_tokens=c.prompt_tokens, output_tokens=c.completion_tokens,
+                forward_passes=c.completion_tokens, wall_time_s=share, usage_source=c.usage_source,
+                cost_usd=getattr(c, "cost_usd", None), **extra,
+            ))
 
     def take(self, sample_id: str) -> list[UsageRecord]:
         return self._records.pop(sample_id, [])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mascompare.errors import UserError
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -33,3 +35,10 @@ class Task(Protocol):
     def extract(self, text: str) -> Extraction: ...
 
     def score(self, answer: str | None, target: str) -> bool: ...
+
+
+def check_limit(limit) -> int | None:
+    """The validated `task.limit`: None keeps every sample, N keeps the first N."""
+    if limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0):
+        return limit
+    raise UserError(f"task.limit must be a non-negative integer or null, got {limit!r}.")

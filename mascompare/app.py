@@ -1,0 +1,42 @@
+"""The Hydra application: compose the config, run it, return the primary metric.
+
+`mascompare run ...` hands its arguments to `main` in-process, so multirun, sweepers and
+launchers work as with any Hydra app; sweepers optimise the returned accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from mascompare.errors import UserError
+from mascompare.runner import default_run_dir, execute
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# hydra.run.dir is computed from the run's own config, so the same command resumes in place.
+OmegaConf.register_new_resolver("mascompare_run_dir", lambda *, _root_: str(default_run_dir(_root_)), replace=True)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    try:
+        info = execute(cfg, hydra_cfg.runtime.output_dir)
+    except UserError as exc:
+        if hydra_cfg.mode == RunMode.RUN:
+            raise StopRun(exc) from exc
+        raise  # in a sweep Hydra records the failed job and names its overrides
+    return info["summary"][f"accuracy_{cfg.run.primary_metric}"]
+
+
+class StopRun(SystemExit):
+    """Carries a UserError past Hydra's job wrapper (which reports any Exception with its own banner)."""
+
+    def __init__(self, error: UserError):
+        super().__init__(2)
+        self.error = error

@@ -1,0 +1,194 @@
+"""Hugging Face transformers backend: batched chat generation with a model loaded in this process.
+
+Prompts are the model's chat template with the generation prompt. A model without a chat template
+(a base model such as Gemma-3-270m) gets a plain-text format instead: every message becomes
+"System: ...", "User: ..." or "Assistant: ..." (the role, capitalised, then the content), messages are
+separated by a blank line, and the prompt ends with "Assistant:" for the model to continue. The
+tokenizer adds its usual special tokens (e.g. BOS) to that text. A base model rarely emits EOS and goes
+on to write the user's next turn, so in this format a row also ends where its text first contains
+"\nUser:"; the completion's text stops before that marker, its token count includes it (as with EOS).
+
+Batches are left-padded with an attention mask; transformers' generate derives each row's positions
+from the mask, so with greedy decoding a row's output does not depend on the rest of its batch.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig as HFGenerationConfig
+
+from mascompare.backends.base import Completion, Message
+from mascompare.backends.models import ModelSource, resolve
+from mascompare.errors import UserError
+from mascompare.generation import GenerationConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MARKER_WINDOW = 8  # tokens decoded to look for a turn marker: more than a short ASCII marker can span
+
+
+def pick_device(spec: str) -> torch.device:
+    """`auto` is the first of cuda, mps, cpu that this machine has."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"backend.device must be auto, cpu, cuda, cuda:N or mps, got '{spec}'.")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"backend.device={spec} but this machine's torch sees {torch.cuda.device_count()} CUDA "
+                        "device(s); use backend.device=auto or cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("backend.device=mps but MPS is not available here; use backend.device=auto or cpu.")
+    return device
+
+
+def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on CUDA (float16 on GPUs without bfloat16) and float32 elsewhere."""
+    if spec == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if spec not in DTYPES:
+        raise UserError(f"backend.dtype must be auto, float32, bfloat16 or float16, got '{spec}'.")
+    return DTYPES[spec]
+
+
+def plain_prompt(messages: list[Message]) -> str:
+    """The documented fallback for models without a chat template."""
+    turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n\n".join([*turns, "Assistant:"])
+
+
+class HFBackend:
+    name = "hf"
+    capabilities = frozenset({"chat", "hidden_states"})
+    plain_turn_end = "\nUser:"  # where a row ends in the plain-text format
+
+    def __init__(self, backend_cfg, model_cfg):
+        start = time.perf_counter()
+        device = pick_device(str(backend_cfg.get("device", "auto")))
+        dtype = pick_dtype(str(backend_cfg.get("dtype", "auto")), device)
+        source = resolve(model_cfg)
+        model, tokenizer = _load(source, device, dtype)
+        self._setup(model, tokenizer, source.name, device)
+        self.load_seconds = time.perf_counter() - start
+
+    @classmethod
+    def from_loaded(cls, model, tokenizer, model_name: str, device: str | torch.device | None = None) -> "HFBackend":
+        """A backend around a model and tokenizer already in memory (tests, notebooks)."""
+        backend = cls.__new__(cls)
+        backend._setup(model, tokenizer, model_name, torch.device(device) if device is not None else model.device)
+        backend.load_seconds = 0.0
+        return backend
+
+    def _setup(self, model, tokenizer, model_name: str, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.device = device
+        self.dtype = model.dtype
+        defaults = model.generation_config
+        eos = defaults.eos_token_id if defaults.eos_token_id is not None else tokenizer.eos_token_id
+        self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        pad = next((p for p in (tokenizer.pad_token_id, defaults.pad_token_id) if p is not None), None)
+        self.pad_token_id = pad if pad is not None else (self.eos_token_ids or [0])[0]
+        # generate() fills every setting a call leaves unset from model.generation_config, i.e. from the
+        # model's files (e.g. Qwen3 ships temperature 0.6, top_k 20). Keep only the token ids there, so that
+        # our GenerationConfig alone decides decoding.
+        model.generation_config = HFGenerationConfig(
+            bos_token_id=defaults.bos_token_id, eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id)
+
+    def encode_chat(self, conversations: list[list[Message]]) -> list[list[int]]:
+        """Prompt token ids per conversation, generation prompt included, unpadded."""
+        if not self.tokenizer.chat_template:
+            return [self.tokenizer(plain_prompt(c))["input_ids"] for c in conversations]
+        texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                 for c in conversations]
+        # the template already holds every special token the model expects
+        return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return len(self.encode_chat([messages])[0])
+
+    def chat(self, conversations: list[list[Message]], gen: GenerationConfig) -> list[Completion]:
+        if not conversations:
+            return []
+        prompts = self.encode_chat(conversations)
+        input_ids, attention_mask = self.left_pad(prompts)
+        sampling = {} if gen.greedy else {"temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k}
+        config = HFGenerationConfig(max_new_tokens=gen.max_new_tokens, do_sample=not gen.greedy,
+                                    eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, **sampling)
+        plain = not self.tokenizer.chat_template
+        stop = StoppingCriteriaList([_StopAtMarker(self, input_ids.shape[1])]) if plain else None
+        with self._seeded(gen.seed), torch.inference_mode():
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                         stopping_criteria=stop)
+        generated = output[:, input_ids.shape[1]:].tolist()
+        return [self._completion(prompt, row, plain) for prompt, row in zip(prompts, generated)]
+
+    def left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask [B, longest], real tokens right-aligned."""
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            if prompt:
+                input_ids[row, width - len(prompt):] = torch.tensor(prompt)
+                attention_mask[row, width - len(prompt):] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    @contextmanager
+    def _seeded(self, seed: int):
+        """Seed this call's sampling without moving the caller's global RNG streams (other code, such as
+        mask sampling in pruned_mas, draws from them)."""
+        on_accelerator = self.device.type != "cpu"
+        with torch.random.fork_rng(devices=[self.device] if on_accelerator else [],
+                                   device_type=self.device.type if on_accelerator else None):
+            torch.manual_seed(seed)
+            yield
+
+    def ends_turn(self, tail: list[int]) -> bool:
+        """Whether the last tokens of a row's plain-format completion contain the turn marker."""
+        return self.plain_turn_end in self.tokenizer.decode(tail[-MARKER_WINDOW:], skip_special_tokens=True)
+
+    def _completion(self, prompt: list[int], generated: list[int], plain: bool) -> Completion:
+        # rows that finish early are filled with padding after their end, and the padding may be the EOS id
+        end = next((i + 1 for i, token in enumerate(generated) if token in self.eos_token_ids), len(generated))
+        if plain:
+            end = next((k for k in range(1, end + 1) if self.ends_turn(generated[:k])), end)
+        text = self.tokenizer.decode(generated[:end], skip_special_tokens=True)
+        if plain:
+            text = text.split(self.plain_turn_end)[0]
+        return Completion(text=text, prompt_tokens=len(prompt), completion_tokens=end)
+
+
+class _StopAtMarker(StoppingCriteria):
+    """Ends each row whose completion (the tokens after the prompt) has just written the turn marker."""
+
+    def __init__(self, backend: HFBackend, prompt_width: int):
+        self.backend, self.prompt_width = backend, prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - MARKER_WINDOW):].tolist()
+        return torch.tensor([self.backend.ends_turn(tail) for tail in tails], device=input_ids.device)
+
+
+def _load(source: ModelSource, device: torch.device, dtype: torch.dtype):
+    options = {"trust_remote_code": source.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **options)
+        # straight onto an accelerator, so a large model is never held twice in host memory
+        placement = {} if device.type == "cpu" else {"device_map": {"": device}}
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **options, **placement)
+    except (OSError, ValueError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+        raise UserError(f"Could not load model '{source.name}' from {source.path}: {reason}.") from error
+    return model, tokenizer

@@ -1,0 +1,87 @@
+"""What a run shows on the terminal: a progress bar while it works and a summary table at the end."""
+
+from __future__ import annotations
+
+import logging
+
+from rich import progress as rp
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def log_handler() -> logging.Handler:
+    """Console log handler (named in conf/hydra/job_logging/rich.yaml)."""
+    return RichHandler(console=console, show_path=False, show_time=False)
+
+
+class Progress:
+    """Samples done, running accuracy and tokens; silent when disabled."""
+
+    def __init__(self, total: int, done: int, enabled: bool = True):
+        self.enabled = enabled
+        self.correct = self.scored = self.errors = self.tokens = 0
+        self._bar = rp.Progress(
+            rp.TextColumn("[bold]{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+            rp.TextColumn("{task.fields[stats]}"), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
+            console=console, disable=not enabled,
+        )
+        self._task = self._bar.add_task("samples", total=total, completed=done, stats="")
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+    def advance(self, row: dict, metric: str) -> None:
+        usage = row["usage"]
+        self.tokens += usage["input_tokens"] + usage["output_tokens"]
+        if row.get("error"):
+            self.errors += 1
+        else:
+            self.scored += 1
+            self.correct += bool(row[f"correct_{metric}"])
+        stats = f"acc {self.correct}/{self.scored}" if self.scored else "acc -"
+        errors = f" · errors {self.errors}" if self.errors else ""
+        self._bar.update(self._task, advance=1, stats=f"{stats} · {self.tokens:,} tok{errors}")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _interval(ci) -> str:
+    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _num(value, fmt: str = "{:.1f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def summary_table(info: dict) -> Table:
+    s = info.get("summary") or {}
+    title = f"{info.get('method')} · {info.get('task')} · {info.get('model')}"
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("status", str(info.get("status")))
+    table.add_row("samples", f"{s.get('n', 0)} scored, {s.get('errors', 0)} failed")
+    for kind in ("strict", "flexible"):
+        table.add_row(f"accuracy ({kind})", _pct(s.get(f"accuracy_{kind}")) + _interval(s.get(f"accuracy_{kind}_ci95")))
+    table.add_row("input tokens / sample", _num(s.get("mean_input_tokens")))
+    table.add_row("output tokens / sample", _num(s.get("mean_output_tokens")))
+    if s.get("mean_latent_steps"):
+        table.add_row("latent steps / sample", _num(s.get("mean_latent_steps")))
+    table.add_row("calls / sample", _num(s.get("mean_calls")))
+    table.add_row("time / sample", _num(s.get("mean_time_per_sample_s"), "{:.2f} s") + " (model load excluded)")
+    table.add_row("cost", "unknown" if s.get("cost_usd") is None else f"${s['cost_usd']:.4f}")
+    table.add_row("run dir", str(info.get("run_dir")))
+    return table
+
+
+def print_summary(info: dict) -> None:
+    Console().print(summary_table(info))

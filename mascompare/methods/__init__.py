@@ -1,0 +1,41 @@
+"""Method registry and the method contract.
+
+A method gets a batch of samples and returns one final text per sample plus a transcript;
+every model call it makes is recorded with the accountant. Methods never score.
+Each method lives in one file, `mascompare/methods/<name>.py`, which defines `Method`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mascompare.registry import Registry
+
+METHODS = Registry(
+    "method",
+    {
+        "baseline": "mascompare.methods.baseline:Method",
+    },
+)
+
+
+@dataclass
+class Turn:
+    agent: str
+    role: str
+    round: int
+    text: str | None  # None when the agent thought in latent space and wrote nothing
+
+
+@dataclass
+class MethodOutput:
+    final_text: str
+    transcript: list[Turn] = field(default_factory=list)
+    error: str | None = None  # set when this sample failed (e.g. a request that failed after retries)
+
+
+def build_method(method_cfg, backend, task, gen, accountant):
+    return METHODS.get(method_cfg.name)(method_cfg, backend, task, gen, accountant)
+
+
+__all__ = ["METHODS", "MethodOutput", "Turn", "build_method"]

