@@ -73,6 +73,7 @@ def score_row(task, sample, output, wall_time_s: float, records) -> dict:
         "agents": [r.to_dict() for r in records],
         "transcript": [vars(t) for t in output.transcript],
         "wall_time_s": wall_time_s,
+        "diagnostics": output.diagnostics,
         "metadata": sample.metadata,
     }
 

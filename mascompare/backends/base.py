@@ -30,3 +30,6 @@ class Backend(Protocol):
 
     def count_tokens(self, messages: list[Message]) -> int:
         """Prompt tokens of one conversation after the chat template."""
+
+    def truncate_tokens(self, text: str, max_tokens: int) -> str:
+        """The text cut to its first max_tokens tokens (the model's tokens where it knows them)."""

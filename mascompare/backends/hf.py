@@ -118,6 +118,11 @@ class HFBackend:
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self.encode_chat([messages])[0])
 
+    def truncate_tokens(self, text: str, max_tokens: int) -> str:
+        """The text cut to its first max_tokens tokens."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
+
     def chat(self, conversations: list[list[Message]], gen: GenerationConfig) -> list[Completion]:
         if not conversations:
             return []

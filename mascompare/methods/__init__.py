@@ -15,6 +15,8 @@ METHODS = Registry(
     "method",
     {
         "baseline": "mascompare.methods.baseline:Method",
+        "text_mas": "mascompare.methods.text_mas:Method",
+        "latent_mas": "mascompare.methods.latent_mas:Method",
     },
 )
 
@@ -32,6 +34,7 @@ class MethodOutput:
     final_text: str
     transcript: list[Turn] = field(default_factory=list)
     error: str | None = None  # set when this sample failed (e.g. a request that failed after retries)
+    diagnostics: dict | None = None  # optional per-sample measurements a method records (e.g. latent norms)
 
 
 def build_method(method_cfg, backend, task, gen, accountant):
