@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, StoppingCriteria, StoppingCriteriaList
 from transformers import GenerationConfig as HFGenerationConfig
 
 from mascompare.backends.base import Completion, Message
@@ -150,6 +151,65 @@ class HFBackend:
                 attention_mask[row, width - len(prompt):] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
+    # ---- latent primitives: forward passes on a SharedCache (used by latent_mas) -------------------
+
+    def new_cache(self, batch_size: int) -> SharedCache:
+        empty = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)
+        return SharedCache(DynamicCache(config=self.model.config), empty,
+                           torch.zeros(batch_size, dtype=torch.long, device=self.device))
+
+    @torch.inference_mode()
+    def prefill(self, state: SharedCache, prompts: list[list[int]], visible: torch.Tensor | None = None):
+        """Append one left-padded segment of token ids to the cache.
+
+        `visible` ([B, state.length], 0/1) hides existing columns from this segment, and from the
+        latent steps that pass the same mask later; padding stays hidden regardless.
+        Returns the last layer's hidden state and the logits at each row's last token ([B, d], [B, V]).
+        """
+        input_ids, segment_mask = self.left_pad(prompts)
+        offsets = (segment_mask.cumsum(dim=1) - 1).clamp(min=0)
+        return self._extend(state, segment_mask, state.next_position[:, None] + offsets, visible,
+                            input_ids=input_ids)
+
+    @torch.inference_mode()
+    def step_embeds(self, state: SharedCache, embeds: torch.Tensor, visible: torch.Tensor | None = None):
+        """Append one position per row whose input is an embedding ([B, d]) rather than a token."""
+        ones = torch.ones((embeds.shape[0], 1), dtype=torch.long, device=self.device)
+        return self._extend(state, ones, state.next_position[:, None], visible, inputs_embeds=embeds[:, None, :])
+
+    def _extend(self, state: SharedCache, segment_mask, position_ids, visible, **inputs):
+        past_mask = state.mask
+        if visible is not None:
+            # columns appended after `visible` was made are the current agent's own: they stay visible
+            grown = state.length - visible.shape[1]
+            past_mask = past_mask * torch.cat([visible, visible.new_ones((visible.shape[0], grown))], dim=1)
+        out = self.model(**inputs, attention_mask=torch.cat([past_mask, segment_mask], dim=1),
+                         position_ids=position_ids, past_key_values=state.cache, use_cache=True,
+                         output_hidden_states=True, logits_to_keep=1)
+        state.mask = torch.cat([state.mask, segment_mask], dim=1)
+        state.next_position = state.next_position + segment_mask.sum(dim=1)
+        return out.hidden_states[-1][:, -1], out.logits[:, -1].float()
+
+    @torch.inference_mode()
+    def decode(self, state: SharedCache, first_logits: torch.Tensor, gen: GenerationConfig) -> list[list[int]]:
+        """Generate from the cache: up to gen.max_new_tokens per row, each row up to and including EOS."""
+        generator = torch.Generator(device=self.device).manual_seed(gen.seed)
+        eos = torch.tensor(self.eos_token_ids or [-1], device=self.device)
+        logits = first_logits
+        rows: list[list[int]] = [[] for _ in range(logits.shape[0])]
+        finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=self.device)
+        for step in range(gen.max_new_tokens):
+            tokens = next_token(logits, gen, generator)
+            for row, token in enumerate(tokens.tolist()):
+                if not finished[row]:
+                    rows[row].append(token)
+            finished |= torch.isin(tokens, eos)
+            if bool(finished.all()) or step == gen.max_new_tokens - 1:
+                break
+            ones = torch.ones((len(rows), 1), dtype=torch.long, device=self.device)
+            _, logits = self._extend(state, ones, state.next_position[:, None], None, input_ids=tokens[:, None])
+        return rows
+
     @contextmanager
     def _seeded(self, seed: int):
         """Seed this call's sampling without moving the caller's global RNG streams (other code, such as
@@ -175,6 +235,31 @@ class HFBackend:
         return Completion(text=text, prompt_tokens=len(prompt), completion_tokens=end)
 
 
+@dataclass
+class SharedCache:
+    """One KV cache for a whole batch, and the bookkeeping that keeps batching exact.
+
+    Every segment appended to the cache is left-padded to a common width, so rows hold padding
+    at different columns. `mask` remembers, per row, which columns are real (1) or padding (0);
+    every later forward pass attends through it, so padding never enters any row's attention.
+    `next_position` counts each row's real tokens, so RoPE positions ignore padding too: a row's
+    positions are exactly those it would have at batch size 1.
+    """
+
+    cache: DynamicCache
+    mask: torch.Tensor  # [B, length] long: 1 where the row has a real token
+    next_position: torch.Tensor  # [B] long: the position of each row's next token
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
+
+    def real_positions(self, visible: torch.Tensor | None = None) -> list[int]:
+        """Per row, how many real cache positions it can attend to (through `visible` if given)."""
+        mask = self.mask if visible is None else self.mask * visible
+        return mask.sum(dim=1).tolist()
+
+
 class _StopAtMarker(StoppingCriteria):
     """Ends each row whose completion (the tokens after the prompt) has just written the turn marker."""
 
@@ -184,6 +269,23 @@ class _StopAtMarker(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - MARKER_WINDOW):].tolist()
         return torch.tensor([self.backend.ends_turn(tail) for tail in tails], device=input_ids.device)
+
+
+def next_token(logits: torch.Tensor, gen: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
+    """Greedy, or temperature / top-k / top-p sampling, from [B, V] logits."""
+    if gen.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits / gen.temperature
+    if gen.top_k:
+        kth = torch.topk(logits, min(gen.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if gen.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
+        drop = probs.cumsum(dim=-1) - probs >= gen.top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
 def _load(source: ModelSource, device: torch.device, dtype: torch.dtype):

@@ -1,0 +1,164 @@
+"""latent_mas: LatentMAS (arXiv 2511.20639). Agents think in latent space; only the last agent writes text.
+
+The same agents and role instructions as text_mas (conf/roles/mas.yaml); only the channel differs.
+
+1. All agents of a batch share ONE KV cache: the team's working memory.
+2. Each non-final agent prefills its own prompt on that cache, then takes m latent steps
+   (`method.latent_steps`): the last layer's hidden state h at its last position is mapped back
+   to the input-embedding space,
+       e = (h W_a) * target_norm / ||h W_a||,   W_a = (W_out^T W_out + lambda I)^-1 W_out^T W_in,
+   and fed in as the next input embedding. Its prompt and its m thoughts stay in the cache.
+3. The final agent prefills its prompt on the cache (seeing everything before it) and decodes.
+
+Sequential: planner -> critic -> refiner -> judger, each agent attending to all earlier ones.
+Hierarchical: the experts must not see each other. Their segments are hidden from one another
+through the same per-row attention mask that hides padding; the summarizer sees them all.
+
+Differences from the reference implementation, on purpose:
+- m = 0 still hands the cache on: the final agent attends to the other agents' prompts. The
+  reference drops the cache when m = 0, which silently turns the method into a single agent.
+- Batches are exact: every segment is left-padded, padding is masked out of every later
+  attention, and positions count real tokens only (the reference lets pads into the cache, and
+  its accuracy falls with batch size > 1). Greedy outputs at batch 8 equal those at batch 1.
+- Hierarchical experts are independent, as the paper describes (the reference chains them).
+- W_a is computed on the model's full embedding matrices (no vocabulary resizing).
+- The final agent decodes with our own loop and the run's decoding settings (including top_k),
+  not with the model's generation defaults.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+import torch
+
+from mascompare.accounting import UsageRecord
+from mascompare.errors import UserError
+from mascompare.methods import MethodOutput, Turn
+from mascompare.methods.roles import agent_messages, agents_for
+
+RIDGE_LAMBDA = 1e-5  # the reference's regulariser for the least-squares realignment
+
+_realignments: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (W_a, target_norm)
+
+
+def realignment(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """W_a [d, d] and the mean input-embedding norm, in fp32, computed once per model.
+
+    W_a solves min ||W_out W_a - W_in||^2 + lambda ||W_a||^2: it maps an output-space hidden state
+    to the input space the way the vocabulary maps one embedding matrix onto the other.
+    """
+    if model not in _realignments:
+        w_in = model.get_input_embeddings().weight.detach().float()
+        w_out = model.get_output_embeddings().weight.detach().float()
+        gram = w_out.T @ w_out + RIDGE_LAMBDA * torch.eye(w_out.shape[1], device=w_out.device)
+        w_a = torch.linalg.solve(gram, w_out.T @ w_in)
+        _realignments[model] = (w_a, w_in.norm(dim=1).mean())
+    return _realignments[model]
+
+
+class Method:
+    requires = frozenset({"chat", "hidden_states"})
+
+    def __init__(self, cfg, backend, task, gen, accountant):
+        self.cfg, self.backend, self.task, self.gen, self.accountant = cfg, backend, task, gen, accountant
+        self.agents = agents_for(cfg)
+        self.hierarchical = cfg.structure == "hierarchical"
+        self.steps = cfg.latent_steps
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
+            raise UserError(f"method.latent_steps must be a non-negative integer, got {self.steps!r}.")
+        w_a, self.target_norm = realignment(backend.model)
+        # realign=false keeps the norm rescale (as the reference does): only the map becomes the identity
+        self.w_a = w_a if cfg.realign else None
+
+    # -- the algorithm -------------------------------------------------------------------------------
+
+    def run(self, samples) -> list[MethodOutput]:
+        state, turns, diagnostics = self.think_together(samples)
+        tokens = self.answer(state, samples)
+        texts = [self.backend.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
+        final = self.agents[-1]
+        return [
+            MethodOutput(text, turns + [Turn(final.name, final.role, len(self.agents) - 1, text)],
+                         diagnostics=diagnostics[i] or None)
+            for i, text in enumerate(texts)
+        ]
+
+    def think_together(self, samples):
+        """Run every non-final agent: prefill its prompt on the shared cache, then m latent steps."""
+        state = self.backend.new_cache(len(samples))
+        turns, diagnostics = [], [{} for _ in samples]
+        for index, agent in enumerate(self.agents[:-1]):
+            start = time.perf_counter()
+            # a hierarchical expert sees only its own segment; a sequential agent sees everything so far
+            visible = torch.zeros_like(state.mask) if self.hierarchical else None
+            received = state.real_positions(visible)
+            prompts = self.prompts(agent, samples)
+            hidden, _ = self.backend.prefill(state, prompts, visible)
+            thoughts = []
+            for _ in range(self.steps):
+                thoughts.append(hidden)
+                hidden, _ = self.backend.step_embeds(state, self.to_input_space(hidden), visible)
+            self.record(samples, agent, index, prompts, received, time.perf_counter() - start,
+                        latent_steps=self.steps, forward_passes=1 + self.steps, output_tokens=[0] * len(samples))
+            turns.append(Turn(agent.name, agent.role, index, None))
+            if self.cfg.diagnostics:
+                for i, notes in enumerate(diagnostics):
+                    notes[agent.name] = latent_diagnostics([h[i] for h in thoughts])
+        return state, turns, diagnostics
+
+    def to_input_space(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The realigned latent thought: h W_a rescaled to the mean input-embedding norm."""
+        aligned = hidden.float() if self.w_a is None else hidden.float() @ self.w_a
+        aligned = aligned * (self.target_norm / aligned.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        return aligned.to(hidden.dtype)
+
+    def prefill_final(self, state, samples):
+        """The final agent's prompt on top of everything in the cache.
+
+        Returns its next-token logits, its prompts, the cache positions each row received, and the time taken.
+        """
+        start = time.perf_counter()
+        received = state.real_positions()
+        prompts = self.prompts(self.agents[-1], samples)
+        _, logits = self.backend.prefill(state, prompts)
+        return logits, prompts, received, time.perf_counter() - start
+
+    def answer(self, state, samples) -> list[list[int]]:
+        """The final agent reads the whole cache and decodes the team's answer."""
+        logits, prompts, received, prefill_time = self.prefill_final(state, samples)
+        start = time.perf_counter()
+        tokens = self.backend.decode(state, logits, self.gen)
+        self.record(samples, self.agents[-1], len(self.agents) - 1, prompts, received,
+                    prefill_time + time.perf_counter() - start, latent_steps=0,
+                    forward_passes=[len(t) for t in tokens], output_tokens=[len(t) for t in tokens])
+        return tokens
+
+    # -- prompts and accounting ----------------------------------------------------------------------
+
+    def prompts(self, agent, samples) -> list[list[int]]:
+        instruction = self.task.answer_instruction()
+        return self.backend.encode_chat(
+            [agent_messages(self.cfg.roles.system, agent, s.question, instruction) for s in samples]
+        )
+
+    def record(self, samples, agent, index, prompts, received, wall_time_s, latent_steps, forward_passes,
+               output_tokens) -> None:
+        passes = forward_passes if isinstance(forward_passes, list) else [forward_passes] * len(samples)
+        share = wall_time_s / len(samples)
+        for i, sample in enumerate(samples):
+            self.accountant.record(UsageRecord(
+                sample.id, agent.name, agent.role, index, input_tokens=len(prompts[i]),
+                output_tokens=output_tokens[i], latent_steps=latent_steps, kv_positions_received=received[i],
+                forward_passes=passes[i], wall_time_s=share,
+            ))
+
+
+def latent_diagnostics(latents: list[torch.Tensor]) -> dict:
+    """Norm of each hidden state that became a latent thought, and the cosine similarity between
+    consecutive ones (after realignment every thought has the same norm, so the raw states tell more)."""
+    norms = [round(float(h.float().norm()), 4) for h in latents]
+    cosines = [round(float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=0)), 6)
+               for a, b in zip(latents, latents[1:])]
+    return {"latent_norms": norms, "latent_cosines": cosines}

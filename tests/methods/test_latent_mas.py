@@ -1,0 +1,206 @@
+"""LatentMAS mechanism on tiny random-weight models (tied and untied embeddings)."""
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
+
+from mascompare import runner as run_module
+from mascompare.accounting import Accountant
+from mascompare.app import CONF_DIR
+from mascompare.backends import BACKENDS
+from mascompare.cli import app
+from mascompare.errors import UserError
+from mascompare.generation import GenerationConfig
+from mascompare.methods.latent_mas import RIDGE_LAMBDA, Method, realignment
+from mascompare.tasks.arith import Arith
+
+
+def compose_cfg(*overrides):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=["method=latent_mas", "task=arith", *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def task():
+    return Arith(OmegaConf.create({"name": "arith", "seed": 3, "size_per_level": 4, "limit": 8}))
+
+
+@pytest.fixture(scope="module")
+def samples(task):
+    return task.load()
+
+
+@pytest.fixture(params=["untied", "tied"])
+def backend(request, tiny_backend, tiny_tied_backend):
+    return tiny_backend if request.param == "untied" else tiny_tied_backend
+
+
+def make_method(backend, task, *overrides, max_new_tokens=10, accountant=None):
+    cfg = compose_cfg(*overrides)
+    return Method(cfg.method, backend, task, GenerationConfig(max_new_tokens=max_new_tokens), accountant or Accountant())
+
+
+def test_m0_final_logits_equal_one_forward_over_the_concatenated_prompts(backend, task, samples):
+    method = make_method(backend, task, "method.latent_steps=0")
+    sample = samples[:1]
+    state, _, _ = method.think_together(sample)
+    logits, *_ = method.prefill_final(state, sample)
+    ids = sum((method.prompts(agent, sample)[0] for agent in method.agents), [])
+    with torch.inference_mode():
+        reference = backend.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+    assert torch.allclose(logits[0], reference, atol=1e-4)
+    assert not torch.allclose(logits[0], backend.model(input_ids=torch.tensor(
+        [method.prompts(method.agents[-1], sample)[0]])).logits[0, -1].float(), atol=1e-3), \
+        "with m=0 the judger must still see the other agents (the cache is handed on)"
+
+
+@pytest.mark.parametrize("steps", [0, 3])
+def test_cache_grows_by_each_prompt_plus_m_latent_steps(backend, task, samples, steps):
+    accountant = Accountant()
+    method = make_method(backend, task, f"method.latent_steps={steps}", max_new_tokens=4, accountant=accountant)
+    method.run(samples[:3])
+    for sample in samples[:3]:
+        records = accountant.take(sample.id)
+        assert [r.role for r in records] == ["planner", "critic", "refiner", "judger"]
+        expected = 0
+        for record in records:
+            assert record.kv_positions_received == expected  # everything before this agent, no padding
+            expected += record.input_tokens + record.latent_steps
+        assert [r.latent_steps for r in records] == [steps] * 3 + [0]
+        assert [r.forward_passes for r in records[:3]] == [1 + steps] * 3
+        assert records[-1].output_tokens == records[-1].forward_passes >= 1
+    state, _, _ = method.think_together(samples[:1])
+    prompt_lengths = [len(method.prompts(a, samples[:1])[0]) for a in method.agents[:-1]]
+    assert state.length == sum(prompt_lengths) + steps * len(prompt_lengths)
+
+
+def test_realignment_is_identity_for_tied_and_solves_ridge_for_untied(tiny_tied_model, tiny_model):
+    w_a, target_norm = realignment(tiny_tied_model)
+    assert torch.allclose(w_a, torch.eye(w_a.shape[0]), atol=1e-4)
+    w_in = tiny_tied_model.get_input_embeddings().weight.detach().float()
+    assert target_norm == pytest.approx(float(w_in.norm(dim=1).mean()))
+
+    w_a, _ = realignment(tiny_model)
+    w_in = tiny_model.get_input_embeddings().weight.detach().float()
+    w_out = tiny_model.get_output_embeddings().weight.detach().float()
+    lhs = (w_out.T @ w_out + RIDGE_LAMBDA * torch.eye(w_out.shape[1])) @ w_a
+    assert torch.allclose(lhs, w_out.T @ w_in, atol=1e-3 * float((w_out.T @ w_in).abs().max()))
+    assert not torch.allclose(w_a, torch.eye(w_a.shape[0]), atol=1e-2)
+    assert realignment(tiny_model)[0] is w_a  # computed once per model
+
+
+def test_realign_false_keeps_the_norm_rescale(tiny_backend, task):
+    method = make_method(tiny_backend, task, "method.realign=false")
+    hidden = torch.randn(3, tiny_backend.model.config.hidden_size) * 5
+    thought = method.to_input_space(hidden)
+    assert torch.allclose(thought.norm(dim=-1), method.target_norm.expand(3), rtol=1e-5)
+    assert torch.allclose(torch.nn.functional.cosine_similarity(thought, hidden), torch.ones(3), atol=1e-6)
+
+
+@pytest.mark.parametrize("structure", ["sequential", "hierarchical"])
+def test_batch_of_8_gives_the_same_texts_as_one_at_a_time(backend, task, samples, structure):
+    method = make_method(backend, task, f"method.structure={structure}", "method.latent_steps=3")
+    batched = [o.final_text for o in method.run(samples)]
+    single = [method.run([s])[0].final_text for s in samples]
+    assert batched == single
+    assert len(set(batched)) > 1  # the rows really differ, so the comparison means something
+
+
+class ThoughtRecorder:
+    """The real backend, keeping every latent input it is given."""
+
+    def __init__(self, backend):
+        self.backend, self.thoughts = backend, []
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def step_embeds(self, state, embeds, visible=None):
+        self.thoughts.append(embeds.clone())
+        return self.backend.step_embeds(state, embeds, visible)
+
+
+def expert_thoughts(backend, task, samples, structure, first_instruction):
+    recorder = ThoughtRecorder(backend)
+    method = make_method(recorder, task, f"method.structure={structure}", "method.latent_steps=3",
+                         f"method.roles.{structure}.0.instruction='{first_instruction}'")
+    method.think_together(samples[:2])
+    return torch.stack(recorder.thoughts[3:6])  # the second agent's three latent inputs
+
+
+def test_hierarchical_experts_do_not_see_each_other(backend, task, samples):
+    a = expert_thoughts(backend, task, samples, "hierarchical", "Solve it with algebra.")
+    b = expert_thoughts(backend, task, samples, "hierarchical", "Work it out with a long and careful table of numbers.")
+    assert torch.allclose(a, b, atol=1e-4)
+    # the same change does reach the second agent when agents build on each other
+    a = expert_thoughts(backend, task, samples, "sequential", "Solve it with algebra.")
+    b = expert_thoughts(backend, task, samples, "sequential", "Work it out with a long and careful table of numbers.")
+    assert not torch.allclose(a, b, atol=1e-2)
+
+
+def test_diagnostics_record_norms_and_cosines(tiny_backend, task, samples):
+    method = make_method(tiny_backend, task, "method.latent_steps=4", "method.diagnostics=true")
+    notes = method.run(samples[:2])[0].diagnostics
+    assert set(notes) == {"planner", "critic", "refiner"}
+    assert len(notes["planner"]["latent_norms"]) == 4 and len(notes["planner"]["latent_cosines"]) == 3
+    assert all(-1 <= c <= 1 for c in notes["critic"]["latent_cosines"])
+    assert make_method(tiny_backend, task).run(samples[:1])[0].diagnostics is None
+
+
+def test_negative_latent_steps_is_a_user_error(tiny_backend, task):
+    with pytest.raises(UserError, match="method.latent_steps must be a non-negative integer"):
+        make_method(tiny_backend, task, "method.latent_steps=-1")
+
+
+class ChatOnlyBackend:
+    name = "chat_only"
+    capabilities = frozenset({"chat"})
+
+    def __init__(self, *args):
+        raise AssertionError("the backend must not even be built")
+
+
+def test_backend_without_hidden_states_fails_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setitem(BACKENDS._entries, "chat_only", f"{__name__}:ChatOnlyBackend")
+    cfg = compose_cfg("backend.name=chat_only")
+    with pytest.raises(UserError, match="Method 'latent_mas' needs hidden_states, which backend 'chat_only' does not"):
+        run_module.execute(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("structure", ["sequential", "hierarchical"])
+def test_cli_run_records_latent_usage(tiny_model_dir, tmp_path, structure):
+    result = CliRunner().invoke(app, [
+        "run", "method=latent_mas", f"method.structure={structure}", "method.latent_steps=2", "task=arith",
+        "task.limit=2", f"model.path={tiny_model_dir}", "model.name=tiny", "generation.max_new_tokens=4",
+        "run.progress=false", f"run.output_root={tmp_path}",
+    ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (samples_file,) = tmp_path.glob("arith/latent_mas/tiny/*/samples.jsonl")
+    rows = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["usage"]["latent_steps"] == 6 and row["usage"]["calls"] == 4
+        assert [t["text"] is None for t in row["transcript"]] == [True, True, True, False]
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("structure", ["sequential", "hierarchical"])
+def test_smoke_on_the_embedded_model(tmp_path, structure):
+    result = CliRunner().invoke(app, [
+        "run", "method=latent_mas", f"method.structure={structure}", "task=arith", "task.limit=2",
+        "generation.max_new_tokens=24", "run.progress=false", f"run.output_root={tmp_path}",
+    ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (run_json,) = tmp_path.glob("arith/latent_mas/smollm2-135m/*/run.json")
+    summary = json.loads(run_json.read_text())["summary"]
+    assert summary["n"] == 2 and summary["mean_latent_steps"] == 30 and summary["mean_output_tokens"] > 0
