@@ -22,6 +22,19 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 OmegaConf.register_new_resolver("mascompare_run_dir", lambda *, _root_: str(default_run_dir(_root_)), replace=True)
 
 
+def compose_config(*overrides: str) -> DictConfig:
+    """The config `mascompare run <overrides>` would use, without running it (scripts, benchmarks, tests)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()

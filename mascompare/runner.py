@@ -78,9 +78,12 @@ def score_row(task, sample, output, wall_time_s: float, records) -> dict:
     }
 
 
-def error_row(sample, error: str, records) -> dict:
+def error_row(sample, error: str, records, output=None) -> dict:
+    """A failed sample: kept with whatever the method produced, and retried on resume."""
     return {"id": sample.id, "target": sample.target, "error": error, "usage": summed(records),
-            "agents": [r.to_dict() for r in records]}
+            "agents": [r.to_dict() for r in records],
+            "final_text": output.final_text if output else None,
+            "transcript": [vars(t) for t in output.transcript] if output else []}
 
 
 def execute(cfg: DictConfig, out_dir: str | Path) -> dict:
@@ -97,6 +100,8 @@ def execute(cfg: DictConfig, out_dir: str | Path) -> dict:
             f"Method '{cfg.method.name}' needs {', '.join(sorted(missing))}, which backend "
             f"'{cfg.backend.name}' does not provide; use backend=hf."
         )
+    if hasattr(method_cls, "check_config"):
+        method_cls.check_config(cfg.method)  # before the model loads, which can take minutes
     task = build_task(cfg.task)
     samples = task.load()
 
@@ -159,7 +164,7 @@ def _run_batches(method, task, todo, batch_size, store, accountant, cfg, already
                 if outputs is None:
                     row = error_row(sample, failure, records)
                 elif outputs[i].error:
-                    row = error_row(sample, outputs[i].error, records)
+                    row = error_row(sample, outputs[i].error, records, outputs[i])
                 else:
                     row = score_row(task, sample, outputs[i], share, records)
                 store.append(row)

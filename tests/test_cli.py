@@ -1,7 +1,6 @@
 """The CLI through typer's CliRunner: runs, sweeps, listing, showing and bad input."""
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -83,6 +82,10 @@ def test_list_shows_every_group():
         (["task=custom", "task.path=/nonexistent/file.jsonl"], "/nonexistent/file.jsonl"),
         (["task=arith", "run.batch_size=0"], "run.batch_size must be a positive integer"),
         (["task.limit=[1"], "Cannot parse the override 'task.limit=[1'"),
+        # method knobs are checked before the model is even looked for
+        (["method=latent_mas", "method.latent_steps=-1", "model.path=/nonexistent"],
+         "method.latent_steps must be a non-negative integer, got -1."),
+        (["method=text_mas", "method.structure=tree"], "method.structure must be one of sequential, hierarchical"),
     ],
 )
 def test_bad_input_is_one_sentence_exit_2(args, expected, tmp_path):

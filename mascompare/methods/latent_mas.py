@@ -61,13 +61,23 @@ def realignment(model) -> tuple[torch.Tensor, torch.Tensor]:
 class Method:
     requires = frozenset({"chat", "hidden_states"})
 
+    @staticmethod
+    def check_config(cfg) -> None:
+        """Every knob checked before the model loads."""
+        agents_for(cfg)
+        steps = cfg.latent_steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise UserError(f"method.latent_steps must be a non-negative integer, got {steps!r}.")
+        for flag in ("realign", "diagnostics"):
+            if not isinstance(cfg[flag], bool):
+                raise UserError(f"method.{flag} must be true or false, got {cfg[flag]!r}.")
+
     def __init__(self, cfg, backend, task, gen, accountant):
+        self.check_config(cfg)
         self.cfg, self.backend, self.task, self.gen, self.accountant = cfg, backend, task, gen, accountant
         self.agents = agents_for(cfg)
         self.hierarchical = cfg.structure == "hierarchical"
         self.steps = cfg.latent_steps
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
-            raise UserError(f"method.latent_steps must be a non-negative integer, got {self.steps!r}.")
         w_a, self.target_norm = realignment(backend.model)
         # realign=false keeps the norm rescale (as the reference does): only the map becomes the identity
         self.w_a = w_a if cfg.realign else None

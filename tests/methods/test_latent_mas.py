@@ -4,14 +4,12 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from mascompare import runner as run_module
 from mascompare.accounting import Accountant
-from mascompare.app import CONF_DIR
+from mascompare.app import compose_config
 from mascompare.backends import BACKENDS
 from mascompare.cli import app
 from mascompare.errors import UserError
@@ -21,12 +19,7 @@ from mascompare.tasks.arith import Arith
 
 
 def compose_cfg(*overrides):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=["method=latent_mas", "task=arith", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config("method=latent_mas", "task=arith", *overrides)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,125 @@
+"""baseline vs text_mas vs latent_mas on the same questions, same model, same settings, one process.
+
+Prints per method: accuracy, decoded and input tokens per sample, latent steps, wall time per
+sample (model loading excluded), and the latent/text ratios; then latent_mas throughput at
+batch 1 vs batch 8. Ratios are measured side by side in one run; absolute seconds on a shared
+machine are not stable, ratios are.
+
+    .venv/bin/python bench/latent_vs_text.py                     # embedded SmolLM2 on CPU
+    .venv/bin/python bench/latent_vs_text.py --random-shape qwen3-4b --device cuda   # GPU, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from mascompare.accounting import Accountant, summed
+from mascompare.app import compose_config
+from mascompare.backends import build_backend
+from mascompare.backends.hf import HFBackend
+from mascompare.generation import GenerationConfig
+from mascompare.methods import build_method
+from mascompare.tasks import build_task
+
+METHODS = ("baseline", "text_mas", "latent_mas")
+# Published shapes, for random-weight speed runs on a GPU (no download needed).
+SHAPES = {
+    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+}
+
+
+def compose_cfg(method: str, args) -> object:
+    overrides = [f"method={method}", f"task={args.task}", f"task.limit={args.limit}",
+                 f"generation.max_new_tokens={args.max_new_tokens}"]
+    if method != "baseline":
+        overrides.append(f"method.structure={args.structure}")
+    if method == "latent_mas":
+        overrides.append(f"method.latent_steps={args.latent_steps}")
+    return compose_config(*overrides)
+
+
+def random_backend(shape: str, device: str, base: HFBackend) -> HFBackend:
+    """A random-weight Qwen3 of the published shape, with the embedded model's tokenizer."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=len(base.tokenizer), **SHAPES[shape])
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    with torch.device(device):
+        model = Qwen3ForCausalLM(config).to(dtype)
+    return HFBackend.from_loaded(model, base.tokenizer, f"random-{shape}", device)
+
+
+def run_method(method_name, backend, task, samples, batch_size, args) -> dict:
+    cfg = compose_cfg(method_name, args)
+    accountant = Accountant()
+    method = build_method(cfg.method, backend, task, GenerationConfig.from_cfg(cfg.generation), accountant)
+    correct, start = 0, time.perf_counter()
+    for i in range(0, len(samples), batch_size):
+        batch = samples[i:i + batch_size]
+        for sample, output in zip(batch, method.run(batch)):
+            correct += task.score(task.extract(output.final_text).flexible, sample.target)
+    if backend.device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    usage = summed([r for s in samples for r in accountant.take(s.id)])
+    n = len(samples)
+    return {"accuracy": correct / n, "decoded": usage["output_tokens"] / n, "input": usage["input_tokens"] / n,
+            "latent": usage["latent_steps"] / n, "seconds": elapsed / n}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="arith")
+    parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--latent-steps", type=int, default=10)
+    parser.add_argument("--structure", default="sequential", choices=("sequential", "hierarchical"))
+    parser.add_argument("--random-shape", choices=sorted(SHAPES), help="random weights of this shape (speed only)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    cfg = compose_cfg("baseline", args)
+    cfg.backend.device = args.device
+    backend = build_backend(cfg.backend, cfg.model)
+    if args.random_shape:
+        backend = random_backend(args.random_shape, str(backend.device), backend)
+    task = build_task(cfg.task)
+    samples = task.load()
+    console = Console()
+    console.print(f"{len(samples)} {args.task} questions · {backend.model_name} on {backend.device} "
+                  f"({backend.dtype}) · max_new_tokens {args.max_new_tokens} · batch {args.batch_size} · "
+                  f"{args.structure} · m={args.latent_steps} · greedy")
+
+    for name in METHODS:  # warm-up: the first forward passes of a process are slow
+        run_method(name, backend, task, samples[:2], 2, args)
+    results = {name: run_method(name, backend, task, samples, args.batch_size, args) for name in METHODS}
+
+    table = Table(title="per sample, same questions and settings")
+    for column in ("method", "accuracy", "decoded tokens", "input tokens", "latent steps", "wall time (s)"):
+        table.add_column(column, justify="right")
+    for name, r in results.items():
+        table.add_row(name, f"{r['accuracy']:.0%}", f"{r['decoded']:.1f}", f"{r['input']:.1f}", f"{r['latent']:.0f}",
+                      f"{r['seconds']:.2f}")
+    console.print(table)
+    text, latent = results["text_mas"], results["latent_mas"]
+    console.print(f"latent/text decoded tokens: {latent['decoded'] / text['decoded']:.3f} "
+                  f"({1 - latent['decoded'] / text['decoded']:.1%} fewer; paper: 70.8-83.7% fewer)")
+    console.print(f"latent/text input tokens:   {latent['input'] / text['input']:.3f}")
+    console.print(f"text/latent wall time:      {text['seconds'] / latent['seconds']:.2f}x speed-up (paper: 4.0-4.3x)")
+
+    batch1 = run_method("latent_mas", backend, task, samples, 1, args)["seconds"]
+    console.print(f"latent_mas throughput, batch {args.batch_size} vs batch 1: {batch1 / latent['seconds']:.2f}x "
+                  f"({1 / batch1:.2f} vs {1 / latent['seconds']:.2f} samples/s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""text_mas: the agents talk in text (TextMAS, the LatentMAS paper's text baseline).
+
+Every agent is the same model with its own role prompt (methods/roles.py, shared with latent_mas);
+what an agent passes on is its decoded text, labelled with its name, e.g. "[planner]\\n<text>".
+
+- sequential: the agents run in order; each reads the question and the hand-offs of ALL agents
+  before it, and the last one answers.
+- hierarchical: the experts (every agent but the last) answer independently, without context;
+  the last agent (the summarizer) reads all their hand-offs and answers.
+
+Each step is one batched chat call across the batch's samples (the experts: one call across
+experts x samples), so the method runs on any chat backend.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from mascompare.errors import UserError
+from mascompare.methods import MethodOutput, Turn
+from mascompare.methods.roles import agents_for, agent_messages
+
+THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL)  # a closed block, or an unclosed tail
+
+
+def strip_thoughts(text: str) -> str:
+    """The text without its <think>…</think> blocks (an unclosed one runs to the end)."""
+    text = THINK_BLOCK.sub("", text)
+    # some chat templates open the think block in the prompt: then the output starts inside it
+    return text.rpartition("</think>")[2]
+
+
+class Method:
+    requires = frozenset({"chat"})
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        """Every knob checked before the model loads."""
+        agents_for(cfg)
+        strip = cfg.get("strip_think", False)
+        if not isinstance(strip, bool):
+            raise UserError(f"method.strip_think must be true or false, got {strip!r}.")
+        cap = cfg.get("handoff_max_tokens")
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            raise UserError(f"method.handoff_max_tokens must be null or a positive integer, got {cap!r}.")
+
+    def __init__(self, cfg, backend, task, gen, accountant):
+        self.check_config(cfg)
+        self.cfg, self.backend, self.task, self.gen, self.accountant = cfg, backend, task, gen, accountant
+        self.agents = agents_for(cfg)
+        self.system = cfg.roles.get("system")
+        self.strip_think = cfg.get("strip_think", False)
+        self.handoff_max_tokens = cfg.get("handoff_max_tokens")
+
+    def run(self, samples) -> list[MethodOutput]:
+        outputs = [MethodOutput("") for _ in samples]
+        *first, final = self.agents
+        if self.cfg.structure == "sequential":
+            handoffs = [[] for _ in samples]  # per sample: the labelled texts of the agents so far
+            for round, agent in enumerate(first):
+                (texts,) = self.ask([agent], samples, [_joined(h) for h in handoffs], round, outputs)
+                for h, text in zip(handoffs, texts):
+                    h.append(self.handoff(agent, text))
+            contexts, final_round = [_joined(h) for h in handoffs], len(first)
+        else:
+            texts = self.ask(first, samples, [None] * len(samples), 0, outputs)
+            contexts = [_joined(self.handoff(a, t[i]) for a, t in zip(first, texts)) for i in range(len(samples))]
+            final_round = 1
+        (answers,) = self.ask([final], samples, contexts, final_round, outputs)
+        for output, answer in zip(outputs, answers):
+            output.final_text = answer
+        return outputs
+
+    def ask(self, agents, samples, contexts, round, outputs) -> list[list[str]]:
+        """One batched call: each agent on each sample with that sample's context. Records every
+        completion and appends it to the sample's transcript; returns texts[agent][sample]."""
+        instruction = self.task.answer_instruction()
+        conversations = [agent_messages(self.system, agent, s.question, instruction, context)
+                         for agent in agents for s, context in zip(samples, contexts)]
+        start = time.perf_counter()
+        completions = self.backend.chat(conversations, self.gen)
+        share = (time.perf_counter() - start) / len(agents)  # record_completions splits it across samples
+        ids, n, texts = [s.id for s in samples], len(samples), []
+        for k, agent in enumerate(agents):
+            mine = completions[k * n:(k + 1) * n]
+            self.accountant.record_completions(ids, mine, agent=agent.name, role=agent.role,
+                                               wall_time_s=share, round=round)
+            for output, c in zip(outputs, mine):
+                output.transcript.append(Turn(agent.name, agent.role, round, c.text))
+                output.error = output.error or c.error
+            texts.append([c.text for c in mine])
+        return texts
+
+    def handoff(self, agent, text: str) -> str:
+        """What later agents read of this agent's text: thoughts stripped and length capped if configured."""
+        if self.strip_think:
+            text = strip_thoughts(text)
+        if self.handoff_max_tokens is not None:
+            text = self.backend.truncate_tokens(text, self.handoff_max_tokens)
+        return f"[{agent.name}]\n{text.strip()}"
+
+
+def _joined(handoffs) -> str:
+    return "\n\n".join(handoffs)

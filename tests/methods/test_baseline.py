@@ -1,0 +1,52 @@
+"""baseline on a tiny random-weight model (greedy): its prompt, its records, batching."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from mascompare.accounting import Accountant
+from mascompare.app import compose_config
+from mascompare.generation import GenerationConfig
+from mascompare.methods.baseline import Method
+from mascompare.tasks.arith import Arith
+
+GEN = GenerationConfig(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    """cfg.method of `method=baseline`, composed from the real conf/."""
+    return compose_config("method=baseline").method
+
+
+@pytest.fixture
+def task():
+    return Arith(OmegaConf.create({"limit": 8}))
+
+
+def test_prompt_has_the_system_message_the_question_and_the_answer_format(cfg, task, tiny_backend):
+    question = task.load()[3].question
+    system, user = Method(cfg, tiny_backend, task, GEN, Accountant()).prompt(question)
+    assert system == {"role": "system", "content": cfg.system} and cfg.system
+    assert user["role"] == "user"
+    assert question in user["content"] and task.answer_instruction() in user["content"]
+
+
+def test_one_record_per_sample_with_its_tokens(cfg, task, tiny_backend):
+    accountant, samples = Accountant(), task.load()[:3]
+    method = Method(cfg, tiny_backend, task, GEN, accountant)
+    outputs = method.run(samples)
+    completions = tiny_backend.chat([method.prompt(s.question) for s in samples], GEN)
+    for sample, output, completion in zip(samples, outputs, completions):
+        (record,) = accountant.take(sample.id)
+        assert (record.agent, record.role, record.round) == ("answerer", "answerer", 0)
+        assert (record.input_tokens, record.output_tokens) == (completion.prompt_tokens, completion.completion_tokens)
+        assert output.final_text == completion.text and output.error is None
+        assert [(t.agent, t.text) for t in output.transcript] == [("answerer", completion.text)]
+
+
+def test_batch_of_eight_equals_one_at_a_time(cfg, task, tiny_backend):
+    samples = task.load()
+    batched = Method(cfg, tiny_backend, task, GEN, Accountant()).run(samples)
+    alone = [Method(cfg, tiny_backend, task, GEN, Accountant()).run([s])[0] for s in samples]
+    assert batched == alone
+    assert len({o.final_text for o in batched}) > 1
