@@ -105,3 +105,14 @@ def test_full_error_env_shows_traceback(monkeypatch, tmp_path):
 def test_show_rejects_a_directory_without_run_json(tmp_path):
     result = invoke("show", str(tmp_path))
     assert result.exit_code == 2 and "has no run.json" in result.output
+
+
+@pytest.mark.embedded
+def test_smoke_baseline_on_the_embedded_model(tmp_path):
+    result = invoke("run", "method=baseline", "task=gsm8k", "task.limit=2", "generation.max_new_tokens=16",
+                    "run.progress=false", f"run.output_root={tmp_path}")
+    assert result.exit_code == 0, result.output
+    (run_json,) = tmp_path.glob("gsm8k/baseline/smollm2-135m/*/run.json")
+    info = json.loads(run_json.read_text())
+    assert info["summary"]["n"] == 2 and 0 < info["summary"]["mean_output_tokens"] <= 16
+    assert info["summary"]["mean_input_tokens"] > 50  # a GSM8K question through the chat template

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from functools import partial
 
 from mascompare.errors import UserError
-from mascompare.tasks.base import Extraction, Sample, check_limit
-from mascompare.tasks.extract import EXTRACTOR_VERSION, NUMERIC_INSTRUCTION, extract_numeric, numbers_equal
+from mascompare.tasks.base import Sample, check_limit
+from mascompare.tasks.extract import NumericAnswers
 
 LEVELS = (1, 2, 3, 4, 5)
 
@@ -49,9 +49,8 @@ LOSSES = [
 Problem = tuple[str, str]  # (question, expression whose value is the answer)
 
 
-class Arith:
+class Arith(NumericAnswers):
     name = "arith"
-    extractor_version = EXTRACTOR_VERSION
 
     def __init__(self, cfg):
         self.seed = cfg.get("seed", 0)
@@ -77,15 +76,6 @@ class Arith:
             target=str(answer),
             metadata={"level": level, "expression": expression},
         )
-
-    def answer_instruction(self) -> str:
-        return NUMERIC_INSTRUCTION
-
-    def extract(self, text: str) -> Extraction:
-        return extract_numeric(text)
-
-    def score(self, answer: str | None, target: str) -> bool:
-        return numbers_equal(answer, target)
 
 
 def _check_levels(levels) -> list[int]:

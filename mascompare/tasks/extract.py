@@ -217,3 +217,18 @@ def _unwrap_text(s: str) -> str:
 
 def _text_key(s: str) -> str:
     return " ".join(_unwrap_text(s).rstrip(".").split()).casefold()
+
+
+class NumericAnswers:
+    """Answer format, extraction and scoring for every task whose answer is a number."""
+
+    extractor_version = EXTRACTOR_VERSION
+
+    def answer_instruction(self) -> str:
+        return NUMERIC_INSTRUCTION
+
+    def extract(self, text: str) -> Extraction:
+        return extract_numeric(text)
+
+    def score(self, answer: str | None, target: str) -> bool:
+        return numbers_equal(answer, target)

@@ -18,14 +18,8 @@ import urllib.request
 from pathlib import Path
 
 from mascompare.errors import UserError
-from mascompare.tasks.base import Extraction, Sample, check_limit
-from mascompare.tasks.extract import (
-    EXTRACTOR_VERSION,
-    NUMERIC_INSTRUCTION,
-    extract_numeric,
-    normalize_number,
-    numbers_equal,
-)
+from mascompare.tasks.base import Sample, check_limit
+from mascompare.tasks.extract import NumericAnswers, normalize_number
 
 HUB_ID = "openai/gsm8k"
 HUB_CONFIG = "main"
@@ -38,9 +32,8 @@ SPLITS = ("test", "train")
 HUB_PROBE_TIMEOUT_S = 5.0
 
 
-class GSM8K:
+class GSM8K(NumericAnswers):
     name = "gsm8k"
-    extractor_version = EXTRACTOR_VERSION
 
     def __init__(self, cfg):
         self.source = cfg.get("source", "auto")
@@ -66,15 +59,6 @@ class GSM8K:
         else:
             rows, origin = _read_hub(self.split), HUB_ID
         return [_sample(i, row, self.split, origin) for i, row in enumerate(rows[: self.limit])]
-
-    def answer_instruction(self) -> str:
-        return NUMERIC_INSTRUCTION
-
-    def extract(self, text: str) -> Extraction:
-        return extract_numeric(text)
-
-    def score(self, answer: str | None, target: str) -> bool:
-        return numbers_equal(answer, target)
 
 
 def _sample(index: int, row: dict, split: str, origin: str) -> Sample:
