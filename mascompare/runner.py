@@ -106,6 +106,8 @@ def execute(cfg: DictConfig, out_dir: str | Path) -> dict:
     samples = task.load()
 
     store = results.RunStore(out_dir)
+    # what the method reported last time (e.g. calibration): kept when a resumed run has nothing left to do
+    earlier_method_info = (store.read_run() or {}).get("method_info") if cfg.run.resume else None
     if not cfg.run.resume:
         store.reset()
     done = store.completed_ids()
@@ -124,6 +126,7 @@ def execute(cfg: DictConfig, out_dir: str | Path) -> dict:
         "started": results.now_iso(),
         "samples_total": len(samples),
         "samples_resumed": len(samples) - len(todo),
+        "method_info": earlier_method_info,
     }
     log.info("%s: %d samples, %d already done, %d to run -> %s", cfg.task.name, len(samples),
              len(samples) - len(todo), len(todo), store.dir)
@@ -134,6 +137,10 @@ def execute(cfg: DictConfig, out_dir: str | Path) -> dict:
         info["model_load_s"] = round(time.perf_counter() - load_start, 3)
         accountant = Accountant()
         method = build_method(cfg.method, backend, task, gen, accountant)
+        if hasattr(method, "prepare"):  # optional hook: once-per-run work before evaluation (e.g. calibration)
+            method.prepare(store.dir, samples, resume=cfg.run.resume)
+        if hasattr(method, "run_info"):  # optional: what the method reports beyond the samples
+            info["method_info"] = method.run_info()
         store.write_run(info)
         _run_batches(method, task, todo, batch_size, store, accountant, cfg, already=len(samples) - len(todo))
 

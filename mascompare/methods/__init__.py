@@ -16,6 +16,7 @@ METHODS = Registry(
     {
         "baseline": "mascompare.methods.baseline:Method",
         "text_mas": "mascompare.methods.text_mas:Method",
+        "pruned_mas": "mascompare.methods.pruned_mas:Method",
         "latent_mas": "mascompare.methods.latent_mas:Method",
     },
 )

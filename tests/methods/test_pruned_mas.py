@@ -1,0 +1,314 @@
+"""pruned_mas (AgentPrune): execution on the graph, calibration, pruning, saved masks, accounting, the CLI.
+
+`Scripted` is a test double for the optimiser tests: it answers each arithmetic question by role
+(parsed from the prompt), so the utility of a graph is known exactly. Everything else runs on the
+tiny random-weight models or the embedded model.
+"""
+
+import json
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
+
+from mascompare.accounting import Accountant
+from mascompare.app import compose_config
+from mascompare.backends.base import Completion
+from mascompare.cli import app
+from mascompare.errors import UserError
+from mascompare.generation import GenerationConfig
+from mascompare.methods.agent_graph import keep_count
+from mascompare.methods.pruned_mas import MASKS_FILE, MASKS_PICTURE, Method
+from mascompare.tasks.arith import Arith
+from mascompare.tasks.gsm8k import GSM8K
+
+GEN = GenerationConfig(max_new_tokens=8)
+NAMES = ["algebraist", "calculator", "programmer", "inspector"]
+
+
+def method_cfg(*overrides):
+    return compose_config("method=pruned_mas", *overrides).method
+
+
+def arith(limit, levels=(1,), seed=0):
+    return Arith(OmegaConf.create({"limit": limit, "levels": list(levels), "seed": seed}))
+
+
+class Scripted:
+    """Answers arithmetic questions by role. The liar always states a wrong answer; an honest agent
+    answers right unless a message from the liar reaches it (then it repeats the liar's answer).
+    The decider takes the majority of the answers it reads. Texts name the agent and its round."""
+
+    name, model_name, capabilities = "scripted", "scripted", frozenset({"chat"})
+
+    def __init__(self, cfg, liar=None):
+        self.by_instruction = {a.instruction: a for a in [*cfg.agents, cfg.decider]}
+        self.liar = next((a for a in cfg.agents if a.name == liar), None)
+        self.calls, self.rounds = [], Counter()
+
+    def chat(self, conversations, gen):
+        self.calls.append(conversations)
+        return [self.answer(c) for c in conversations]
+
+    def answer(self, conversation):
+        user = conversation[-1]["content"]
+        agent = next(a for instruction, a in self.by_instruction.items() if user.startswith(instruction))
+        question = user.split("Problem:\n", 1)[1].split("\n\n", 1)[0]
+        right = sum(int(x) for x in re.findall(r"\d+", question))  # arith level 1: "What is 3 + 4?"
+        round = self.rounds[(question, agent.name)]
+        self.rounds[(question, agent.name)] += 1
+        if agent.name == "decider":
+            said = [int(x) for x in re.findall(r"answer is (\d+)", user.split("Problem:\n", 1)[1])]
+            value = Counter(said).most_common(1)[0][0]
+        elif self.liar is not None and (agent.name == self.liar.name or f"[{self.liar.role}]" in user):
+            value = right + 1
+        else:
+            value = right
+        text = f"{agent.name} in round {round}: The answer is {value}."
+        words = sum(len(m["content"].split()) for m in conversation)
+        return Completion(text, prompt_tokens=words + 10, completion_tokens=len(text.split()))
+
+    def count_tokens(self, messages):
+        return sum(len(m["content"].split()) for m in messages)
+
+    def truncate_tokens(self, text, max_tokens):
+        return " ".join(text.split()[:max_tokens])
+
+
+def build(cfg, backend, task, accountant=None):
+    return Method(cfg, backend, task, GEN, accountant or Accountant())
+
+
+def prompts_of(backend):
+    return [c[-1]["content"] for call in backend.calls for c in call]
+
+
+# --- execution on the graph ----------------------------------------------------------------------
+
+
+def test_agents_in_a_layer_share_one_batched_call_and_run_in_topological_order():
+    cfg = method_cfg("method.prune_rate=0", "method.rounds=1")
+    backend, task = Scripted(cfg), arith(3)
+    method = build(cfg, backend, task)
+    outputs = method.run(task.load())
+    # the complete graph, unpruned, is realised as the complete DAG in agent order: 4 layers + decider
+    assert method.graph.layers == [[0], [1], [2], [3]]
+    assert [len(call) for call in backend.calls] == [3, 3, 3, 3, 3]
+    for k, call in enumerate(backend.calls[:4]):
+        for conversation in call:
+            user = conversation[-1]["content"]
+            assert user.startswith(cfg.agents[k].instruction)
+            assert [a.role for a in cfg.agents[:k] if f"[{a.role}]" in user] == [a.role for a in cfg.agents[:k]]
+            assert not any(f"[{a.role}]" in user for a in cfg.agents[k:])
+    for output in outputs:
+        assert [(t.agent, t.round) for t in output.transcript] == [(n, 0) for n in NAMES] + [("decider", 1)]
+
+
+def test_debate_runs_each_round_as_one_call_and_temporal_messages_come_from_the_previous_round_only():
+    cfg = method_cfg("method.prune_rate=0", "method.rounds=3", "method.topology=debate", "method.decision=vote")
+    backend, task = Scripted(cfg), arith(2)
+    outputs = build(cfg, backend, task).run(task.load())
+    assert [len(call) for call in backend.calls] == [8, 8, 8]  # 4 agents x 2 samples, one call per round
+    for round, call in enumerate(backend.calls):
+        for conversation in call:
+            user = conversation[-1]["content"]
+            said = re.findall(r"(\w+) in round (\d+):", user)
+            if round == 0:
+                assert said == [] and "previous round" not in user
+            else:
+                assert sorted(said) == sorted((n, str(round - 1)) for n in NAMES)
+                assert "Answers from this round" not in user
+    assert all(o.diagnostics["votes"] and o.transcript[-1].round == 2 for o in outputs)
+
+
+def test_temporal_and_spatial_messages_follow_the_masks_of_a_chain():
+    cfg = method_cfg("method.prune_rate=0", "method.rounds=2", "method.topology=chain")
+    backend, task = Scripted(cfg), arith(1)
+    build(cfg, backend, task).run(task.load())
+    agent_prompts = prompts_of(backend)[:-1]  # 2 rounds x 4 agents, one agent per call; then the decider
+    assert len(agent_prompts) == 8
+    for k, user in enumerate(agent_prompts):
+        round, agent = divmod(k, 4)
+        said = re.findall(r"(\w+) in round (\d+):", user)
+        expected = []
+        if round == 1 and agent == 0:
+            expected.append(("inspector", "0"))  # the chain's one temporal edge: last -> first
+        if agent > 0:
+            expected.append((NAMES[agent - 1], str(round)))  # i -> i+1 in the same round
+        assert said == expected, (k, user)
+
+
+def test_vote_majority_with_ties_to_the_first_agent():
+    cfg = method_cfg("method.decision=vote")
+    method = build(cfg, Scripted(cfg), arith(1))
+    text, info = method.vote(["The answer is 3.", "The answer is 5.", "The answer is 5.", "The answer is 3."])
+    assert text == "The answer is 3." and info == {"votes": {"3": 2, "5": 2}, "chosen": "algebraist"}
+    text, info = method.vote(["no idea", "The answer is 7.", "The answer is 5.", "The answer is 5."])
+    assert text == "The answer is 5." and info["chosen"] == "programmer"
+
+
+# --- calibration and pruning ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rounds, seed", [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)])
+def test_calibration_learns_to_cut_the_liars_outgoing_edges(rounds, seed, tmp_path):
+    """The paper's adversarial-agent experiment in miniature: one agent always lies and misleads
+    whoever reads it; calibration drives its outgoing edges down and pruning removes them (with two
+    rounds: its temporal edges to the others too)."""
+    cfg = method_cfg(f"method.rounds={rounds}", "method.decision=vote", f"method.seed={seed}",
+                     "method.calibration.iterations=25", "method.calibration.batch_size=8",
+                     "method.calibration.size=40")
+    backend, task = Scripted(cfg, liar="calculator"), arith(10)
+    accountant = Accountant()
+    method = build(cfg, backend, task, accountant)
+    method.prepare(tmp_path, task.load())
+    liar = NAMES.index("calculator")
+    prob = 1 / (1 + np.exp(-method.edge_policy.scores("spatial")))
+    outgoing = [prob[liar, j] for j in range(4) if j != liar]
+    others = [prob[i, j] for i in range(4) for j in range(4) if i != j and i != liar]
+    assert max(outgoing) < 0.45 < np.mean(others) and np.mean(outgoing) < np.mean(others) - 0.15
+    assert method.graph.spatial[liar].sum() == 0  # pruned: nobody reads the liar any more
+    if rounds == 2:
+        assert method.graph.temporal[liar, [j for j in range(4) if j != liar]].sum() == 0
+    pruned = np.array(json.loads((tmp_path / MASKS_FILE).read_text())["pruned"]["spatial"])
+    assert pruned.sum() == keep_count(12, 0.5) and pruned[liar].sum() == 0
+    history = method.info["calibration"]["history"]
+    assert np.mean([h["utility"] for h in history[-5:]]) > np.mean([h["utility"] for h in history[:5]])
+    assert all(o.final_text.endswith(f"{sum(int(x) for x in re.findall(r'[0-9]+', s.question))}.")
+               for s, o in zip(task.load(), method.run(task.load())))  # the pruned graph answers right
+
+
+def test_calibration_is_accounted_separately_and_never_touches_evaluated_questions(tmp_path):
+    cfg = method_cfg("method.rounds=2", "method.calibration.iterations=2", "method.calibration.batch_size=3",
+                     "method.calibration.size=4")
+    backend, task = Scripted(cfg), arith(10)
+    accountant = Accountant()
+    method = build(cfg, backend, task, accountant)
+    method.prepare(tmp_path, task.load())
+    cal = method.run_info()["calibration"]
+    assert cal["usage"]["calls"] == 2 * 3 * (4 * 2 + 1) and cal["usage"]["input_tokens"] > 0
+    assert cal["usage"]["wall_time_s"] >= 0 and "seed 1" in cal["source"] and len(cal["question_ids"]) == 4
+    assert not accountant._records  # calibration records were taken, none left behind
+    asked = {c[-1]["content"].split("Problem:\n")[1].split("\n\n")[0] for call in backend.calls for c in call}
+    assert asked and not asked & {s.question for s in task.load()}
+    samples = task.load()[:2]
+    method.run(samples)
+    records = [r for s in samples for r in accountant.take(s.id)]
+    assert len(records) == 2 * 9 and {r.phase for r in records} == {"eval"}
+    assert not accountant._records
+    graph = method.run_info()["graph"]
+    assert graph["edges_pruned"] == {"spatial": 6, "temporal": 8} and graph["temporal_edges_used"]
+
+
+def test_saved_masks_reload_to_the_same_pruned_graph_without_calibrating(tmp_path):
+    cfg = method_cfg("method.rounds=2", "method.calibration.iterations=3", "method.calibration.batch_size=4",
+                     "method.calibration.size=8", "method.prune_rate=0.4")
+    task = arith(5)
+    first = build(cfg, Scripted(cfg, liar="programmer"), task)
+    first.prepare(tmp_path / "a", task.load())
+    saved = tmp_path / "a" / MASKS_FILE
+    assert (tmp_path / "a" / MASKS_PICTURE).stat().st_size > 10_000
+    backend = Scripted(cfg)
+    again = build(method_cfg("method.rounds=2", "method.prune_rate=0.4", f"method.masks={saved}"), backend, task)
+    again.prepare(tmp_path / "b", task.load())
+    assert backend.calls == []  # no calibration
+    np.testing.assert_array_equal(again.graph.spatial, first.graph.spatial)
+    np.testing.assert_array_equal(again.graph.temporal, first.graph.temporal)
+    a, b = json.loads(saved.read_text()), json.loads((tmp_path / "b" / MASKS_FILE).read_text())
+    assert a["pruned"] == b["pruned"] and a["logits"] == b["logits"] and a["evaluated"] == b["evaluated"]
+    assert b["calibration"]["reused_from"] == str(saved)
+    # the same logits at another rate: pruned again, still without calibrating
+    other = build(method_cfg("method.rounds=2", "method.prune_rate=0.75", f"method.masks={saved}"), backend, task)
+    other.prepare(None, task.load())
+    assert other.info["graph"]["edges_pruned"] == {"spatial": 3, "temporal": 4} and backend.calls == []
+
+
+def test_masks_for_other_agents_are_refused(tmp_path):
+    cfg = method_cfg("method.prune_rate=0")
+    build(cfg, Scripted(cfg), arith(1)).prepare(tmp_path, [])
+    bad = method_cfg(f"method.masks={tmp_path / MASKS_FILE}", "method.agents.0.name=someone")
+    with pytest.raises(UserError, match="are for agents"):
+        build(bad, Scripted(bad), arith(1)).prepare(None, [])
+
+
+def test_gsm8k_calibrates_on_the_last_test_questions_and_refuses_an_overlap():
+    cfg = method_cfg("method.calibration.size=5")
+    task = GSM8K(OmegaConf.create({"source": "auto", "split": "test", "limit": 20}))
+    method = build(cfg, Scripted(cfg), task)
+    try:
+        pool, where = method.calibration_samples(task.load())
+    except UserError as exc:
+        pytest.skip(f"GSM8K not available offline: {exc}")
+    assert [s.id for s in pool] == [f"gsm8k-test-{i:04d}" for i in range(1314, 1319)] and "1314-1318" in where
+    everything = GSM8K(OmegaConf.create({"source": "auto", "split": "test", "limit": None}))
+    with pytest.raises(UserError, match="overlap the evaluated ones"):
+        build(cfg, Scripted(cfg), everything).calibration_samples(everything.load())
+
+
+def test_arith_calibration_skips_questions_that_are_evaluated():
+    cfg = method_cfg("method.calibration.size=30")
+    task = arith(200)  # level 1 has few distinct questions, so other seeds repeat some of them
+    pool, _ = build(cfg, Scripted(cfg), task).calibration_samples(task.load())
+    assert len(pool) == 30 and not {s.question for s in pool} & {s.question for s in task.load()}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.topology=ring", "method.topology"),
+    ("method.decision=max", "method.decision"),
+    ("method.rounds=0", "method.rounds"),
+    ("method.prune_rate=1", "method.prune_rate"),
+    ("method.calibration.lr=0", "method.calibration.lr"),
+    ("method.calibration.split=dev", "method.calibration.split"),
+    ("method.masks=/nonexistent/masks.json", "method.masks"),
+    ("method.decider.name=algebraist", "method.decider.name"),
+])
+def test_bad_config_is_refused_before_the_model_loads(override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        Method.check_config(method_cfg(override))
+
+
+# --- through the runner and the CLI --------------------------------------------------------------
+
+
+def cli_run(tmp_path, *args):
+    result = CliRunner().invoke(app, ["run", "method=pruned_mas", "task=arith", "run.progress=false",
+                                      f"run.output_root={tmp_path}", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "arith" / "pruned_mas").glob("*/*")
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    return run_dir, rows, json.loads((run_dir / "run.json").read_text())
+
+
+TINY_CALIBRATION = ["method.calibration.size=2", "method.calibration.iterations=1", "method.calibration.batch_size=2"]
+
+
+def test_cli_run_reports_calibration_apart_and_a_resumed_run_reuses_its_masks(tiny_model_dir, tmp_path):
+    args = [f"model.path={tiny_model_dir}", "model.name=tiny", "generation.max_new_tokens=3", "method.rounds=1",
+            *TINY_CALIBRATION]
+    run_dir, rows, info = cli_run(tmp_path, "task.limit=2", *args)
+    cal = info["method_info"]["calibration"]
+    assert cal["performed"] and cal["usage"]["calls"] == 2 * 5  # 2 graphs x (4 agents + decider)
+    assert (run_dir / MASKS_FILE).is_file() and (run_dir / MASKS_PICTURE).is_file()
+    assert info["method_info"]["masks_file"] == str(run_dir / MASKS_FILE)
+    assert info["summary"]["mean_calls"] == 5
+    for row in rows:
+        assert {a["phase"] for a in row["agents"]} == {"eval"} and row["usage"]["calls"] == 5
+        assert [a["agent"] for a in row["agents"]][-1] == "decider"
+    before = (run_dir / MASKS_FILE).read_text()
+    run_dir, rows, info = cli_run(tmp_path, "task.limit=3", *args)  # resume: one more sample, same graph
+    assert len(rows) == 3 and info["method_info"]["calibration"]["reused_from"] == str(run_dir / MASKS_FILE)
+    assert json.loads((run_dir / MASKS_FILE).read_text())["evaluated"] == json.loads(before)["evaluated"]
+    _, _, again = cli_run(tmp_path, "task.limit=3", *args)  # nothing left to do: the method is not even built
+    assert again["method_info"] == info["method_info"]
+
+
+@pytest.mark.embedded
+def test_smoke_on_the_embedded_model(tmp_path):
+    run_dir, rows, info = cli_run(tmp_path, "task.limit=2", "method.rounds=1", "generation.max_new_tokens=16",
+                                  *TINY_CALIBRATION)
+    assert len(rows) == 2 and all(r["error"] is None and r["final_text"].strip() for r in rows)
+    assert all(1 <= a["output_tokens"] <= 16 for r in rows for a in r["agents"])
+    assert info["method_info"]["calibration"]["usage"]["calls"] == 10 and (run_dir / MASKS_PICTURE).is_file()
