@@ -58,6 +58,10 @@ def _interval(ci) -> str:
     return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def _cost(value) -> str:
+    return "unknown" if value is None else f"${value:.4f}"
+
+
 def _num(value, fmt: str = "{:.1f}") -> str:
     return "-" if value is None else fmt.format(value)
 
@@ -78,7 +82,14 @@ def summary_table(info: dict) -> Table:
         table.add_row("latent steps / sample", _num(s.get("mean_latent_steps")))
     table.add_row("calls / sample", _num(s.get("mean_calls")))
     table.add_row("time / sample", _num(s.get("mean_time_per_sample_s"), "{:.2f} s") + " (model load excluded)")
-    table.add_row("cost", "unknown" if s.get("cost_usd") is None else f"${s['cost_usd']:.4f}")
+    table.add_row("cost", _cost(s.get("cost_usd")))
+    calibration = (info.get("method_info") or {}).get("calibration") or {}
+    if calibration.get("performed"):  # work done before evaluation, kept out of the per-sample figures
+        usage = calibration["usage"]
+        table.add_row("calibration (separate)",
+                      f"{calibration['questions']} questions, {usage['calls']} calls, {usage['input_tokens']:,} input + "
+                      f"{usage['output_tokens']:,} output tokens, {calibration['elapsed_s']:.1f} s, "
+                      f"cost {_cost(usage['cost_usd'])}")
     table.add_row("run dir", str(info.get("run_dir")))
     return table
 

@@ -294,6 +294,8 @@ def test_cli_run_reports_calibration_apart_and_a_resumed_run_reuses_its_masks(ti
     assert (run_dir / MASKS_FILE).is_file() and (run_dir / MASKS_PICTURE).is_file()
     assert info["method_info"]["masks_file"] == str(run_dir / MASKS_FILE)
     assert info["summary"]["mean_calls"] == 5
+    shown = CliRunner().invoke(app, ["show", str(run_dir)])
+    assert "calibration (separate)" in shown.output and "2 questions, 10 calls" in shown.output
     for row in rows:
         assert {a["phase"] for a in row["agents"]} == {"eval"} and row["usage"]["calls"] == 5
         assert [a["agent"] for a in row["agents"]][-1] == "decider"
