@@ -16,7 +16,7 @@ from mascompare import results
 from mascompare.accounting import Accountant, summed
 from mascompare.backends import BACKENDS, build_backend
 from mascompare.display import Progress, print_summary
-from mascompare.errors import UserError
+from mascompare.errors import UserError, is_int_at_least
 from mascompare.generation import GenerationConfig
 from mascompare.methods import METHODS, build_method
 from mascompare.tasks import build_task
@@ -49,7 +49,7 @@ def default_run_dir(cfg) -> Path:
 
 
 def _check_batch_size(value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_int_at_least(value, 1):
         raise UserError(f"run.batch_size must be a positive integer, got {value!r}.")
     return value
 

@@ -34,7 +34,7 @@ import weakref
 import torch
 
 from mascompare.accounting import UsageRecord
-from mascompare.errors import UserError
+from mascompare.errors import UserError, is_int_at_least
 from mascompare.methods import MethodOutput, Turn
 from mascompare.methods.roles import agent_messages, agents_for
 
@@ -66,7 +66,7 @@ class Method:
         """Every knob checked before the model loads."""
         agents_for(cfg)
         steps = cfg.latent_steps
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        if not is_int_at_least(steps, 0):
             raise UserError(f"method.latent_steps must be a non-negative integer, got {steps!r}.")
         for flag in ("realign", "diagnostics"):
             if not isinstance(cfg[flag], bool):

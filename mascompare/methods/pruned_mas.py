@@ -48,7 +48,7 @@ import numpy as np
 
 from mascompare import results
 from mascompare.accounting import summed
-from mascompare.errors import UserError
+from mascompare.errors import UserError, is_int_at_least
 from mascompare.methods import MethodOutput, Turn
 from mascompare.methods.agent_graph import TOPOLOGIES, EdgePolicy, Graph, fixed_graph, initial_masks, prune
 from mascompare.methods.roles import Agent, agent_messages
@@ -68,7 +68,7 @@ KINDS = ("spatial", "temporal")
 
 def _int(cfg, key, low, where="method"):
     value = cfg.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    if not is_int_at_least(value, low):
         raise UserError(f"{where}.{key} must be an integer >= {low}, got {value!r}.")
     return value
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import time
 
-from mascompare.errors import UserError
+from mascompare.errors import UserError, is_int_at_least
 from mascompare.methods import MethodOutput, Turn
 from mascompare.methods.roles import agents_for, agent_messages
 
@@ -42,7 +42,7 @@ class Method:
         if not isinstance(strip, bool):
             raise UserError(f"method.strip_think must be true or false, got {strip!r}.")
         cap = cfg.get("handoff_max_tokens")
-        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        if cap is not None and not is_int_at_least(cap, 1):
             raise UserError(f"method.handoff_max_tokens must be null or a positive integer, got {cap!r}.")
 
     def __init__(self, cfg, backend, task, gen, accountant):

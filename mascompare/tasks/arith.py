@@ -21,7 +21,7 @@ import random
 from collections.abc import Callable
 from functools import partial
 
-from mascompare.errors import UserError
+from mascompare.errors import UserError, is_int_at_least
 from mascompare.tasks.base import Sample, check_limit
 from mascompare.tasks.extract import NumericAnswers
 
@@ -58,7 +58,7 @@ class Arith(NumericAnswers):
             raise UserError(f"task.seed must be an integer, got {self.seed!r}.")
         self.levels = _check_levels(cfg.get("levels", list(LEVELS)))
         self.size_per_level = cfg.get("size_per_level", 50)
-        if not isinstance(self.size_per_level, int) or isinstance(self.size_per_level, bool) or self.size_per_level < 0:
+        if not is_int_at_least(self.size_per_level, 0):
             raise UserError(f"task.size_per_level must be a non-negative integer, got {self.size_per_level!r}.")
         self.limit = check_limit(cfg.get("limit"))
 

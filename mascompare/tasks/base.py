@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mascompare.errors import UserError
+from mascompare.errors import UserError, is_int_at_least
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,6 @@ class Task(Protocol):
 
 def check_limit(limit) -> int | None:
     """The validated `task.limit`: None keeps every sample, N keeps the first N."""
-    if limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0):
+    if limit is None or is_int_at_least(limit, 0):
         return limit
     raise UserError(f"task.limit must be a non-negative integer or null, got {limit!r}.")
