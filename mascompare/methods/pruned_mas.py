@@ -49,9 +49,9 @@ import numpy as np
 from mascompare import results
 from mascompare.accounting import summed
 from mascompare.errors import UserError, is_int_at_least
-from mascompare.methods import MethodOutput, Turn
+from mascompare.methods import MethodOutput
 from mascompare.methods.agent_graph import TOPOLOGIES, EdgePolicy, Graph, fixed_graph, initial_masks, prune
-from mascompare.methods.roles import Agent, agent_messages
+from mascompare.methods.roles import Agent, agent_messages, ask_agents
 
 log = logging.getLogger(__name__)
 
@@ -363,24 +363,10 @@ class Method:
         return outputs
 
     def ask(self, jobs, conversations, ids, round, outputs, phase) -> list[str]:
-        """One batched chat call for (sample, agent) jobs; records each completion under its agent."""
-        if not jobs:
-            return []
-        start = time.perf_counter()
-        completions = self.backend.chat(conversations, self.gen)
-        elapsed = time.perf_counter() - start
+        """One batched chat call for (sample, agent index) jobs; the decider is index len(agents)."""
         everyone = [*self.agents, self.decider]
-        for a in sorted({a for _, a in jobs}):
-            mine = [k for k, (_, b) in enumerate(jobs) if b == a]
-            agent = everyone[a]
-            self.accountant.record_completions([ids[jobs[k][0]] for k in mine], [completions[k] for k in mine],
-                                               agent=agent.name, role=agent.role, round=round, phase=phase,
-                                               wall_time_s=elapsed * len(mine) / len(jobs))
-        for (s, a), c in zip(jobs, completions):
-            agent = everyone[a]
-            outputs[s].transcript.append(Turn(agent.name, agent.role, round, c.text))
-            outputs[s].error = outputs[s].error or c.error
-        return [c.text for c in completions]
+        return ask_agents(self.backend, self.gen, self.accountant, [(s, everyone[a]) for s, a in jobs],
+                          conversations, ids, round, outputs, phase)
 
     def label(self, source: int, target: int) -> str:
         role = self.agents[source].role

@@ -1,4 +1,4 @@
-"""Agents and their prompts, shared by text_mas and latent_mas (conf/roles/mas.yaml).
+"""Agents, their prompts and their batched calls, shared by the multi-agent methods (conf/roles/mas.yaml).
 
 Both methods build every agent's prompt here from the same instructions; the only thing a
 method adds is its channel: text_mas passes earlier agents' text as `context`, latent_mas
@@ -7,9 +7,11 @@ passes nothing (earlier agents reach the model through the KV cache).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from mascompare.errors import UserError
+from mascompare.methods import Turn
 
 STRUCTURES = ("sequential", "hierarchical")
 
@@ -46,3 +48,26 @@ def agent_messages(system: str | None, agent: Agent, question: str, answer_instr
         parts.append(answer_instruction)
     messages = [{"role": "system", "content": system}] if system else []
     return messages + [{"role": "user", "content": "\n\n".join(parts)}]
+
+
+def ask_agents(backend, gen, accountant, jobs, conversations, sample_ids, round, outputs, phase="eval") -> list[str]:
+    """One batched chat call for (sample index, agent) jobs, one conversation each.
+
+    Records each agent's completions (every job gets an equal share of the call's wall time),
+    appends them to the samples' transcripts, marks a sample failed if one of its completions
+    failed, and returns the texts in job order.
+    """
+    if not jobs:
+        return []
+    start = time.perf_counter()
+    completions = backend.chat(conversations, gen)
+    share = (time.perf_counter() - start) / len(jobs)
+    for agent in dict.fromkeys(agent for _, agent in jobs):  # agents in order of first appearance
+        mine = [k for k, (_, other) in enumerate(jobs) if other == agent]
+        accountant.record_completions([sample_ids[jobs[k][0]] for k in mine], [completions[k] for k in mine],
+                                      agent=agent.name, role=agent.role, round=round, phase=phase,
+                                      wall_time_s=share * len(mine))
+    for (s, agent), completion in zip(jobs, completions):
+        outputs[s].transcript.append(Turn(agent.name, agent.role, round, completion.text))
+        outputs[s].error = outputs[s].error or completion.error
+    return [c.text for c in completions]

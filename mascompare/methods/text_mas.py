@@ -15,11 +15,10 @@ experts x samples), so the method runs on any chat backend.
 from __future__ import annotations
 
 import re
-import time
 
 from mascompare.errors import UserError, is_int_at_least
-from mascompare.methods import MethodOutput, Turn
-from mascompare.methods.roles import agents_for, agent_messages
+from mascompare.methods import MethodOutput
+from mascompare.methods.roles import agent_messages, agents_for, ask_agents
 
 THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL)  # a closed block, or an unclosed tail
 
@@ -73,24 +72,15 @@ class Method:
         return outputs
 
     def ask(self, agents, samples, contexts, round, outputs) -> list[list[str]]:
-        """One batched call: each agent on each sample with that sample's context. Records every
-        completion and appends it to the sample's transcript; returns texts[agent][sample]."""
+        """One batched call: each agent on each sample with that sample's context; returns texts[agent][sample]."""
         instruction = self.task.answer_instruction()
-        conversations = [agent_messages(self.system, agent, s.question, instruction, context)
-                         for agent in agents for s, context in zip(samples, contexts)]
-        start = time.perf_counter()
-        completions = self.backend.chat(conversations, self.gen)
-        share = (time.perf_counter() - start) / len(agents)  # record_completions splits it across samples
-        ids, n, texts = [s.id for s in samples], len(samples), []
-        for k, agent in enumerate(agents):
-            mine = completions[k * n:(k + 1) * n]
-            self.accountant.record_completions(ids, mine, agent=agent.name, role=agent.role,
-                                               wall_time_s=share, round=round)
-            for output, c in zip(outputs, mine):
-                output.transcript.append(Turn(agent.name, agent.role, round, c.text))
-                output.error = output.error or c.error
-            texts.append([c.text for c in mine])
-        return texts
+        n = len(samples)
+        jobs = [(i, agent) for agent in agents for i in range(n)]
+        conversations = [agent_messages(self.system, agent, samples[i].question, instruction, contexts[i])
+                         for i, agent in jobs]
+        texts = ask_agents(self.backend, self.gen, self.accountant, jobs, conversations, [s.id for s in samples],
+                           round, outputs)
+        return [texts[k * n:(k + 1) * n] for k in range(len(agents))]
 
     def handoff(self, agent, text: str) -> str:
         """What later agents read of this agent's text: thoughts stripped and length capped if configured."""
