@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mascompare import hub
 from mascompare.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -117,24 +118,13 @@ def _resolve_hub_id(repo_id: str) -> str:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    if not constants.HF_HUB_OFFLINE and _hub_reachable():
+    if not constants.HF_HUB_OFFLINE and hub.reachable(constants.ENDPOINT):
         return repo_id
     try:
         return snapshot_download(repo_id, local_files_only=True)
     except LocalEntryNotFoundError:
         raise UserError(f"The Hugging Face hub is unreachable and '{repo_id}' is not in the local hub cache; "
                         "download it on a machine with access and pass its local directory as model.path.") from None
-
-
-def _hub_reachable() -> bool:
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    try:
-        get_session().head(constants.ENDPOINT, timeout=5)
-    except Exception:  # any failure to get an answer (DNS, refused, timeout, proxy) means unreachable
-        return False
-    return True
 
 
 def _embedded_dir(name: str, embedded: Embedded) -> Path:

