@@ -8,7 +8,7 @@ sums add up to the run's total time.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "latent_steps", "kv_positions_received", "forward_passes")
 
@@ -62,13 +62,8 @@ class Accountant:
             self.record(UsageRecord(
                 sid, agent, role, round, input_tokens=c.prompt_tokens, output_tokens=c.completion_tokens,
                 forward_passes=c.completion_tokens, wall_time_s=share, usage_source=c.usage_source,
-                cost_usd=getattr(c, "cost_usd", None), **extra,
+                **extra,
             ))
 
     def take(self, sample_id: str) -> list[UsageRecord]:
         return self._records.pop(sample_id, [])
-
-
-def record_from_dict(data: dict) -> UsageRecord:
-    names = {f.name for f in fields(UsageRecord)}
-    return UsageRecord(**{k: v for k, v in data.items() if k in names})
