@@ -185,8 +185,10 @@ class HFBackend:
         return out.hidden_states[-1][:, -1], out.logits[:, -1].float()
 
     @torch.inference_mode()
-    def decode(self, state: SharedCache, first_logits: torch.Tensor, gen: GenerationConfig) -> list[list[int]]:
-        """Generate from the cache: up to gen.max_new_tokens per row, each row up to and including EOS."""
+    def decode(self, state: SharedCache, first_logits: torch.Tensor, gen: GenerationConfig,
+               visible: torch.Tensor | None = None) -> list[list[int]]:
+        """Generate from the cache: up to gen.max_new_tokens per row, each row up to and including EOS.
+        `visible` hides cache columns as in `prefill` (pass the mask the prompt was prefilled with)."""
         generator = torch.Generator(device=self.device).manual_seed(gen.seed)
         eos = torch.tensor(self.eos_token_ids or [-1], device=self.device)
         logits = first_logits
@@ -201,7 +203,7 @@ class HFBackend:
             if bool(finished.all()) or step == gen.max_new_tokens - 1:
                 break
             ones = torch.ones((len(rows), 1), dtype=torch.long, device=self.device)
-            _, logits = self._extend(state, ones, state.next_position[:, None], None, input_ids=tokens[:, None])
+            _, logits = self._extend(state, ones, state.next_position[:, None], visible, input_ids=tokens[:, None])
         return rows
 
     @contextmanager

@@ -18,6 +18,7 @@ METHODS = Registry(
         "text_mas": "mascompare.methods.text_mas:Method",
         "pruned_mas": "mascompare.methods.pruned_mas:Method",
         "latent_mas": "mascompare.methods.latent_mas:Method",
+        "pruned_latent_mas": "mascompare.methods.pruned_latent_mas:Method",
     },
 )
 

@@ -1,6 +1,9 @@
-"""The spatial-temporal communication graph of pruned_mas (AgentPrune) and the optimiser of its edge masks.
+"""The spatial-temporal communication graph of the pruned methods (pruned_mas: AgentPrune over text;
+pruned_latent_mas: the same graph over latent working memory), the optimiser of its edge masks, and
+the calibration that trains it.
 
-No model calls happen here: this module knows agents only by index 0..N-1.
+This module knows agents only by index 0..N-1; the only model calls happen inside calibration, through
+the `execute` function a method hands it.
 
 Masks are N x N 0/1 arrays oriented `mask[source][target]`:
 - spatial: `source -> target` within one round (the target reads the source's output of the same round);
@@ -18,12 +21,22 @@ predecessors, layer k agents have all their predecessors in layers < k.
 
 from __future__ import annotations
 
+import copy
+import json
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mascompare import results
+from mascompare.accounting import summed
+from mascompare.errors import UserError
+
+log = logging.getLogger(__name__)
 
 TOPOLOGIES = ("full", "chain", "star", "layered", "random", "debate")
 
@@ -220,6 +233,13 @@ class EdgePolicy:
         self.momentum, self.baseline = baseline_momentum, None
         self.rng = np.random.default_rng(seed)
 
+    @classmethod
+    def from_config(cls, spatial, temporal, learn_temporal: bool, cal, seed: int) -> "EdgePolicy":
+        """The policy with the optimiser settings of a method's `calibration` config."""
+        return cls(spatial, temporal, learn_temporal, lr=cal.lr, lowrank_weight=cal.lowrank_weight,
+                   anchor_weight=cal.anchor_weight, delta=cal.delta, baseline_momentum=cal.baseline_momentum,
+                   initial_probability=cal.initial_probability, seed=seed)
+
     def scores(self, kind: str) -> np.ndarray:
         """The learned logits of one mask (NaN where the initial mask has no edge)."""
         values = self.logits[kind].detach().numpy().copy()
@@ -280,3 +300,115 @@ def fixed_graph(pruned: dict[str, np.ndarray], scores: dict[str, np.ndarray]) ->
     spatial_scores = np.nan_to_num(scores["spatial"], nan=-np.inf)
     spatial, removed = break_cycles(pruned["spatial"], weakest_edge(spatial_scores))
     return Graph(spatial, pruned["temporal"].copy()), removed
+
+
+def matrix_to_json(matrix: np.ndarray, digits: int | None = None) -> list:
+    """A matrix as JSON lists, NaN as null. Logits are stored unrounded: JSON floats round-trip exactly,
+    so reloaded masks rank (and prune) their edges exactly as the run that learned them."""
+    return [[None if np.isnan(v) else float(v) if digits is None else round(float(v), digits) for v in row]
+            for row in matrix]
+
+
+def write_masks(path, data: dict) -> None:
+    """A masks file, written whole or not at all (a run killed while writing leaves the old one)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_masks(path, masks_format: str, method: str) -> dict:
+    """The contents of a masks file that `method` wrote in `masks_format`; one clear error otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"Could not read the masks file {path} ({exc}).") from exc
+    if not isinstance(data, dict) or data.get("format") != masks_format:
+        raise UserError(f"{path} is not a masks file written by {method} (format {masks_format}).")
+    return data
+
+
+# --- calibration: learning the edges on questions the run never evaluates -------------------------
+
+
+def calibration_samples(cal, task, evaluated) -> tuple[list, str]:
+    """Calibration questions disjoint from the evaluated ones, and where they come from
+    (`cal` is a method's `calibration` config)."""
+    size, split = cal.size, cal.split
+    if split == "auto":
+        split = "seed" if task.name == "arith" else "tail"
+    taken = {results.short_hash(s.question) for s in evaluated}
+    source, task = task, copy.copy(task)
+    if split == "seed":
+        if source.name != "arith":
+            raise UserError("method.calibration.split=seed works only with task=arith; use tail or train.")
+        task.seed = cal.seed if cal.get("seed") is not None else source.seed + 1
+        if task.seed == source.seed:
+            raise UserError("method.calibration.seed must differ from task.seed, or the questions would repeat.")
+        # a few single-digit sums recur across seeds: skip any question that is also evaluated
+        task.limit, task.size_per_level = None, 4 * math.ceil(size / len(task.levels)) + 8
+        pool = [s for s in task.load() if results.short_hash(s.question) not in taken][:size]
+        where = f"arith items generated with seed {task.seed} (levels {task.levels}), evaluated questions skipped"
+    else:
+        if not hasattr(task, "limit"):
+            raise UserError(f"method.calibration.split={split} needs a task with a limit; this one has none.")
+        task.limit = None
+        if split == "train":
+            if not hasattr(task, "split"):
+                raise UserError(f"task={source.name} has no train split; use method.calibration.split=tail.")
+            task.split, task.source, task.limit = "train", "hub", size
+            pool = task.load()
+            where = f"the first {len(pool)} questions of the {source.name} train split"
+        else:
+            everything = task.load()
+            pool = everything[-size:]
+            where = (f"the last {len(pool)} questions of the {source.name} "
+                     f"{getattr(task, 'split', 'task')} data (positions {len(everything) - len(pool)}"
+                     f"-{len(everything) - 1}), never evaluated")
+        overlap = [s.id for s in pool if results.short_hash(s.question) in taken]
+        if overlap:
+            raise UserError(
+                f"The calibration questions ({where}) overlap the evaluated ones ({len(overlap)} shared, "
+                f"e.g. {overlap[0]}); lower task.limit, or choose another method.calibration.split.")
+    if len(pool) < size:
+        raise UserError(f"Only {len(pool)} calibration questions are available, fewer than "
+                        f"method.calibration.size={size}; lower it.")
+    return pool, where
+
+
+def calibrate(policy: EdgePolicy, cal, task, accountant, evaluated, execute) -> dict:
+    """REINFORCE on the edge policy over calibration questions; returns the calibration summary.
+
+    `execute(samples, graphs, ids, phase)` runs each sample on its own graph and returns the methods'
+    outputs (final_text, error): the only place where models are called. The utility of a graph is 1
+    when its final answer is right (flexible extraction) and 0 otherwise; its calls are recorded with
+    phase="calibration" and taken out of the accountant into the summary."""
+    pool, where = calibration_samples(cal, task, evaluated)
+    log.info("calibrating the communication graph on %d questions (%s), %d iterations",
+             len(pool), where, cal.iterations)
+    records, history, began, cursor = [], [], time.perf_counter(), 0
+    for iteration in range(cal.iterations):
+        questions = [pool[(cursor + k) % len(pool)] for k in range(cal.batch_size)]
+        cursor += cal.batch_size
+        batch = [s for s in questions for _ in range(cal.graphs_per_question)]
+        drawn = [policy.sample() for _ in batch]
+        ids = [f"calibration/{s.id}/{iteration}.{k}" for k, s in enumerate(batch)]
+        outputs = execute(batch, [g for g, _ in drawn], ids, "calibration")
+        for sid in ids:  # the runner only takes evaluation ids: take ours so nothing piles up
+            records.extend(accountant.take(sid))
+        logps, utilities = [], []
+        for sample, output, (_, logp) in zip(batch, outputs, drawn):
+            if output.error:
+                continue  # a failed call says nothing about the graph
+            answer = task.extract(output.final_text or "").flexible
+            logps.append(logp)
+            utilities.append(float(task.score(answer, sample.target)))
+        step = policy.update(logps, utilities)
+        history.append({"iteration": iteration, "graphs": len(batch), "failed": len(batch) - len(logps), **step})
+        log.info("calibration %d/%d: utility %.2f (baseline %.2f)", iteration + 1, cal.iterations,
+                 step["utility"], step["baseline"])
+    return {
+        "performed": True, "source": where, "questions": len(pool), "question_ids": [s.id for s in pool],
+        "iterations": cal.iterations, "batch_size": cal.batch_size,
+        "graphs_per_question": cal.graphs_per_question, "history": history,
+        "usage": summed(records), "elapsed_s": round(time.perf_counter() - began, 3),
+    }

@@ -58,6 +58,13 @@ def realignment(model) -> tuple[torch.Tensor, torch.Tensor]:
     return _realignments[model]
 
 
+def latent_thought(hidden: torch.Tensor, w_a: torch.Tensor | None, target_norm: torch.Tensor) -> torch.Tensor:
+    """The realigned latent thought: h W_a (h itself when w_a is None) rescaled to the mean input-embedding norm."""
+    aligned = hidden.float() if w_a is None else hidden.float() @ w_a
+    aligned = aligned * (target_norm / aligned.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+    return aligned.to(hidden.dtype)
+
+
 class Method:
     requires = frozenset({"chat", "hidden_states"})
 
@@ -119,10 +126,7 @@ class Method:
         return state, turns, diagnostics
 
     def to_input_space(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The realigned latent thought: h W_a rescaled to the mean input-embedding norm."""
-        aligned = hidden.float() if self.w_a is None else hidden.float() @ self.w_a
-        aligned = aligned * (self.target_norm / aligned.norm(dim=-1, keepdim=True).clamp_min(1e-6))
-        return aligned.to(hidden.dtype)
+        return latent_thought(hidden, self.w_a, self.target_norm)
 
     def prefill_final(self, state, samples):
         """The final agent's prompt on top of everything in the cache.

@@ -1,7 +1,7 @@
 """pruned_mas: AgentPrune. Agents on a spatial-temporal communication graph whose redundant edges are
 learned on calibration questions and pruned one-shot; evaluation runs one fixed pruned graph.
 
-The story, in the order it happens in a run (graph mechanics and the optimiser: methods/agent_graph.py):
+The story, in the order it happens in a run (graph mechanics, the optimiser and calibration: methods/agent_graph.py):
 
 1. The graph. N solver agents (method.agents) talk for R rounds (method.rounds). A spatial edge
    i -> j shows agent i's answer of this round to agent j in the same round (so i runs first); a
@@ -36,21 +36,17 @@ baseline that pruning is compared with (same agents, prompts and samples).
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from mascompare import results
-from mascompare.accounting import summed
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.methods import MethodOutput
-from mascompare.methods.agent_graph import TOPOLOGIES, EdgePolicy, Graph, fixed_graph, initial_masks, prune
+from mascompare.methods.agent_graph import (TOPOLOGIES, EdgePolicy, Graph, calibrate, calibration_samples, fixed_graph,
+                                            initial_masks, matrix_to_json, prune, read_masks, write_masks)
 from mascompare.methods.roles import Agent, agent_messages, ask_agents
 
 log = logging.getLogger(__name__)
@@ -87,7 +83,7 @@ def solver_agents(cfg) -> list[Agent]:
     agents = cfg.get("agents") or []
     if len(agents) < 1:
         raise UserError("method.agents needs at least one agent (the paper's setting has four or five).")
-    built = [Agent(a.name, a.role, a.instruction, True) for a in agents]
+    built = [Agent(a.name, a.role, a.instruction, bool(a.get("answers", True))) for a in agents]
     if len({a.name for a in built}) != len(built):
         raise UserError("method.agents has agents with the same name; names must be unique.")
     return built
@@ -194,11 +190,7 @@ class Method:
             self.info["masks_file"] = str(self.masks_path)
 
     def policy(self, spatial, temporal) -> EdgePolicy:
-        cal = self.cfg.calibration
-        return EdgePolicy(spatial, temporal, learn_temporal=self.rounds > 1, lr=cal.lr,
-                          lowrank_weight=cal.lowrank_weight, anchor_weight=cal.anchor_weight, delta=cal.delta,
-                          baseline_momentum=cal.baseline_momentum, initial_probability=cal.initial_probability,
-                          seed=self.cfg.seed)
+        return EdgePolicy.from_config(spatial, temporal, self.rounds > 1, self.cfg.calibration, self.cfg.seed)
 
     def run_info(self) -> dict:
         """What run.json records about this method beyond the samples (under "method_info")."""
@@ -207,80 +199,10 @@ class Method:
     # --- calibration -----------------------------------------------------------------------------
 
     def calibration_samples(self, evaluated) -> tuple[list, str]:
-        """Calibration questions disjoint from the evaluated ones, and where they come from."""
-        cal, size = self.cfg.calibration, self.cfg.calibration.size
-        split = cal.split
-        if split == "auto":
-            split = "seed" if self.task.name == "arith" else "tail"
-        taken = {results.short_hash(s.question) for s in evaluated}
-        task = copy.copy(self.task)
-        if split == "seed":
-            if self.task.name != "arith":
-                raise UserError("method.calibration.split=seed works only with task=arith; use tail or train.")
-            task.seed = cal.seed if cal.get("seed") is not None else self.task.seed + 1
-            if task.seed == self.task.seed:
-                raise UserError("method.calibration.seed must differ from task.seed, or the questions would repeat.")
-            # a few single-digit sums recur across seeds: skip any question that is also evaluated
-            task.limit, task.size_per_level = None, 4 * math.ceil(size / len(task.levels)) + 8
-            pool = [s for s in task.load() if results.short_hash(s.question) not in taken][:size]
-            where = f"arith items generated with seed {task.seed} (levels {task.levels}), evaluated questions skipped"
-        else:
-            if not hasattr(task, "limit"):
-                raise UserError(f"method.calibration.split={split} needs a task with a limit; this one has none.")
-            task.limit = None
-            if split == "train":
-                if not hasattr(task, "split"):
-                    raise UserError(f"task={self.task.name} has no train split; use method.calibration.split=tail.")
-                task.split, task.source, task.limit = "train", "hub", size
-                pool = task.load()
-                where = f"the first {len(pool)} questions of the {self.task.name} train split"
-            else:
-                everything = task.load()
-                pool = everything[-size:]
-                where = (f"the last {len(pool)} questions of the {self.task.name} "
-                         f"{getattr(task, 'split', 'task')} data (positions {len(everything) - len(pool)}"
-                         f"-{len(everything) - 1}), never evaluated")
-            overlap = [s.id for s in pool if results.short_hash(s.question) in taken]
-            if overlap:
-                raise UserError(
-                    f"The calibration questions ({where}) overlap the evaluated ones ({len(overlap)} shared, "
-                    f"e.g. {overlap[0]}); lower task.limit, or choose another method.calibration.split.")
-        if len(pool) < size:
-            raise UserError(f"Only {len(pool)} calibration questions are available, fewer than "
-                            f"method.calibration.size={size}; lower it.")
-        return pool, where
+        return calibration_samples(self.cfg.calibration, self.task, evaluated)
 
     def calibrate(self, policy: EdgePolicy, evaluated) -> dict:
-        cal = self.cfg.calibration
-        pool, where = self.calibration_samples(evaluated)
-        log.info("pruned_mas: calibrating on %d questions (%s), %d iterations", len(pool), where, cal.iterations)
-        records, history, began, cursor = [], [], time.perf_counter(), 0
-        for iteration in range(cal.iterations):
-            questions = [pool[(cursor + k) % len(pool)] for k in range(cal.batch_size)]
-            cursor += cal.batch_size
-            batch = [s for s in questions for _ in range(cal.graphs_per_question)]
-            drawn = [policy.sample() for _ in batch]
-            ids = [f"calibration/{s.id}/{iteration}.{k}" for k, s in enumerate(batch)]
-            outputs = self.execute(batch, [g for g, _ in drawn], ids, phase="calibration")
-            for sid in ids:  # the runner only takes evaluation ids: take ours so nothing piles up
-                records.extend(self.accountant.take(sid))
-            logps, utilities = [], []
-            for sample, output, (_, logp) in zip(batch, outputs, drawn):
-                if output.error:
-                    continue  # a failed call says nothing about the graph
-                answer = self.task.extract(output.final_text or "").flexible
-                logps.append(logp)
-                utilities.append(float(self.task.score(answer, sample.target)))
-            step = policy.update(logps, utilities)
-            history.append({"iteration": iteration, "graphs": len(batch), "failed": len(batch) - len(logps), **step})
-            log.info("calibration %d/%d: utility %.2f (baseline %.2f)", iteration + 1, cal.iterations,
-                     step["utility"], step["baseline"])
-        return {
-            "performed": True, "source": where, "questions": len(pool), "question_ids": [s.id for s in pool],
-            "iterations": cal.iterations, "batch_size": cal.batch_size,
-            "graphs_per_question": cal.graphs_per_question, "history": history,
-            "usage": summed(records), "elapsed_s": round(time.perf_counter() - began, 3),
-        }
+        return calibrate(policy, self.cfg.calibration, self.task, self.accountant, evaluated, self.execute)
 
     # --- masks on disk ---------------------------------------------------------------------------
 
@@ -296,25 +218,17 @@ class Method:
             "prune_rate": self.prune_rate,
             "learned": list(policy.learned),
             "initial": {k: policy.masks[k].tolist() for k in KINDS},
-            "logits": {k: _nulls(policy.scores(k)) for k in KINDS},
-            "probabilities": {k: _nulls(1 / (1 + np.exp(-policy.scores(k))), 4) for k in KINDS},
+            "logits": {k: matrix_to_json(policy.scores(k)) for k in KINDS},
+            "probabilities": {k: matrix_to_json(1 / (1 + np.exp(-policy.scores(k))), 4) for k in KINDS},
             "pruned": {k: pruned[k].tolist() for k in KINDS},
             "evaluated": {"spatial": self.graph.spatial.tolist(), "temporal": self.graph.temporal.tolist()},
             "calibration": self.info["calibration"],
             "graph": self.info["graph"],
         }
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_masks(path, data)
 
     def load(self, path: Path, policy: EdgePolicy) -> dict:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            ok = data.get("format") == MASKS_FORMAT
-        except (OSError, ValueError) as exc:
-            raise UserError(f"Could not read the masks file {path} ({exc}).") from exc
-        if not ok:
-            raise UserError(f"{path} is not a masks file written by pruned_mas (format {MASKS_FORMAT}).")
+        data = read_masks(path, MASKS_FORMAT, "pruned_mas")
         names = [a.name for a in self.agents]
         if data["agents"] != names:
             raise UserError(f"The masks in {path} are for agents {data['agents']}, but method.agents are {names}.")
@@ -403,20 +317,14 @@ class Method:
         return texts[chosen], {"votes": dict(counts), "chosen": self.agents[chosen].name}
 
 
-def _nulls(matrix: np.ndarray, digits: int | None = None) -> list:
-    """A matrix as JSON lists, NaN as null. Logits are stored unrounded: JSON floats round-trip exactly,
-    so reloaded masks rank (and prune) their edges exactly as the run that learned them."""
-    return [[None if np.isnan(v) else float(v) if digits is None else round(float(v), digits) for v in row]
-            for row in matrix]
-
-
 # --- the picture ---------------------------------------------------------------------------------
 
 
-def draw_masks(path: Path, names: list[str], policy: EdgePolicy, pruned: dict, graph: Graph) -> None:
-    """masks.png: per mask (rows: spatial, temporal), the learned edge probabilities over the starting
-    edges (left) and the edges kept after pruning (right; cells crossed out were pruned, 'c' marks a
-    spatial edge dropped to break a cycle in the evaluated graph)."""
+def draw_masks(path: Path, names: list[str], policy: EdgePolicy, pruned: dict, graph: Graph, kinds=KINDS,
+               method: str = "pruned_mas") -> None:
+    """masks.png: per mask (rows: spatial, temporal, or the given `kinds`), the learned edge probabilities
+    over the starting edges (left) and the edges kept after pruning (right; cells crossed out were pruned,
+    'c' marks a spatial edge dropped to break a cycle in the evaluated graph)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -424,9 +332,9 @@ def draw_masks(path: Path, names: list[str], policy: EdgePolicy, pruned: dict, g
 
     n = len(names)
     size = max(3.2, 0.75 * n + 1.6)
-    fig, axes = plt.subplots(2, 2, figsize=(2 * size + 1.2, 2 * size), squeeze=False)
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(2 * size + 1.2, len(kinds) * size), squeeze=False)
     evaluated = {"spatial": graph.spatial, "temporal": graph.temporal}
-    for row, kind in enumerate(KINDS):
+    for row, kind in enumerate(kinds):
         initial = policy.masks[kind]
         prob = 1 / (1 + np.exp(-policy.scores(kind)))
         note = "" if kind in policy.learned else " (not learned: unused with 1 round)"
@@ -457,7 +365,7 @@ def draw_masks(path: Path, names: list[str], policy: EdgePolicy, pruned: dict, g
                     ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
             if col == 0:
                 fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle("pruned_mas masks, [source][target]. Grey: no edge in the starting topology; "
+    fig.suptitle(f"{method} masks, [source][target]. Grey: no edge in the starting topology; "
                  "×: pruned; c: kept but cut to break a spatial cycle", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,0 +1,270 @@
+"""pruned_latent_mas: a learned communication graph over latent working memory.
+
+AgentPrune (pruned_mas) learns which text messages are worth sending; LatentMAS (latent_mas) hands every
+agent the KV cache of every earlier agent. Here agents think in latent space as in latent_mas, and a
+graph learned as in pruned_mas decides which earlier agents' KV segments each agent may attend to.
+
+1. The agents. N latent agents (method.agents: by default pruned_mas's solvers, so the two pruned
+   methods differ only in the channel) run in index order on ONE shared KV cache. Agent j prefills its
+   prompt and takes m latent steps (method.latent_steps), exactly as a non-final latent_mas agent; its
+   prompt and its m thoughts form its segment of the cache. A final agent (method.decider) prefills its
+   prompt on the cache and decodes the answer.
+2. The graph. A spatial edge i -> j (i < j: agents run in index order, so only forward edges exist; the
+   starting topology's backward edges are dropped) puts i's segment into j's visible mask: j attends to
+   the segments of its sources and to nothing else (the per-row mask that hides padding hides the
+   other segments too). The final agent sees every segment (method.final_sees=all) or only those its
+   learned in-edges allow (final_sees=learned: it is node N of the graph, its in-edges learned and
+   pruned with the others). An agent whose segment no agent that runs and not the final agent may see
+   is not run at all.
+3. Calibration, pruning, persistence: as pruned_mas (the shared code is in methods/agent_graph.py). One
+   edge logit per starting edge; REINFORCE with a moving-average baseline plus the low-rank and anchor
+   terms, on graphs sampled per calibration question (questions disjoint from the evaluated ones, calls
+   recorded with phase="calibration"); then the top (1 - p) edges by logit survive (p =
+   method.prune_rate) and every evaluated question runs that one fixed graph. masks.json and masks.png
+   go to the run directory; method.masks=<masks.json> reuses learned logits; prune_rate=0 is the full
+   graph with no calibration. While calibrating, each question of a batch has its own graph: an agent
+   runs for the whole batch when any question's graph needs it (the rows that do not need it ignore it).
+
+With latent_mas's agents as method.agents and its final agent as method.decider, topology=full and
+prune_rate=0 give latent_mas sequential output for output: every agent sees every earlier one.
+
+Savings are recorded per agent and sample like every model call: the KV positions each agent attends to
+(kv_positions_received: the real cache positions its mask lets it see) and its forward passes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mascompare.accounting import UsageRecord
+from mascompare.errors import UserError, is_int_at_least
+from mascompare.methods import MethodOutput, Turn
+from mascompare.methods import pruned_mas
+from mascompare.methods.agent_graph import EdgePolicy, Graph, calibrate, initial_masks, matrix_to_json, prune
+from mascompare.methods.latent_mas import latent_thought, realignment
+from mascompare.methods.roles import agent_messages
+
+log = logging.getLogger(__name__)
+
+FINAL_SEES = ("all", "learned")
+MASKS_FORMAT = "mascompare-pruned-latent-mas-masks/1"
+KIND = "spatial"  # the only mask: latent agents think once, so there are no temporal edges
+
+
+class Method:
+    requires = frozenset({"chat", "hidden_states"})
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        """Every knob checked before the model loads: the graph and calibration knobs as pruned_mas does."""
+        pruned_mas.Method.check_config(cfg)
+        if cfg.rounds != 1 or cfg.decision != "llm":
+            raise UserError("pruned_latent_mas runs one round and its final agent always decodes: "
+                            f"method.rounds must be 1 and method.decision llm, got {cfg.rounds!r} and {cfg.decision!r}.")
+        if not is_int_at_least(cfg.latent_steps, 0):
+            raise UserError(f"method.latent_steps must be a non-negative integer, got {cfg.latent_steps!r}.")
+        if not isinstance(cfg.realign, bool):
+            raise UserError(f"method.realign must be true or false, got {cfg.realign!r}.")
+        if cfg.final_sees not in FINAL_SEES:
+            raise UserError(f"method.final_sees must be one of {', '.join(FINAL_SEES)}, got {cfg.final_sees!r}.")
+
+    def __init__(self, cfg, backend, task, gen, accountant):
+        self.check_config(cfg)
+        self.cfg, self.backend, self.task, self.gen, self.accountant = cfg, backend, task, gen, accountant
+        self.agents = pruned_mas.solver_agents(cfg)
+        self.final = pruned_mas.decider_agent(cfg)
+        self.final_learned = cfg.final_sees == "learned"
+        # graph nodes: the latent agents, and the final agent when its in-edges are learned
+        self.nodes = self.agents + ([self.final] if self.final_learned else [])
+        self.steps = cfg.latent_steps
+        self.prune_rate = float(cfg.prune_rate)
+        w_a, self.target_norm = realignment(backend.model)
+        self.w_a = w_a if cfg.realign else None  # realign=false keeps the norm rescale, as latent_mas
+        self.graph: Graph | None = None  # the fixed graph evaluated; set by prepare()
+        self.info: dict = {}
+
+    # --- the graph -------------------------------------------------------------------------------
+
+    def starting_mask(self) -> np.ndarray:
+        """The topology's forward spatial edges over the agents, plus every agent -> final with final_sees=learned."""
+        spatial, _ = initial_masks(self.cfg.topology, len(self.agents), self.cfg.seed)
+        mask = np.zeros((len(self.nodes), len(self.nodes)), dtype=int)
+        mask[: len(self.agents), : len(self.agents)] = np.triu(spatial, k=1)
+        if self.final_learned:
+            mask[: len(self.agents), -1] = 1
+        return mask
+
+    def needed(self, graph: Graph) -> list[bool]:
+        """Per agent, whether its segment is seen by the final agent or by an agent that runs."""
+        n = len(self.agents)
+        sees = graph.spatial[:n, n] if self.final_learned else np.ones(n, dtype=int)
+        needed = [False] * n
+        for i in reversed(range(n)):
+            needed[i] = bool(sees[i]) or any(graph.spatial[i, j] and needed[j] for j in range(i + 1, n))
+        return needed
+
+    # --- before evaluation: masks ----------------------------------------------------------------
+
+    def prepare(self, run_dir=None, samples=None, resume: bool = True) -> None:
+        """Decide the evaluated graph once per run, as pruned_mas does: load saved masks, or calibrate and
+        prune, or keep the full starting graph (prune_rate 0)."""
+        if self.graph is not None:
+            return
+        run_dir = Path(run_dir) if run_dir is not None else None
+        own = run_dir / pruned_mas.MASKS_FILE if run_dir is not None else None
+        start = self.starting_mask()
+        policy = EdgePolicy.from_config(start, np.zeros_like(start), False, self.cfg.calibration, self.cfg.seed)
+        if self.cfg.get("masks") is not None:
+            calibration = self.load(Path(str(self.cfg.masks)), policy)
+        elif own is not None and resume and own.is_file():
+            calibration = self.load(own, policy)  # a resumed run keeps the graph its earlier samples used
+        elif self.prune_rate > 0:
+            calibration = calibrate(policy, self.cfg.calibration, self.task, self.accountant,
+                                    samples if samples is not None else self.task.load(), self.execute)
+        else:
+            calibration = {"performed": False, "reason": "method.prune_rate is 0: the full starting graph"}
+        self.edge_policy = policy  # kept for inspection (tests, benchmarks)
+        kept = prune(policy.masks[KIND], policy.scores(KIND), self.prune_rate)
+        self.graph = Graph(kept, np.zeros_like(kept))
+        names = [a.name for a in self.nodes]
+        run = self.needed(self.graph)
+        self.info = {
+            "calibration": calibration,
+            "graph": {
+                "topology": self.cfg.topology, "prune_rate": self.prune_rate, "final_sees": self.cfg.final_sees,
+                "agents": names, "final_agent": self.final.name, "latent_steps": self.steps,
+                "edges_initial": int(policy.masks[KIND].sum()), "edges_kept": int(kept.sum()),
+                "kept": [[names[i], names[j]] for i, j in zip(*np.nonzero(kept))],
+                "agents_run": [a.name for a, needed in zip(self.agents, run) if needed],
+                "agents_skipped": [a.name for a, needed in zip(self.agents, run) if not needed],
+            },
+        }
+        log.info("pruned_latent_mas graph: %s", self.info["graph"])
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.save(run_dir / pruned_mas.MASKS_FILE, policy, kept)
+            pruned_mas.draw_masks(run_dir / pruned_mas.MASKS_PICTURE, names, policy, {KIND: kept}, self.graph,
+                                  kinds=(KIND,), method="pruned_latent_mas")
+            self.info["masks_file"] = str(run_dir / pruned_mas.MASKS_FILE)
+
+    def run_info(self) -> dict:
+        """What run.json records about this method beyond the samples (under "method_info")."""
+        return self.info
+
+    def save(self, path: Path, policy: EdgePolicy, kept: np.ndarray) -> None:
+        scores = policy.scores(KIND)
+        data = {
+            "format": MASKS_FORMAT,
+            "orientation": "mask[source][target] over `agents` (the final agent last with final_sees=learned)",
+            "agents": [a.name for a in self.nodes],
+            "roles": [a.role for a in self.nodes],
+            "final_sees": self.cfg.final_sees,
+            "topology": self.cfg.topology,
+            "prune_rate": self.prune_rate,
+            "initial": policy.masks[KIND].tolist(),
+            "logits": matrix_to_json(scores),
+            "probabilities": matrix_to_json(1 / (1 + np.exp(-scores)), 4),
+            "evaluated": kept.tolist(),
+            "calibration": self.info["calibration"],
+            "graph": self.info["graph"],
+        }
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    def load(self, path: Path, policy: EdgePolicy) -> dict:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            ok = isinstance(data, dict) and data.get("format") == MASKS_FORMAT
+        except (OSError, ValueError) as exc:
+            raise UserError(f"Could not read the masks file {path} ({exc}).") from exc
+        if not ok:
+            raise UserError(f"{path} is not a masks file written by pruned_latent_mas (format {MASKS_FORMAT}).")
+        names = [a.name for a in self.nodes]
+        if data["agents"] != names:
+            raise UserError(f"The masks in {path} are for graph nodes {data['agents']}, but this run's are {names} "
+                            f"(method.agents, plus the final agent with method.final_sees=learned).")
+        policy.masks[KIND] = np.asarray(data["initial"], dtype=int)
+        policy.load_logits({KIND: np.asarray(data["logits"], dtype=float)})
+        return {**(data.get("calibration") or {}), "reused_from": str(path)}
+
+    # --- execution -------------------------------------------------------------------------------
+
+    def run(self, samples) -> list[MethodOutput]:
+        self.prepare()
+        return self.execute(samples, [self.graph] * len(samples), [s.id for s in samples], "eval")
+
+    def execute(self, samples, graphs: list[Graph], ids: list[str], phase: str) -> list[MethodOutput]:
+        """Every sample on its own graph, in one batch on one shared cache: the latent agents in index
+        order, each attending to its sources' segments only, then the final agent decodes."""
+        state = self.backend.new_cache(len(samples))
+        segments: dict[int, tuple[int, int]] = {}  # agent index -> its cache columns [start, end)
+        needed = [self.needed(g) for g in graphs]
+        turns = []
+        for a, agent in enumerate(self.agents):
+            if not any(row[a] for row in needed):
+                continue  # nobody may see this agent's thoughts: it does not run
+            began = time.perf_counter()
+            visible = self.visible(state, segments, [g.spatial_sources(a) for g in graphs])
+            received = state.real_positions(visible)
+            prompts = self.prompts(agent, samples)
+            start = state.length
+            hidden, _ = self.backend.prefill(state, prompts, visible)
+            for _ in range(self.steps):
+                hidden, _ = self.backend.step_embeds(state, latent_thought(hidden, self.w_a, self.target_norm),
+                                                     visible)
+            segments[a] = (start, state.length)
+            self.record(ids, agent, a, prompts, received, time.perf_counter() - began, phase,
+                        latent_steps=self.steps, forward_passes=[1 + self.steps] * len(samples),
+                        output_tokens=[0] * len(samples))
+            turns.append(Turn(agent.name, agent.role, a, None))
+        tokens = self.answer(state, samples, graphs, segments, ids, phase)
+        texts = [self.backend.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
+        return [MethodOutput(text, turns + [Turn(self.final.name, self.final.role, len(self.agents), text)])
+                for text in texts]
+
+    def answer(self, state, samples, graphs, segments, ids, phase) -> list[list[int]]:
+        """The final agent prefills its prompt on the segments it may see and decodes."""
+        began = time.perf_counter()
+        n = len(self.agents)
+        visible = self.visible(state, segments, [g.spatial_sources(n) for g in graphs]) if self.final_learned else None
+        received = state.real_positions(visible)
+        prompts = self.prompts(self.final, samples)
+        _, logits = self.backend.prefill(state, prompts, visible)
+        tokens = self.backend.decode(state, logits, self.gen, visible)
+        self.record(ids, self.final, n, prompts, received, time.perf_counter() - began, phase, latent_steps=0,
+                    forward_passes=[len(t) for t in tokens], output_tokens=[len(t) for t in tokens])
+        return tokens
+
+    def visible(self, state, segments, sources: list[list[int]]) -> torch.Tensor:
+        """[B, cache length] 0/1: per row, the columns of the segments of that row's sources that ran."""
+        visible = torch.zeros_like(state.mask)
+        for row, row_sources in enumerate(sources):
+            for i in row_sources:
+                if i in segments:
+                    begin, end = segments[i]
+                    visible[row, begin:end] = 1
+        return visible
+
+    # --- prompts and accounting ------------------------------------------------------------------
+
+    def prompts(self, agent, samples) -> list[list[int]]:
+        instruction = self.task.answer_instruction()
+        return self.backend.encode_chat(
+            [agent_messages(self.cfg.get("system"), agent, s.question, instruction) for s in samples])
+
+    def record(self, ids, agent, index, prompts, received, wall_time_s, phase, latent_steps, forward_passes,
+               output_tokens) -> None:
+        share = wall_time_s / len(ids)
+        for i, sample_id in enumerate(ids):
+            self.accountant.record(UsageRecord(
+                sample_id, agent.name, agent.role, index, input_tokens=len(prompts[i]),
+                output_tokens=output_tokens[i], latent_steps=latent_steps, kv_positions_received=received[i],
+                forward_passes=forward_passes[i], wall_time_s=share, phase=phase,
+            ))

@@ -1,0 +1,250 @@
+"""pruned_latent_mas on tiny random-weight models (tied and untied embeddings), and once on the embedded model."""
+
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
+
+from mascompare import runner as run_module
+from mascompare.accounting import Accountant
+from mascompare.app import compose_config
+from mascompare.backends import BACKENDS
+from mascompare.cli import app
+from mascompare.errors import UserError
+from mascompare.generation import GenerationConfig
+from mascompare.methods import latent_mas
+from mascompare.methods.agent_graph import Graph
+from mascompare.methods.pruned_latent_mas import Method
+from mascompare.methods.pruned_mas import MASKS_FILE, MASKS_PICTURE
+from mascompare.tasks.arith import Arith
+
+AGENTS = ["algebraist", "calculator", "programmer", "inspector"]
+
+
+def compose_cfg(*overrides):
+    return compose_config("method=pruned_latent_mas", "task=arith", *overrides)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return Arith(OmegaConf.create({"name": "arith", "seed": 3, "size_per_level": 4, "limit": 8}))
+
+
+@pytest.fixture(scope="module")
+def samples(task):
+    return task.load()
+
+
+@pytest.fixture(params=["untied", "tied"])
+def backend(request, tiny_backend, tiny_tied_backend):
+    return tiny_backend if request.param == "untied" else tiny_tied_backend
+
+
+def make_method(backend, task, *overrides, max_new_tokens=6, accountant=None, cfg=None):
+    cfg = cfg if cfg is not None else compose_cfg("method.latent_steps=2", *overrides).method
+    return Method(cfg, backend, task, GenerationConfig(max_new_tokens=max_new_tokens), accountant or Accountant())
+
+
+def graph_with(n, edges) -> Graph:
+    spatial = np.zeros((n, n), dtype=int)
+    for i, j in edges:
+        spatial[i, j] = 1
+    return Graph(spatial, np.zeros_like(spatial))
+
+
+class ThoughtRecorder:
+    """The real backend, keeping every latent input it is given."""
+
+    def __init__(self, backend):
+        self.backend, self.thoughts = backend, []
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def step_embeds(self, state, embeds, visible=None):
+        self.thoughts.append(embeds.clone())
+        return self.backend.step_embeds(state, embeds, visible)
+
+
+def third_agents_thoughts(backend, task, samples, edges, first_instruction):
+    """The latent inputs of agent 2 (programmer) when agent 0's instruction is `first_instruction`."""
+    recorder = ThoughtRecorder(backend)
+    method = make_method(recorder, task, f"method.agents.0.instruction='{first_instruction}'")
+    method.execute(samples[:2], [graph_with(4, edges)] * 2, [s.id for s in samples[:2]], "eval")
+    return np.stack([t.numpy() for t in recorder.thoughts[4:6]])  # 2 latent steps per agent, agents 0..3
+
+
+def test_a_pruned_edge_carries_no_influence_and_a_kept_one_does(backend, task, samples):
+    algebra, table = "Solve it with algebra.", "Work it out with a long and careful table of numbers."
+    # agent 2 reads agent 1, which reads nobody; agent 0 is read by agent 3 only. (Influence is transitive
+    # in latent form: had agent 1 read agent 0, agent 1's cache entries would carry it on to agent 2.)
+    without = [(0, 3), (1, 2), (2, 3)]
+    a = third_agents_thoughts(backend, task, samples, without, algebra)
+    b = third_agents_thoughts(backend, task, samples, without, table)
+    assert np.allclose(a, b, atol=1e-4), "agent 2 does not see agent 0: its thoughts must not change"
+    kept = without + [(0, 2)]
+    a = third_agents_thoughts(backend, task, samples, kept, algebra)
+    b = third_agents_thoughts(backend, task, samples, kept, table)
+    assert not np.allclose(a, b, atol=1e-2), "with the edge kept, agent 0's prompt reaches agent 2"
+
+
+def latent_mas_agents_cfg(*overrides):
+    """pruned_latent_mas configured with latent_mas's sequential agents, roles and system message."""
+    latent = compose_config("method=latent_mas", "task=arith").method
+    cfg = compose_cfg("method.prune_rate=0", "method.topology=full", *overrides).method
+    roles = OmegaConf.to_container(latent.roles.sequential)
+    cfg.agents, cfg.decider, cfg.system = roles[:-1], roles[-1], latent.roles.system
+    return cfg
+
+
+def test_prune_rate_0_with_latent_mas_agents_equals_latent_mas_sequential(backend, task, samples):
+    ours, theirs = Accountant(), Accountant()
+    pruned = make_method(backend, task, cfg=latent_mas_agents_cfg("method.latent_steps=3"), accountant=ours)
+    cfg = compose_config("method=latent_mas", "task=arith", "method.latent_steps=3").method
+    reference = latent_mas.Method(cfg, backend, task, GenerationConfig(max_new_tokens=6), theirs)
+    mine, expected = pruned.run(samples), reference.run(samples)
+    assert [o.final_text for o in mine] == [o.final_text for o in expected]
+    assert [o.transcript for o in mine] == [o.transcript for o in expected]
+    assert len({o.final_text for o in mine}) > 1  # the rows really differ
+    for sample in samples:
+        strip = [{k: v for k, v in r.to_dict().items() if k != "wall_time_s"} for r in ours.take(sample.id)]
+        assert strip == [{k: v for k, v in r.to_dict().items() if k != "wall_time_s"} for r in theirs.take(sample.id)]
+
+
+@pytest.mark.parametrize("final_sees", ["all", "learned"])
+def test_batch_of_8_gives_the_same_texts_as_one_at_a_time(backend, task, samples, final_sees):
+    method = make_method(backend, task, f"method.final_sees={final_sees}")
+    n = 5 if final_sees == "learned" else 4
+    method.graph = graph_with(n, [(0, 2), (1, 3), (2, 3)] + ([(1, 4), (3, 4)] if n == 5 else []))
+    batched = [o.final_text for o in method.run(samples)]
+    single = [method.run([s])[0].final_text for s in samples]
+    assert batched == single
+    assert len(set(batched)) > 1
+
+
+def test_an_agent_nobody_may_see_is_not_run_and_savings_are_recorded(tiny_backend, task, samples):
+    accountant = Accountant()
+    method = make_method(tiny_backend, task, "method.final_sees=learned", "method.latent_steps=3",
+                         accountant=accountant)
+    # agent 0 -> 2 -> final; agent 1 feeds only agent 3, which nobody sees: neither 3 nor 1 runs
+    method.graph = graph_with(5, [(0, 2), (1, 3), (2, 4)])
+    method.run(samples[:2])
+    records = accountant.take(samples[0].id)
+    assert [r.agent for r in records] == ["algebraist", "programmer", "decider"]
+    prompt = {r.agent: r.input_tokens for r in records}
+    assert [r.kv_positions_received for r in records] == [
+        0, prompt["algebraist"] + 3, prompt["programmer"] + 3]  # each sees exactly its source's segment
+    assert [r.forward_passes for r in records[:2]] == [4, 4] and records[-1].forward_passes == records[-1].output_tokens
+
+    full = Accountant()
+    make_method(tiny_backend, task, "method.prune_rate=0", "method.latent_steps=3", accountant=full).run(samples[:2])
+    everyone = full.take(samples[0].id)
+    assert len(everyone) == 5 and sum(r.kv_positions_received for r in everyone) > sum(
+        r.kv_positions_received for r in records)
+
+
+def test_calibration_drives_a_harmful_edge_down_over_real_latent_runs(tiny_backend, tmp_path):
+    """A scripted utility: a graph is right exactly when it lacks the edge calculator -> programmer.
+    Every sampled graph really runs (latent agents, final decoding); only the scoring is scripted."""
+    task = Arith(OmegaConf.create({"name": "arith", "seed": 0, "levels": [1], "limit": 4}))
+    accountant = Accountant()
+    method = make_method(tiny_backend, task, "method.latent_steps=1", "method.calibration.iterations=20",
+                         "method.calibration.batch_size=8", "method.calibration.size=16", max_new_tokens=1,
+                         accountant=accountant)
+    harmful = (1, 2)
+    real_execute, graphs_run = method.execute, []
+
+    def scripted(samples, graphs, ids, phase):
+        outputs = real_execute(samples, graphs, ids, phase)
+        graphs_run.extend(graphs)
+        for sample, graph, output in zip(samples, graphs, outputs):
+            output.final_text = f"The answer is {sample.target if not graph.spatial[harmful] else 'wrong'}."
+        return outputs
+
+    method.execute = scripted
+    method.prepare(tmp_path, task.load())
+    logits = method.edge_policy.scores("spatial")
+    others = [logits[i, j] for i in range(4) for j in range(i + 1, 4) if (i, j) != harmful]
+    assert logits[harmful] < min(others) and logits[harmful] < 0
+    assert method.graph.spatial[harmful] == 0 and method.graph.spatial.sum() == 3  # top half of 6 edges
+    cal = method.info["calibration"]
+    assert len(graphs_run) == 160 and cal["usage"]["calls"] == 160 * 5  # every graph ran all 5 agents
+    assert cal["usage"]["latent_steps"] == 160 * 4
+    saved = json.loads((tmp_path / MASKS_FILE).read_text())
+    assert saved["evaluated"] == method.graph.spatial.tolist() and (tmp_path / MASKS_PICTURE).is_file()
+
+    # method.masks= reuses the learned logits without calibrating again
+    again = make_method(tiny_backend, task, f"method.masks={tmp_path / MASKS_FILE}")
+    again.prepare(None, task.load())
+    assert np.array_equal(again.graph.spatial, method.graph.spatial)
+    assert again.info["calibration"]["reused_from"] == str(tmp_path / MASKS_FILE)
+    other = make_method(tiny_backend, task, f"method.masks={tmp_path / MASKS_FILE}", "method.final_sees=learned")
+    with pytest.raises(UserError, match="are for graph nodes"):
+        other.prepare(None, task.load())
+
+
+def test_only_forward_edges_and_the_final_agent_make_the_starting_graph(tiny_backend, task):
+    method = make_method(tiny_backend, task, "method.final_sees=learned")
+    start = method.starting_mask()
+    assert start.shape == (5, 5) and start.sum() == 6 + 4
+    assert np.array_equal(start[:4, :4], np.triu(np.ones((4, 4), dtype=int), k=1)) and start[:4, 4].all()
+    assert make_method(tiny_backend, task, "method.topology=chain").starting_mask().sum() == 3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.rounds=2", "method.rounds must be 1"),
+    ("method.final_sees=some", "method.final_sees must be one of all, learned"),
+    ("method.latent_steps=-1", "method.latent_steps must be a non-negative integer"),
+    ("method.realign=maybe", "method.realign must be true or false"),
+    ("method.prune_rate=1", "method.prune_rate"),
+])
+def test_bad_config_is_refused_before_the_model_loads(override, message):
+    with pytest.raises(UserError, match=message):
+        Method.check_config(compose_cfg(override).method)
+
+
+class ChatOnlyBackend:
+    name = "chat_only"
+    capabilities = frozenset({"chat"})
+
+    def __init__(self, *args):
+        raise AssertionError("the backend must not even be built")
+
+
+def test_backend_without_hidden_states_fails_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setitem(BACKENDS._entries, "chat_only", f"{__name__}:ChatOnlyBackend")
+    with pytest.raises(UserError, match="Method 'pruned_latent_mas' needs hidden_states"):
+        run_module.execute(compose_cfg("backend.name=chat_only"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def cli_run(tmp_path, *args):
+    result = CliRunner().invoke(app, ["run", "method=pruned_latent_mas", "task=arith", "run.progress=false",
+                                      f"run.output_root={tmp_path}", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "arith" / "pruned_latent_mas").glob("*/*")
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    return run_dir, rows, json.loads((run_dir / "run.json").read_text())
+
+
+TINY_CALIBRATION = ["method.calibration.size=2", "method.calibration.iterations=1", "method.calibration.batch_size=2"]
+
+
+def test_cli_run_reports_calibration_apart(tiny_model_dir, tmp_path):
+    run_dir, rows, info = cli_run(tmp_path, "task.limit=2", f"model.path={tiny_model_dir}", "model.name=tiny",
+                                  "generation.max_new_tokens=3", "method.latent_steps=2", *TINY_CALIBRATION)
+    cal = info["method_info"]["calibration"]
+    assert cal["performed"] and cal["usage"]["calls"] == 2 * 5 and (run_dir / MASKS_PICTURE).is_file()
+    for row in rows:
+        assert {a["phase"] for a in row["agents"]} == {"eval"} and row["usage"]["latent_steps"] == 4 * 2
+        assert [a["agent"] for a in row["agents"]] == [*AGENTS, "decider"]
+
+
+@pytest.mark.embedded
+def test_smoke_on_the_embedded_model(tmp_path):
+    run_dir, rows, info = cli_run(tmp_path, "task.limit=2", "generation.max_new_tokens=16", *TINY_CALIBRATION)
+    assert len(rows) == 2 and all(r["error"] is None and r["final_text"].strip() for r in rows)
+    assert all(r["usage"]["latent_steps"] == 40 and 1 <= r["usage"]["output_tokens"] <= 16 for r in rows)
+    assert info["method_info"]["graph"]["edges_kept"] == 3 and (run_dir / MASKS_PICTURE).is_file()
