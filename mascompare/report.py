@@ -32,7 +32,7 @@ from mascompare.sweep import FAILURE_FILE
 OUTPUT_FILES = ("comparison.md", "comparison.csv", "comparison.tex", "pareto.png")
 METRICS = ("strict", "flexible")
 # Simplest first, as in the README; methods added later sort after these, by name.
-METHOD_ORDER = ("baseline", "text_mas", "pruned_mas", "latent_mas")
+METHOD_ORDER = ("baseline", "text_mas", "pruned_mas", "latent_mas", "pruned_latent_mas")
 DEFAULT_REFERENCES = ("text_mas", "baseline")
 # Config keys whose differences between compared runs break a like-for-like comparison.
 MISMATCH_PREFIXES = {

@@ -76,3 +76,9 @@ def tiny_model_dir(tmp_path_factory, tiny_model, smollm2_tokenizer) -> Path:
     tiny_model.save_pretrained(directory)
     smollm2_tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(params=["untied", "tied"])
+def either_tiny_backend(request, tiny_backend, tiny_tied_backend) -> HFBackend:
+    """Runs the test once with untied and once with tied embeddings."""
+    return tiny_backend if request.param == "untied" else tiny_tied_backend

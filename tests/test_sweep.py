@@ -83,12 +83,13 @@ def test_two_job_sweep_through_the_joblib_launcher(tiny_model_dir, tmp_path):
 
 def test_experiment_presets_compose():
     smoke = {arm: compose_config("+experiment=smoke", f"+experiment/smoke_arm={arm}")
-             for arm in ("baseline", "text_mas", "latent_mas", "pruned_mas")}
+             for arm in ("baseline", "text_mas", "latent_mas", "pruned_mas", "pruned_latent_mas")}
     assert {arm: cfg.method.name for arm, cfg in smoke.items()} == {arm: arm for arm in smoke}
     assert smoke["baseline"].task.name == "arith" and smoke["baseline"].task.limit == 8
     assert "calibration" not in smoke["baseline"].method  # an arm's knobs stay with its method
-    calibration = smoke["pruned_mas"].method.calibration
-    assert calibration.size == calibration.iterations * calibration.batch_size == 2  # 2 calibration graphs
+    for arm in ("pruned_mas", "pruned_latent_mas"):
+        calibration = smoke[arm].method.calibration
+        assert calibration.size == calibration.iterations * calibration.batch_size == 2  # 2 calibration graphs
 
     latent = compose_config("+experiment=latentmas_gsm8k", "+experiment/latentmas_gsm8k_arm=latent_mas_hierarchical",
                             "model=qwen3-14b")

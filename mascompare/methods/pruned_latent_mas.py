@@ -34,7 +34,6 @@ Savings are recorded per agent and sample like every model call: the KV position
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -46,7 +45,8 @@ from mascompare.accounting import UsageRecord
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.methods import MethodOutput, Turn
 from mascompare.methods import pruned_mas
-from mascompare.methods.agent_graph import EdgePolicy, Graph, calibrate, initial_masks, matrix_to_json, prune
+from mascompare.methods.agent_graph import (EdgePolicy, Graph, calibrate, initial_masks, matrix_to_json, prune,
+                                            read_masks, write_masks)
 from mascompare.methods.latent_mas import latent_thought, realignment
 from mascompare.methods.roles import agent_messages
 
@@ -174,18 +174,10 @@ class Method:
             "calibration": self.info["calibration"],
             "graph": self.info["graph"],
         }
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_masks(path, data)
 
     def load(self, path: Path, policy: EdgePolicy) -> dict:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            ok = isinstance(data, dict) and data.get("format") == MASKS_FORMAT
-        except (OSError, ValueError) as exc:
-            raise UserError(f"Could not read the masks file {path} ({exc}).") from exc
-        if not ok:
-            raise UserError(f"{path} is not a masks file written by pruned_latent_mas (format {MASKS_FORMAT}).")
+        data = read_masks(path, MASKS_FORMAT, "pruned_latent_mas")
         names = [a.name for a in self.nodes]
         if data["agents"] != names:
             raise UserError(f"The masks in {path} are for graph nodes {data['agents']}, but this run's are {names} "

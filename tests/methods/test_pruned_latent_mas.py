@@ -27,22 +27,11 @@ def compose_cfg(*overrides):
     return compose_config("method=pruned_latent_mas", "task=arith", *overrides)
 
 
-@pytest.fixture(scope="module")
-def task():
-    return Arith(OmegaConf.create({"name": "arith", "seed": 3, "size_per_level": 4, "limit": 8}))
+TASK = Arith(OmegaConf.create({"name": "arith", "seed": 3, "size_per_level": 4, "limit": 8}))
+SAMPLES = TASK.load()
 
 
-@pytest.fixture(scope="module")
-def samples(task):
-    return task.load()
-
-
-@pytest.fixture(params=["untied", "tied"])
-def backend(request, tiny_backend, tiny_tied_backend):
-    return tiny_backend if request.param == "untied" else tiny_tied_backend
-
-
-def make_method(backend, task, *overrides, max_new_tokens=6, accountant=None, cfg=None):
+def make_method(backend, *overrides, task=TASK, max_new_tokens=6, accountant=None, cfg=None):
     cfg = cfg if cfg is not None else compose_cfg("method.latent_steps=2", *overrides).method
     return Method(cfg, backend, task, GenerationConfig(max_new_tokens=max_new_tokens), accountant or Accountant())
 
@@ -68,25 +57,25 @@ class ThoughtRecorder:
         return self.backend.step_embeds(state, embeds, visible)
 
 
-def third_agents_thoughts(backend, task, samples, edges, first_instruction):
+def third_agents_thoughts(backend, edges, first_instruction):
     """The latent inputs of agent 2 (programmer) when agent 0's instruction is `first_instruction`."""
     recorder = ThoughtRecorder(backend)
-    method = make_method(recorder, task, f"method.agents.0.instruction='{first_instruction}'")
-    method.execute(samples[:2], [graph_with(4, edges)] * 2, [s.id for s in samples[:2]], "eval")
+    method = make_method(recorder, f"method.agents.0.instruction='{first_instruction}'")
+    method.execute(SAMPLES[:2], [graph_with(4, edges)] * 2, [s.id for s in SAMPLES[:2]], "eval")
     return np.stack([t.numpy() for t in recorder.thoughts[4:6]])  # 2 latent steps per agent, agents 0..3
 
 
-def test_a_pruned_edge_carries_no_influence_and_a_kept_one_does(backend, task, samples):
+def test_a_pruned_edge_carries_no_influence_and_a_kept_one_does(either_tiny_backend):
     algebra, table = "Solve it with algebra.", "Work it out with a long and careful table of numbers."
     # agent 2 reads agent 1, which reads nobody; agent 0 is read by agent 3 only. (Influence is transitive
     # in latent form: had agent 1 read agent 0, agent 1's cache entries would carry it on to agent 2.)
     without = [(0, 3), (1, 2), (2, 3)]
-    a = third_agents_thoughts(backend, task, samples, without, algebra)
-    b = third_agents_thoughts(backend, task, samples, without, table)
+    a = third_agents_thoughts(either_tiny_backend, without, algebra)
+    b = third_agents_thoughts(either_tiny_backend, without, table)
     assert np.allclose(a, b, atol=1e-4), "agent 2 does not see agent 0: its thoughts must not change"
     kept = without + [(0, 2)]
-    a = third_agents_thoughts(backend, task, samples, kept, algebra)
-    b = third_agents_thoughts(backend, task, samples, kept, table)
+    a = third_agents_thoughts(either_tiny_backend, kept, algebra)
+    b = third_agents_thoughts(either_tiny_backend, kept, table)
     assert not np.allclose(a, b, atol=1e-2), "with the edge kept, agent 0's prompt reaches agent 2"
 
 
@@ -99,39 +88,40 @@ def latent_mas_agents_cfg(*overrides):
     return cfg
 
 
-def test_prune_rate_0_with_latent_mas_agents_equals_latent_mas_sequential(backend, task, samples):
+def test_prune_rate_0_with_latent_mas_agents_equals_latent_mas_sequential(either_tiny_backend):
+    backend = either_tiny_backend
     ours, theirs = Accountant(), Accountant()
-    pruned = make_method(backend, task, cfg=latent_mas_agents_cfg("method.latent_steps=3"), accountant=ours)
+    pruned = make_method(backend, cfg=latent_mas_agents_cfg("method.latent_steps=3"), accountant=ours)
     cfg = compose_config("method=latent_mas", "task=arith", "method.latent_steps=3").method
-    reference = latent_mas.Method(cfg, backend, task, GenerationConfig(max_new_tokens=6), theirs)
-    mine, expected = pruned.run(samples), reference.run(samples)
+    reference = latent_mas.Method(cfg, backend, TASK, GenerationConfig(max_new_tokens=6), theirs)
+    mine, expected = pruned.run(SAMPLES), reference.run(SAMPLES)
     assert [o.final_text for o in mine] == [o.final_text for o in expected]
     assert [o.transcript for o in mine] == [o.transcript for o in expected]
     assert len({o.final_text for o in mine}) > 1  # the rows really differ
-    for sample in samples:
+    for sample in SAMPLES:
         strip = [{k: v for k, v in r.to_dict().items() if k != "wall_time_s"} for r in ours.take(sample.id)]
         assert strip == [{k: v for k, v in r.to_dict().items() if k != "wall_time_s"} for r in theirs.take(sample.id)]
 
 
 @pytest.mark.parametrize("final_sees", ["all", "learned"])
-def test_batch_of_8_gives_the_same_texts_as_one_at_a_time(backend, task, samples, final_sees):
-    method = make_method(backend, task, f"method.final_sees={final_sees}")
+def test_batch_of_8_gives_the_same_texts_as_one_at_a_time(either_tiny_backend, final_sees):
+    method = make_method(either_tiny_backend, f"method.final_sees={final_sees}")
     n = 5 if final_sees == "learned" else 4
     method.graph = graph_with(n, [(0, 2), (1, 3), (2, 3)] + ([(1, 4), (3, 4)] if n == 5 else []))
-    batched = [o.final_text for o in method.run(samples)]
-    single = [method.run([s])[0].final_text for s in samples]
+    batched = [o.final_text for o in method.run(SAMPLES)]
+    single = [method.run([s])[0].final_text for s in SAMPLES]
     assert batched == single
     assert len(set(batched)) > 1
 
 
-def test_an_agent_nobody_may_see_is_not_run_and_savings_are_recorded(tiny_backend, task, samples):
+def test_an_agent_nobody_may_see_is_not_run_and_savings_are_recorded(tiny_backend):
     accountant = Accountant()
-    method = make_method(tiny_backend, task, "method.final_sees=learned", "method.latent_steps=3",
+    method = make_method(tiny_backend, "method.final_sees=learned", "method.latent_steps=3",
                          accountant=accountant)
     # agent 0 -> 2 -> final; agent 1 feeds only agent 3, which nobody sees: neither 3 nor 1 runs
     method.graph = graph_with(5, [(0, 2), (1, 3), (2, 4)])
-    method.run(samples[:2])
-    records = accountant.take(samples[0].id)
+    method.run(SAMPLES[:2])
+    records = accountant.take(SAMPLES[0].id)
     assert [r.agent for r in records] == ["algebraist", "programmer", "decider"]
     prompt = {r.agent: r.input_tokens for r in records}
     assert [r.kv_positions_received for r in records] == [
@@ -139,8 +129,8 @@ def test_an_agent_nobody_may_see_is_not_run_and_savings_are_recorded(tiny_backen
     assert [r.forward_passes for r in records[:2]] == [4, 4] and records[-1].forward_passes == records[-1].output_tokens
 
     full = Accountant()
-    make_method(tiny_backend, task, "method.prune_rate=0", "method.latent_steps=3", accountant=full).run(samples[:2])
-    everyone = full.take(samples[0].id)
+    make_method(tiny_backend, "method.prune_rate=0", "method.latent_steps=3", accountant=full).run(SAMPLES[:2])
+    everyone = full.take(SAMPLES[0].id)
     assert len(everyone) == 5 and sum(r.kv_positions_received for r in everyone) > sum(
         r.kv_positions_received for r in records)
 
@@ -150,8 +140,8 @@ def test_calibration_drives_a_harmful_edge_down_over_real_latent_runs(tiny_backe
     Every sampled graph really runs (latent agents, final decoding); only the scoring is scripted."""
     task = Arith(OmegaConf.create({"name": "arith", "seed": 0, "levels": [1], "limit": 4}))
     accountant = Accountant()
-    method = make_method(tiny_backend, task, "method.latent_steps=1", "method.calibration.iterations=20",
-                         "method.calibration.batch_size=8", "method.calibration.size=16", max_new_tokens=1,
+    method = make_method(tiny_backend, "method.latent_steps=1", "method.calibration.iterations=20",
+                         "method.calibration.batch_size=8", "method.calibration.size=16", task=task, max_new_tokens=1,
                          accountant=accountant)
     harmful = (1, 2)
     real_execute, graphs_run = method.execute, []
@@ -176,21 +166,21 @@ def test_calibration_drives_a_harmful_edge_down_over_real_latent_runs(tiny_backe
     assert saved["evaluated"] == method.graph.spatial.tolist() and (tmp_path / MASKS_PICTURE).is_file()
 
     # method.masks= reuses the learned logits without calibrating again
-    again = make_method(tiny_backend, task, f"method.masks={tmp_path / MASKS_FILE}")
+    again = make_method(tiny_backend, f"method.masks={tmp_path / MASKS_FILE}", task=task)
     again.prepare(None, task.load())
     assert np.array_equal(again.graph.spatial, method.graph.spatial)
     assert again.info["calibration"]["reused_from"] == str(tmp_path / MASKS_FILE)
-    other = make_method(tiny_backend, task, f"method.masks={tmp_path / MASKS_FILE}", "method.final_sees=learned")
+    other = make_method(tiny_backend, f"method.masks={tmp_path / MASKS_FILE}", "method.final_sees=learned", task=task)
     with pytest.raises(UserError, match="are for graph nodes"):
         other.prepare(None, task.load())
 
 
-def test_only_forward_edges_and_the_final_agent_make_the_starting_graph(tiny_backend, task):
-    method = make_method(tiny_backend, task, "method.final_sees=learned")
+def test_only_forward_edges_and_the_final_agent_make_the_starting_graph(tiny_backend):
+    method = make_method(tiny_backend, "method.final_sees=learned")
     start = method.starting_mask()
     assert start.shape == (5, 5) and start.sum() == 6 + 4
     assert np.array_equal(start[:4, :4], np.triu(np.ones((4, 4), dtype=int), k=1)) and start[:4, 4].all()
-    assert make_method(tiny_backend, task, "method.topology=chain").starting_mask().sum() == 3
+    assert make_method(tiny_backend, "method.topology=chain").starting_mask().sum() == 3
 
 
 @pytest.mark.parametrize("override, message", [
