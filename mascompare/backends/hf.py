@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import DynamicLayer
 from transformers import GenerationConfig as HFGenerationConfig
 
 from mascompare.backends.base import Completion, Message, plain_prompt
@@ -147,10 +148,29 @@ class HFBackend:
 
     # ---- latent primitives: forward passes on a SharedCache (used by latent_mas) -------------------
 
-    def new_cache(self, batch_size: int) -> SharedCache:
+    def new_cache(self, batch_size: int, first_positions: list[int] | None = None) -> SharedCache:
+        """An empty cache; each row's positions start at 0, or at `first_positions`."""
         empty = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)
-        return SharedCache(DynamicCache(config=self.model.config), empty,
-                           torch.zeros(batch_size, dtype=torch.long, device=self.device))
+        start = torch.tensor(first_positions or [0] * batch_size, dtype=torch.long, device=self.device)
+        return SharedCache(DynamicCache(config=self.model.config), empty, start)
+
+    def can_join_rows(self) -> bool:
+        """Whether `join_rows` applies: every cache layer keeps all its positions (no sliding window)."""
+        return all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
+
+    def join_rows(self, state: SharedCache, groups: int) -> SharedCache:
+        """A cache of groups × B rows, made into B rows: row block g becomes the g-th run of columns of each row.
+
+        Independent agents run side by side as extra rows (one forward pass for all of them), then hand
+        on one cache per sample, as if they had run one after another, each seeing only its own columns.
+        The caller sets their positions to count on from one block to the next.
+        """
+        def side_by_side(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+            return torch.cat(tensor.unflatten(0, (groups, -1)).unbind(0), dim=dim)
+        for layer in state.cache.layers:  # keys and values: [rows, heads, length, head_dim]
+            layer.keys, layer.values = side_by_side(layer.keys, -2), side_by_side(layer.values, -2)
+        # the last block's positions are the latest: the caller made them count on from the earlier blocks
+        return SharedCache(state.cache, side_by_side(state.mask, -1), state.next_position.unflatten(0, (groups, -1))[-1])
 
     @torch.inference_mode()
     def prefill(self, state: SharedCache, prompts: list[list[int]], visible: torch.Tensor | None = None):
@@ -177,12 +197,26 @@ class HFBackend:
             # columns appended after `visible` was made are the current agent's own: they stay visible
             grown = state.length - visible.shape[1]
             past_mask = past_mask * torch.cat([visible, visible.new_ones((visible.shape[0], grown))], dim=1)
-        out = self.model(**inputs, attention_mask=torch.cat([past_mask, segment_mask], dim=1),
-                         position_ids=position_ids, past_key_values=state.cache, use_cache=True,
-                         output_hidden_states=True, logits_to_keep=1)
+        with self._output_head_input() as head_input:
+            out = self.model(**inputs, attention_mask=torch.cat([past_mask, segment_mask], dim=1),
+                             position_ids=position_ids, past_key_values=state.cache, use_cache=True, logits_to_keep=1)
         state.mask = torch.cat([state.mask, segment_mask], dim=1)
         state.next_position = state.next_position + segment_mask.sum(dim=1)
-        return out.hidden_states[-1][:, -1], out.logits[:, -1].float()
+        return head_input[0][:, -1], out.logits[:, -1].float()
+
+    @contextmanager
+    def _output_head_input(self):
+        """Catch what the output head reads: the last layer's final-norm state at the kept positions.
+
+        This is the same tensor as `output_hidden_states=True`'s last entry, without the model keeping
+        every layer's states for the whole segment at every step.
+        """
+        caught: list[torch.Tensor] = []
+        hook = self.model.get_output_embeddings().register_forward_pre_hook(lambda _, args: caught.append(args[0]))
+        try:
+            yield caught
+        finally:
+            hook.remove()
 
     @torch.inference_mode()
     def decode(self, state: SharedCache, first_logits: torch.Tensor, gen: GenerationConfig,

@@ -11,8 +11,10 @@ The same agents and role instructions as text_mas (conf/roles/mas.yaml); only th
 3. The final agent prefills its prompt on the cache (seeing everything before it) and decodes.
 
 Sequential: planner -> critic -> refiner -> judger, each agent attending to all earlier ones.
-Hierarchical: the experts must not see each other. Their segments are hidden from one another
-through the same per-row attention mask that hides padding; the summarizer sees them all.
+Hierarchical: the experts must not see each other. They run side by side as extra rows of the
+same forward passes, and their rows are then joined into one cache per sample, which the summarizer
+reads whole. (Where the backend cannot join rows, e.g. sliding-window caches, they run one after
+another, each hidden from the others by the per-row attention mask that hides padding.)
 
 Differences from the reference implementation, on purpose:
 - m = 0 still hands the cache on: the final agent attends to the other agents' prompts. The
@@ -104,6 +106,8 @@ class Method:
 
     def think_together(self, samples):
         """Run every non-final agent: prefill its prompt on the shared cache, then m latent steps."""
+        if self.hierarchical and self.backend.can_join_rows():
+            return self.experts_side_by_side(samples)
         state = self.backend.new_cache(len(samples))
         turns, diagnostics = [], [{} for _ in samples]
         for index, agent in enumerate(self.agents[:-1]):
@@ -123,6 +127,36 @@ class Method:
             if self.cfg.diagnostics:
                 for i, notes in enumerate(diagnostics):
                     notes[agent.name] = latent_diagnostics([h[i] for h in thoughts])
+        return state, turns, diagnostics
+
+    def experts_side_by_side(self, samples):
+        """Hierarchical experts, which cannot see each other, all at once: one row per expert and sample.
+
+        The same result as running them one after another with each seeing only its own segment, at the
+        cost of one expert: their rows are joined into one cache per sample afterwards, and their positions
+        count on from one expert to the next exactly as they would have in sequence.
+        """
+        start = time.perf_counter()
+        experts, n = self.agents[:-1], len(samples)
+        prompts = [self.prompts(agent, samples) for agent in experts]
+        rows = [prompt for expert_prompts in prompts for prompt in expert_prompts]  # expert-major
+        lengths = torch.tensor([len(prompt) + self.steps for prompt in rows]).view(len(experts), n)
+        state = self.backend.new_cache(len(rows), (lengths.cumsum(dim=0) - lengths).flatten().tolist())
+        hidden, _ = self.backend.prefill(state, rows)
+        thoughts = []
+        for _ in range(self.steps):
+            thoughts.append(hidden.view(len(experts), n, -1))
+            hidden, _ = self.backend.step_embeds(state, self.to_input_space(hidden))
+        state = self.backend.join_rows(state, len(experts))
+        share = (time.perf_counter() - start) / len(experts)  # the experts' common time, split evenly
+        turns, diagnostics = [], [{} for _ in samples]
+        for index, agent in enumerate(experts):
+            self.record(samples, agent, index, prompts[index], [0] * n, share, latent_steps=self.steps,
+                        forward_passes=1 + self.steps, output_tokens=[0] * n)
+            turns.append(Turn(agent.name, agent.role, index, None))
+            if self.cfg.diagnostics:
+                for i, notes in enumerate(diagnostics):
+                    notes[agent.name] = latent_diagnostics([h[index, i] for h in thoughts])
         return state, turns, diagnostics
 
     def to_input_space(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -127,7 +127,9 @@ def expert_thoughts(backend, task, samples, structure, first_instruction):
     method = make_method(recorder, task, f"method.structure={structure}", "method.latent_steps=3",
                          f"method.roles.{structure}.0.instruction='{first_instruction}'")
     method.think_together(samples[:2])
-    return torch.stack(recorder.thoughts[3:6])  # the second agent's three latent inputs
+    if len(recorder.thoughts) == 3:  # experts side by side: rows are expert-major, two samples per expert
+        return torch.stack([thought[2:4] for thought in recorder.thoughts])
+    return torch.stack(recorder.thoughts[3:6])  # one agent after another: the second agent's three latent inputs
 
 
 def test_hierarchical_experts_do_not_see_each_other(backend, task, samples):
