@@ -5,8 +5,9 @@ Numeric answers (`extract_numeric`, `numbers_equal`):
 - strict: the explicitly marked answer, by priority of marker kind:
   1. the last non-empty `\boxed{...}` (nested braces allowed); it decides alone, and gives None
      when it does not hold exactly one number (`\boxed{3, 4}` is ambiguous);
-  2. else the last "the answer is X" / "final answer is: X" / "final answer: X" (any case)
-     followed by a number in the same sentence;
+  2. else the last "the answer is X" / "final answer is: X" / "final answer: X", or a line
+     that starts with "Answer: X" (any case, markdown emphasis allowed), followed by a number in
+     the same sentence;
   3. else the last "#### X" with the number right after the marks.
 - flexible: strict when found, else the last number anywhere in the text.
 
@@ -17,7 +18,9 @@ Normalisation decisions (bump EXTRACTOR_VERSION when any of them changes):
 - "%" is ignored as well, so "60%" equals 60: GSM8K-style targets state percentages as bare
   numbers, and a model answering "60%" to "what percent ..." is right. (inspect_ai keeps
   60% and 60 apart; we do not.)
-- "1,000", "1{,}000", "1\,000" and "1,\!000" are one thousand; "3, 4" and "3,4" are two numbers.
+- "1,000", "1{,}000", "1\,000" and "1,\!000" are one thousand, and so is "1 000" grouped by a
+  space, a no-break space or a thin space (digits in groups of three after the first);
+  "3, 4", "3,4" and "3 4" are two numbers.
 - In a marked answer only the part after the last "=" counts: `\boxed{x = 5}` is 5.
 - `\frac{a}{b}`, `\dfrac`, `\tfrac` and "a/b" are fractions; mixed numbers ("2 1/2") are not
   understood and read as two numbers.
@@ -35,8 +38,8 @@ from fractions import Fraction
 
 from mascompare.tasks.base import Extraction
 
-EXTRACTOR_VERSION = "numeric-1"
-TEXT_EXTRACTOR_VERSION = "exact-1"
+EXTRACTOR_VERSION = "numeric-2"
+TEXT_EXTRACTOR_VERSION = "exact-2"
 
 NUMERIC_INSTRUCTION = (
     # No worked example: small models copy an example number ("\\boxed{42}") into their answers.
@@ -45,11 +48,18 @@ NUMERIC_INSTRUCTION = (
 TEXT_INSTRUCTION = "When you are done, write only the final answer inside \\boxed{}, for example \\boxed{Paris}."
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_ANSWER_IS = re.compile(r"\b(?:final\s+answer\s*(?:is(?![\w'’])\s*:?|:)|answer\s+is(?![\w'’])\s*:?)", re.IGNORECASE)
+_ANSWER_IS = re.compile(
+    r"\b(?:final\s+answer\s*(?:is(?![\w'’])\s*:?|:)|answer\s+is(?![\w'’])\s*:?)"
+    r"|^[ \t*_#>]*answer[*_]*\s*:",  # a line of its own: "Answer: 18", "**Answer:** 18"
+    re.IGNORECASE | re.MULTILINE,
+)
 _HASHES = re.compile(r"####")
 _SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
 
-_DIGITS = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"  # a 3-digit-grouped or plain decimal
+_GROUP_SPACES = " \u00a0\u2009\u202f"  # space, no-break space, thin space, narrow no-break space
+# a decimal grouped in threes by commas or by spaces, or a plain one
+_DIGITS = (rf"(?:\d{{1,3}}(?:,\d{{3}})+(?!\d)|\d{{1,3}}(?:[{_GROUP_SPACES}]\d{{3}})+(?!\d)|\d+)(?:\.\d+)?"
+           r"|\.\d+")
 _NUMBER = re.compile(
     r"(?:(?<![\w)\]}])[-+])?"  # a sign, unless it is a binary operator as in 9-4
     rf"(?<![\d.])(?:{_DIGITS})(?:/(?:{_DIGITS}))?"
@@ -187,7 +197,7 @@ def _first_value(span: str) -> Fraction | None:
 
 
 def _parse(token: str) -> Fraction | None:
-    numerator, _, denominator = token.replace(",", "").partition("/")
+    numerator, _, denominator = re.sub(f"[,{_GROUP_SPACES}]", "", token).partition("/")
     value = Fraction(numerator)
     if denominator:
         if Fraction(denominator) == 0:

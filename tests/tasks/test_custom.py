@@ -120,7 +120,7 @@ def test_empty_file_and_missing_path_are_user_errors(tmp_path):
 
 def test_numeric_scoring():
     task = make(EXAMPLE)
-    assert task.extractor_version == "numeric-1"
+    assert task.extractor_version == "numeric-2"
     assert "\\boxed{}" in task.answer_instruction()
     assert task.score(task.extract("So there are \\boxed{1,055} books.").strict, "1055")
     assert not task.score(task.extract("So there are 1,056 books.").flexible, "1055")
@@ -128,7 +128,7 @@ def test_numeric_scoring():
 
 def test_exact_scoring_ignores_case_and_spacing_and_falls_back_to_the_last_line(tmp_path):
     task = make(EXAMPLE, scoring="exact")
-    assert task.extractor_version == "exact-1"
+    assert task.extractor_version == "exact-2"
     assert task.score(task.extract("It is \\boxed{\\text{ mount  everest }}").strict, "Mount Everest")
     fallback = task.extract("Let me think.\nThe tallest is\nMount Everest.")
     assert fallback.strict is None and task.score(fallback.flexible, "Mount Everest")

@@ -65,6 +65,19 @@ CASES = [
     # plain text: the last number, trailing period and text after it
     ("She has 3 apples and buys 4 more, so 7 apples.", None, "7"),
     ("Total: 1,000,000 dollars.", None, "1000000"),
+    # grouped by spaces, as in many languages and in model output
+    ("Total: 1 000 000 dollars.", None, "1000000"),
+    ("Total: 1\u2009000\u2009000 dollars.", None, "1000000"),  # thin spaces
+    ("Total: 1\u202f250.5 dollars.", None, "1250.5"),  # narrow no-break space
+    ("The answer is 12 000.", "12000", "12000"),
+    ("\\boxed{1 000}", "1000", "1000"),
+    ("The numbers are 3 4", None, "4"),  # not a group of three
+    ("Rows of 12 345 678 9", None, "9"),
+    # a bare "Answer:" line is a strict marker
+    ("Step 1: 3 + 4 = 7\nAnswer: 7", "7", "7"),
+    ("Working: 2 * 9 = 18\n**Answer:** 18 dollars\nCheck: 18 / 2 = 9", "18", "18"),
+    ("answer: 42", "42", "42"),
+    ("My answer: 5 is a guess, so 6", None, "6"),  # mid-line, not a marker
     ("The numbers are 3, 4", None, "4"),  # a list, not 34 thousand
     ("Pick 3,4", None, "4"),
     ("Half of it, 1/2, is left", None, "0.5"),
@@ -81,7 +94,7 @@ def test_extract_numeric(text, strict, flexible):
 
 
 def test_extractor_version():
-    assert EXTRACTOR_VERSION == "numeric-1"
+    assert EXTRACTOR_VERSION == "numeric-2"
 
 
 @pytest.mark.parametrize(
@@ -115,6 +128,7 @@ def test_numbers_equal(answer, target, equal):
         (r"It is \boxed{\text{Paris}}.", "Paris", "Paris"),
         ("The answer is Mount Everest.", "Mount Everest", "Mount Everest"),
         ("Thinking...\n\n**Blue whale**\n", None, "Blue whale"),  # the last line
+        ("It is the largest.\nAnswer: Blue whale\nThat is all.", "Blue whale", "Blue whale"),
         ("", None, None),
     ],
 )
