@@ -39,6 +39,13 @@ from mascompare.errors import UserError
 log = logging.getLogger(__name__)
 
 TOPOLOGIES = ("full", "chain", "star", "layered", "random", "debate")
+TOPOLOGY_STREAM, SAMPLER_STREAM = 0, 1  # one seed, two independent random streams
+
+
+def seeded_rng(seed: int, stream: int) -> np.random.Generator:
+    """An independent generator per use of one seed: with the same stream, the edge sampler's first
+    draw at probability 1/2 would reproduce the random topology it starts from."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
 
 
 def initial_masks(topology: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +57,7 @@ def initial_masks(topology: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.
     - layered: the first ceil(n/2) agents form layer 0, the rest layer 1; i -> j for i in layer 0 and
       j in layer 1 (agents in index order, not shuffled); all temporal edges.
     - random: each spatial pair i != j and each temporal pair independently with probability 1/2,
-      from a generator seeded with `seed`.
+      from a generator seeded with `seed` (a stream apart from the edge sampler's).
     - debate: no spatial edges; all temporal edges (each agent reads everyone's previous answer).
     """
     if topology not in TOPOLOGIES:
@@ -72,7 +79,7 @@ def initial_masks(topology: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.
         first = math.ceil(n / 2)
         spatial[:first, first:] = 1
     elif topology == "random":
-        rng = np.random.default_rng(seed)
+        rng = seeded_rng(seed, TOPOLOGY_STREAM)
         spatial = (rng.random((n, n)) < 0.5).astype(int) * off_diagonal
         temporal = (rng.random((n, n)) < 0.5).astype(int)
     return spatial, temporal
@@ -231,7 +238,7 @@ class EdgePolicy:
         self.optimizer = torch.optim.Adam([self.logits[k] for k in self.learned], lr=lr)
         self.lowrank_weight, self.anchor_weight, self.delta = lowrank_weight, anchor_weight, delta
         self.momentum, self.baseline = baseline_momentum, None
-        self.rng = np.random.default_rng(seed)
+        self.rng = seeded_rng(seed, SAMPLER_STREAM)
 
     @classmethod
     def from_config(cls, spatial, temporal, learn_temporal: bool, cal, seed: int) -> "EdgePolicy":

@@ -42,6 +42,16 @@ def test_random_topology_is_seeded_and_has_no_spatial_self_edges():
     assert np.trace(a[0]) == 0 and 0 < a[0].sum() < 30
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_the_first_draw_does_not_replay_the_random_topology_of_the_same_seed(seed):
+    """One seed feeds both the random topology and the edge sampler; at probability 1/2 a shared
+    random stream would make the first sampled graph the starting graph itself."""
+    spatial, temporal = initial_masks("random", 6, seed=seed)
+    graph, _ = EdgePolicy(spatial, temporal, True, lr=0.1, lowrank_weight=0, anchor_weight=0, delta=0,
+                          baseline_momentum=0.9, seed=seed).sample()
+    assert not np.array_equal(graph.temporal, temporal)  # temporal draws are kept as drawn (no cycle breaking)
+
+
 def test_every_topology_builds_for_one_to_six_agents():
     for topology in TOPOLOGIES:
         for n in range(1, 7):
@@ -154,10 +164,18 @@ def test_reinforce_raises_the_edges_of_good_graphs():
     assert scores[0, 1] > 1.5 and abs(scores[1, 2]) < scores[0, 1] / 2
 
 
-def test_low_rank_and_anchor_terms_have_gradients_on_the_edges_only():
-    p = policy(lowrank_weight=1.0, anchor_weight=1.0, delta=0.0)
+@pytest.mark.parametrize("lowrank, anchor, delta", [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (2.0, 3.0, 0.0), (0.0, 1.0, 5.0)])
+def test_low_rank_and_anchor_gradients_equal_their_hand_computed_values(lowrank, anchor, delta):
+    """At the start every spatial edge of the complete 4-agent graph has probability 1/2: S = OFF / 2
+    and dS/dlogit = 1/4 on the edges. OFF has eigenvalues 3, -1, -1, -1, so the gradient of its
+    nuclear norm is its polar factor J/2 - I (1/2 on every edge); the anchor term ||OFF - S||_F =
+    sqrt(12)/2 has gradient -(OFF - S) / ||OFF - S||_F = -1/sqrt(12) on every edge, and none while
+    that distance stays within delta."""
+    p = policy(learn_temporal=False, lowrank_weight=lowrank, anchor_weight=anchor, delta=delta)
     loss = p.regulariser()
     loss.backward()
-    grad = p.logits["spatial"].grad
-    assert torch.isfinite(grad).all() and float(loss.detach()) > 0
-    assert (grad.diagonal() == 0).all() and (grad[OFF == 1] != 0).all()
+    anchor_active = np.sqrt(12) / 2 > delta
+    per_edge = 0.25 * (lowrank * 0.5 - (anchor / np.sqrt(12) if anchor_active else 0.0))
+    expected = torch.as_tensor(per_edge * OFF, dtype=torch.float64)
+    torch.testing.assert_close(p.logits["spatial"].grad, expected, rtol=1e-6, atol=1e-9)
+    assert float(loss.detach()) == pytest.approx(lowrank * (3 + 1 + 1 + 1) / 2 + anchor * max(0, np.sqrt(12) / 2 - delta))
