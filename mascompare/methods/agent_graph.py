@@ -337,12 +337,15 @@ def read_masks(path, masks_format: str, method: str) -> dict:
 # --- calibration: learning the edges on questions the run never evaluates -------------------------
 
 
+def calibration_split(cal, task) -> str:
+    """`auto` is `seed` for generated arith items, else `tail`."""
+    return ("seed" if task.name == "arith" else "tail") if cal.split == "auto" else cal.split
+
+
 def calibration_samples(cal, task, evaluated) -> tuple[list, str]:
     """Calibration questions disjoint from the evaluated ones, and where they come from
     (`cal` is a method's `calibration` config)."""
-    size, split = cal.size, cal.split
-    if split == "auto":
-        split = "seed" if task.name == "arith" else "tail"
+    size, split = cal.size, calibration_split(cal, task)
     taken = {results.short_hash(s.question) for s in evaluated}
     source, task = task, copy.copy(task)
     if split == "seed":
@@ -360,8 +363,13 @@ def calibration_samples(cal, task, evaluated) -> tuple[list, str]:
             raise UserError(f"method.calibration.split={split} needs a task with a limit; this one has none.")
         task.limit = None
         if split == "train":
-            if not hasattr(task, "split"):
-                raise UserError(f"task={source.name} has no train split; use method.calibration.split=tail.")
+            splits = tuple(getattr(task, "splits", ()))
+            if "train" not in splits or task.split == "train":
+                has = (f"its only split is {splits[0]}" if len(splits) == 1 else
+                       f"its splits are {', '.join(splits)}" if splits else "it has no named splits")
+                raise UserError(f"method.calibration.split=train needs a train split apart from the evaluated one, "
+                                f"but task={source.name} evaluates {getattr(task, 'split', 'its data')} and "
+                                f"{has}; use method.calibration.split=tail.")
             task.split, task.source, task.limit = "train", "hub", size
             pool = task.load()
             where = f"the first {len(pool)} questions of the {source.name} train split"
@@ -393,6 +401,7 @@ def calibrate(policy: EdgePolicy, cal, task, accountant, evaluated, execute) -> 
     log.info("calibrating the communication graph on %d questions (%s), %d iterations",
              len(pool), where, cal.iterations)
     records, history, began, cursor = [], [], time.perf_counter(), 0
+    used = pool[:min(len(pool), cal.iterations * cal.batch_size)]  # questions are drawn in pool order
     for iteration in range(cal.iterations):
         questions = [pool[(cursor + k) % len(pool)] for k in range(cal.batch_size)]
         cursor += cal.batch_size
@@ -414,8 +423,24 @@ def calibrate(policy: EdgePolicy, cal, task, accountant, evaluated, execute) -> 
         log.info("calibration %d/%d: utility %.2f (baseline %.2f)", iteration + 1, cal.iterations,
                  step["utility"], step["baseline"])
     return {
-        "performed": True, "source": where, "questions": len(pool), "question_ids": [s.id for s in pool],
+        "performed": True, "source": where, "split": calibration_split(cal, task), "question_pool": len(pool),
+        "questions": len(used), "question_ids": [s.id for s in used],
+        "question_hashes": [results.short_hash(s.question) for s in used],
         "iterations": cal.iterations, "batch_size": cal.batch_size,
         "graphs_per_question": cal.graphs_per_question, "history": history,
         "usage": summed(records), "elapsed_s": round(time.perf_counter() - began, 3),
     }
+
+
+def refuse_calibration_overlap(calibration: dict, evaluated, path) -> None:
+    """Saved masks learned on questions this run would evaluate are refused: same question text, or
+    same id where ids name the evaluated data (generated arith items reuse ids across seeds)."""
+    hashes = set(calibration.get("question_hashes") or ())
+    ids_name_questions = calibration.get("split") in ("tail", "train") or not hashes  # older files: ids only
+    ids = set(calibration.get("question_ids") or ()) if ids_name_questions else set()
+    shared = [s.id for s in evaluated if s.id in ids or results.short_hash(s.question) in hashes]
+    if shared:
+        raise UserError(
+            f"The masks in {path} were calibrated on {len(shared)} of the questions this run evaluates "
+            f"(e.g. {shared[0]}); evaluate other questions (e.g. a lower task.limit) or calibrate anew "
+            "in a fresh run.")

@@ -46,7 +46,7 @@ from mascompare.errors import UserError, is_int_at_least
 from mascompare.methods import MethodOutput, Turn
 from mascompare.methods import pruned_mas
 from mascompare.methods.agent_graph import (EdgePolicy, Graph, calibrate, initial_masks, matrix_to_json, prune,
-                                            read_masks, write_masks)
+                                            read_masks, refuse_calibration_overlap, write_masks)
 from mascompare.methods.latent_mas import latent_thought, realignment
 from mascompare.methods.roles import agent_messages
 
@@ -120,13 +120,13 @@ class Method:
         own = run_dir / pruned_mas.MASKS_FILE if run_dir is not None else None
         start = self.starting_mask()
         policy = EdgePolicy.from_config(start, np.zeros_like(start), False, self.cfg.calibration, self.cfg.seed)
+        evaluated = samples if samples is not None else self.task.load()
         if self.cfg.get("masks") is not None:
-            calibration = self.load(Path(str(self.cfg.masks)), policy)
+            calibration = self.load(Path(str(self.cfg.masks)), policy, evaluated)
         elif own is not None and resume and own.is_file():
-            calibration = self.load(own, policy)  # a resumed run keeps the graph its earlier samples used
+            calibration = self.load(own, policy, evaluated)  # a resumed run keeps the graph its earlier samples used
         elif self.prune_rate > 0:
-            calibration = calibrate(policy, self.cfg.calibration, self.task, self.accountant,
-                                    samples if samples is not None else self.task.load(), self.execute)
+            calibration = calibrate(policy, self.cfg.calibration, self.task, self.accountant, evaluated, self.execute)
         else:
             calibration = {"performed": False, "reason": "method.prune_rate is 0: the full starting graph"}
         self.edge_policy = policy  # kept for inspection (tests, benchmarks)
@@ -176,7 +176,7 @@ class Method:
         }
         write_masks(path, data)
 
-    def load(self, path: Path, policy: EdgePolicy) -> dict:
+    def load(self, path: Path, policy: EdgePolicy, evaluated) -> dict:
         data = read_masks(path, MASKS_FORMAT, "pruned_latent_mas")
         names = [a.name for a in self.nodes]
         if data["agents"] != names:
@@ -184,6 +184,7 @@ class Method:
                             f"(method.agents, plus the final agent with method.final_sees=learned).")
         policy.masks[KIND] = np.asarray(data["initial"], dtype=int)
         policy.load_logits({KIND: np.asarray(data["logits"], dtype=float)})
+        refuse_calibration_overlap(data.get("calibration") or {}, evaluated, path)
         return {**(data.get("calibration") or {}), "reused_from": str(path)}
 
     # --- execution -------------------------------------------------------------------------------

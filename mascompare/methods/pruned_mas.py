@@ -21,14 +21,17 @@ The story, in the order it happens in a run (graph mechanics, the optimiser and 
    broken at a random edge on the cycle, seeded); the utility is 1 when the final answer is right
    (flexible extraction) and 0 otherwise; one Adam step follows on REINFORCE with a moving-average
    baseline plus the paper's nuclear-norm and anchor terms. The calibration questions never
-   overlap the evaluated ones (checked by question text); their calls are recorded with
+   overlap the evaluated ones (checked by question text, and for saved masks also by id, whenever
+   masks are learned or reused); their calls are recorded with
    phase="calibration" and reported separately (run.json "method_info.calibration", masks.json).
 4. Pruning. Per mask, the top (1 - p) of the starting edges by learned logit survive (p =
    method.prune_rate). The evaluated graph is that one deterministic graph (spatial cycles broken
    at their weakest edge), the same for every question: not a re-sampled one.
 5. Persistence. <run dir>/masks.json holds the logits, the starting, pruned and evaluated masks and
-   the calibration summary; masks.png draws them. method.masks=<masks.json> reuses saved logits
-   (pruned again at the configured rate) without calibrating; a resumed run reuses its own file.
+   the calibration summary (with the ids and question hashes of the questions used); masks.png
+   draws them. method.masks=<masks.json> reuses saved logits (pruned again at the configured rate)
+   without calibrating; a resumed run reuses its own file. Either is refused when the run would
+   evaluate a question the masks were calibrated on (e.g. after task.limit was raised).
 
 method.prune_rate=0 evaluates the unpruned starting graph with no calibration: the text-graph
 baseline that pruning is compared with (same agents, prompts and samples).
@@ -46,7 +49,8 @@ import numpy as np
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.methods import MethodOutput
 from mascompare.methods.agent_graph import (TOPOLOGIES, EdgePolicy, Graph, calibrate, calibration_samples, fixed_graph,
-                                            initial_masks, matrix_to_json, prune, read_masks, write_masks)
+                                            initial_masks, matrix_to_json, prune, read_masks,
+                                            refuse_calibration_overlap, write_masks)
 from mascompare.methods.roles import Agent, agent_messages, ask_agents
 
 log = logging.getLogger(__name__)
@@ -154,12 +158,13 @@ class Method:
         own = run_dir / MASKS_FILE if run_dir is not None else None
         spatial, temporal = initial_masks(self.cfg.topology, len(self.agents), self.cfg.seed)
         policy = self.policy(spatial, temporal)
+        evaluated = samples if samples is not None else self.task.load()
         if self.cfg.get("masks") is not None:
-            calibration = self.load(Path(str(self.cfg.masks)), policy)
+            calibration = self.load(Path(str(self.cfg.masks)), policy, evaluated)
         elif own is not None and resume and own.is_file():
-            calibration = self.load(own, policy)  # a resumed run keeps the graph its earlier samples used
+            calibration = self.load(own, policy, evaluated)  # a resumed run keeps the graph its earlier samples used
         elif self.prune_rate > 0:
-            calibration = self.calibrate(policy, samples if samples is not None else self.task.load())
+            calibration = self.calibrate(policy, evaluated)
         else:
             calibration = {"performed": False, "reason": "method.prune_rate is 0: the unpruned starting graph"}
         self.edge_policy = policy  # kept for inspection (tests, benchmarks)
@@ -186,7 +191,7 @@ class Method:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.masks_path = run_dir / MASKS_FILE
             self.save(self.masks_path, policy, pruned)
-            draw_masks(run_dir / MASKS_PICTURE, names, policy, pruned, self.graph)
+            draw_masks(run_dir / MASKS_PICTURE, names, policy, pruned, self.graph, rounds=self.rounds)
             self.info["masks_file"] = str(self.masks_path)
 
     def policy(self, spatial, temporal) -> EdgePolicy:
@@ -227,7 +232,7 @@ class Method:
         }
         write_masks(path, data)
 
-    def load(self, path: Path, policy: EdgePolicy) -> dict:
+    def load(self, path: Path, policy: EdgePolicy, evaluated) -> dict:
         data = read_masks(path, MASKS_FORMAT, "pruned_mas")
         names = [a.name for a in self.agents]
         if data["agents"] != names:
@@ -241,6 +246,7 @@ class Method:
         if "temporal" not in data.get("learned", []):
             policy.learned = ("spatial",)  # temporal logits never learned there: keep those edges unpruned
         calibration = dict(data.get("calibration") or {})
+        refuse_calibration_overlap(calibration, evaluated, path)
         calibration["reused_from"] = str(path)
         return calibration
 
@@ -320,8 +326,17 @@ class Method:
 # --- the picture ---------------------------------------------------------------------------------
 
 
+def panel_titles(kind: str, learned: bool, rounds: int | None, kept: int, edges: int) -> tuple[str, str]:
+    """The titles of one mask's two panels. With one round no temporal edge carries a message."""
+    unused = kind == "temporal" and rounds == 1
+    note = "" if learned else " (not learned)"
+    right = (f"{kind}: unused with 1 round ({edges} edges, none carries a message)" if unused
+             else f"{kind}: kept after pruning ({kept} of {edges} edges)")
+    return f"{kind}: edge probability before pruning{note}", right
+
+
 def draw_masks(path: Path, names: list[str], policy: EdgePolicy, pruned: dict, graph: Graph, kinds=KINDS,
-               method: str = "pruned_mas") -> None:
+               method: str = "pruned_mas", rounds: int | None = None) -> None:
     """masks.png: per mask (rows: spatial, temporal, or the given `kinds`), the learned edge probabilities
     over the starting edges (left) and the edges kept after pruning (right; cells crossed out were pruned,
     'c' marks a spatial edge dropped to break a cycle in the evaluated graph)."""
@@ -337,11 +352,9 @@ def draw_masks(path: Path, names: list[str], policy: EdgePolicy, pruned: dict, g
     for row, kind in enumerate(kinds):
         initial = policy.masks[kind]
         prob = 1 / (1 + np.exp(-policy.scores(kind)))
-        note = "" if kind in policy.learned else " (not learned: unused with 1 round)"
         left = np.where(initial == 1, prob, np.nan)
         right = np.where(initial == 1, evaluated[kind], np.nan).astype(float)
-        titles = (f"{kind}: edge probability before pruning{note}",
-                  f"{kind}: kept after pruning ({int(evaluated[kind].sum())} of {int(initial.sum())} edges)")
+        titles = panel_titles(kind, kind in policy.learned, rounds, int(evaluated[kind].sum()), int(initial.sum()))
         for col, (values, title) in enumerate(zip((left, right), titles)):
             ax = axes[row][col]
             image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=1, cmap="Blues")

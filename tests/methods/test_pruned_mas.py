@@ -21,7 +21,8 @@ from mascompare.cli import app
 from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
 from mascompare.methods.agent_graph import keep_count
-from mascompare.methods.pruned_mas import MASKS_FILE, MASKS_PICTURE, Method
+from mascompare.methods.pruned_mas import MASKS_FILE, MASKS_PICTURE, Method, panel_titles
+from mascompare.tasks import build_task
 from mascompare.tasks.arith import Arith
 from mascompare.tasks.gsm8k import GSM8K
 
@@ -153,7 +154,7 @@ def test_vote_majority_with_ties_to_the_first_agent():
 # --- calibration and pruning ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rounds, seed", [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)])
+@pytest.mark.parametrize("rounds, seed", [(1, 0), (1, 1), (1, 2), (2, 1), (2, 3)])
 def test_calibration_learns_to_cut_the_liars_outgoing_edges(rounds, seed, tmp_path):
     """The paper's adversarial-agent experiment in miniature: one agent always lies and misleads
     whoever reads it; calibration drives its outgoing edges down and pruning removes them (with two
@@ -253,6 +254,79 @@ def test_arith_calibration_skips_questions_that_are_evaluated():
     task = arith(200)  # level 1 has few distinct questions, so other seeds repeat some of them
     pool, _ = build(cfg, Scripted(cfg), task).calibration_samples(task.load())
     assert len(pool) == 30 and not {s.question for s in pool} & {s.question for s in task.load()}
+
+
+def calibrate_on_the_tail(tmp_path, limit=5, size=4):
+    """Masks calibrated on the last `size` arith questions while the first `limit` are evaluated."""
+    cfg = method_cfg("method.calibration.split=tail", f"method.calibration.size={size}",
+                     "method.calibration.iterations=1", f"method.calibration.batch_size={size}")
+    task = arith(limit, levels=(1, 2))
+    method = build(cfg, Scripted(cfg), task)
+    method.prepare(tmp_path, task.load())
+    return cfg, method.run_info()["calibration"]
+
+
+def test_reused_masks_are_refused_when_the_run_would_evaluate_their_calibration_questions(tmp_path):
+    _, calibration = calibrate_on_the_tail(tmp_path / "a")
+    everything = arith(None, levels=(1, 2))
+    assert set(calibration["question_ids"]) <= {s.id for s in everything.load()}
+    reuse = method_cfg(f"method.masks={tmp_path / 'a' / MASKS_FILE}")
+    with pytest.raises(UserError, match=r"were calibrated on 4 of the questions this run evaluates"):
+        build(reuse, Scripted(reuse), everything).prepare(tmp_path / "b", everything.load())
+    assert not (tmp_path / "b").exists()  # nothing written
+    build(reuse, Scripted(reuse), arith(5, levels=(1, 2))).prepare(tmp_path / "c", arith(5, levels=(1, 2)).load())
+
+
+def test_a_resumed_run_whose_limit_grew_into_its_calibration_questions_is_refused(tmp_path):
+    cfg, _ = calibrate_on_the_tail(tmp_path)
+    before = (tmp_path / MASKS_FILE).read_text()
+    everything = arith(None, levels=(1, 2))
+    with pytest.raises(UserError, match=r"masks\.json were calibrated on 4 of the questions this run evaluates"):
+        build(cfg, Scripted(cfg), everything).prepare(tmp_path, everything.load(), resume=True)
+    assert (tmp_path / MASKS_FILE).read_text() == before
+
+
+def test_reused_masks_are_compared_by_question_text_where_ids_do_not_name_questions(tmp_path):
+    """Generated arith items reuse ids across seeds: masks calibrated on seed 1 may be evaluated on
+    seed 0's questions, but not on seed 1's own."""
+    cfg = method_cfg("method.calibration.size=3", "method.calibration.iterations=1", "method.calibration.batch_size=3")
+    build(cfg, Scripted(cfg), arith(3)).prepare(tmp_path / "a", arith(3).load())
+    calibration = json.loads((tmp_path / "a" / MASKS_FILE).read_text())["calibration"]
+    assert calibration["split"] == "seed" and len(calibration["question_hashes"]) == 3
+    reuse = method_cfg(f"method.masks={tmp_path / 'a' / MASKS_FILE}")
+    build(reuse, Scripted(reuse), arith(3)).prepare(None, arith(3).load())  # same ids, other questions
+    seed_one = arith(40, seed=1)
+    with pytest.raises(UserError, match=r"were calibrated on \d+ of the questions this run evaluates"):
+        build(reuse, Scripted(reuse), seed_one).prepare(None, seed_one.load())
+
+
+@pytest.mark.parametrize("task_name, evaluated, splits", [
+    ("mmlu", "test", "its splits are test, validation, dev"),  # the Hub's train split is auxiliary_train
+    ("gpqa_diamond", "test", "its only split is test"),
+    ("humaneval", "test", "its only split is test"),
+    ("aime2024", "train", "its only split is train"),  # the one split is the evaluated one
+])
+def test_train_calibration_needs_a_train_split_apart_from_the_evaluated_one(task_name, evaluated, splits):
+    cfg = method_cfg("method.calibration.split=train")
+    task = build_task(compose_config(f"task={task_name}").task)
+    with pytest.raises(UserError, match=re.escape(f"task={task_name} evaluates {evaluated} and {splits}; ")):
+        build(cfg, Scripted(cfg), task).calibration_samples([])
+
+
+def test_calibration_summary_reports_the_questions_used_and_the_pool(tmp_path):
+    cfg = method_cfg("method.calibration.size=6", "method.calibration.iterations=2", "method.calibration.batch_size=2")
+    method = build(cfg, Scripted(cfg), arith(2))
+    method.prepare(tmp_path, arith(2).load())
+    calibration = method.run_info()["calibration"]
+    assert calibration["questions"] == 4 and calibration["question_pool"] == 6
+    assert len(calibration["question_ids"]) == len(calibration["question_hashes"]) == 4
+
+
+def test_the_masks_picture_says_temporal_edges_are_unused_with_one_round():
+    assert panel_titles("temporal", False, 1, 16, 16)[1] == "temporal: unused with 1 round (16 edges, none carries a message)"
+    assert panel_titles("temporal", True, 2, 8, 16)[1] == "temporal: kept after pruning (8 of 16 edges)"
+    assert panel_titles("spatial", True, 1, 6, 12) == ("spatial: edge probability before pruning",
+                                                        "spatial: kept after pruning (6 of 12 edges)")
 
 
 @pytest.mark.parametrize("override, message", [
