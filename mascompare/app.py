@@ -13,10 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mascompare.config import CONF_DIR
 from mascompare.errors import UserError
 from mascompare.runner import default_run_dir, execute
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # hydra.run.dir is computed from the run's own config, so the same command resumes in place.
 OmegaConf.register_new_resolver("mascompare_run_dir", lambda *, _root_: str(default_run_dir(_root_)), replace=True)

@@ -1,10 +1,12 @@
-"""OmegaConf resolvers that the configs in conf/ use; importing this module registers them."""
+"""Where the configs live (conf/), and the OmegaConf resolvers they use; importing this module registers them."""
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from omegaconf import OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def model_label(path, default: str) -> str:

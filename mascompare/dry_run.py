@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mascompare.accounting import Accountant, Price, api_model_id, summed
-from mascompare.backends.base import Completion
+from mascompare.backends.base import Completion, chat_template_kwargs
 from mascompare.backends.tokens import TokenCounter
 from mascompare.errors import UserError
 
@@ -43,11 +43,12 @@ class CountingBackend:
 
 def counter_for(cfg) -> TokenCounter:
     """The tokenizer the run's model would use, where it is known without loading any weights."""
+    template_kwargs = chat_template_kwargs(cfg.model)
     if cfg.backend.name == "hf":
         from mascompare.backends.models import resolve
 
-        return TokenCounter(resolve(cfg.model).path)
-    return TokenCounter(cfg.model.get("tokenizer"))
+        return TokenCounter(resolve(cfg.model).path, template_kwargs)
+    return TokenCounter(cfg.model.get("tokenizer"), template_kwargs)
 
 
 def counting_method(cfg, method_cls, task, gen, price: Price | None):

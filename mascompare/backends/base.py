@@ -5,9 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from omegaconf import OmegaConf
+
+from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+def chat_template_kwargs(model_cfg) -> dict:
+    """`model.chat_template_kwargs`: extra variables for the model's chat template (e.g. Qwen3's
+    {enable_thinking: false}), the same for every prompt a run sends or counts."""
+    extra = model_cfg.get("chat_template_kwargs") if model_cfg is not None else None
+    if OmegaConf.is_config(extra):
+        extra = OmegaConf.to_container(extra, resolve=True)  # plain values, as a Jinja template expects
+    if extra is None:
+        return {}
+    if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+        raise UserError("model.chat_template_kwargs must be a mapping of names to values, e.g. "
+                        f"{{enable_thinking: false}}, or null; got {extra!r}.")
+    return extra
 
 
 def plain_prompt(messages: list[Message]) -> str:

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, Stop
 from transformers.cache_utils import DynamicLayer
 from transformers import GenerationConfig as HFGenerationConfig
 
-from mascompare.backends.base import Completion, Message, plain_prompt
+from mascompare.backends.base import Completion, Message, chat_template_kwargs, plain_prompt
 from mascompare.backends.models import ModelSource, resolve
 from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
@@ -72,22 +72,26 @@ class HFBackend:
         start = time.perf_counter()
         device = pick_device(str(backend_cfg.get("device", "auto")))
         dtype = pick_dtype(str(backend_cfg.get("dtype", "auto")), device)
+        template_kwargs = chat_template_kwargs(model_cfg)
         source = resolve(model_cfg)
         model, tokenizer = _load(source, device, dtype)
-        self._setup(model, tokenizer, source.name, device)
+        self._setup(model, tokenizer, source.name, device, template_kwargs)
         self.load_seconds = time.perf_counter() - start
 
     @classmethod
-    def from_loaded(cls, model, tokenizer, model_name: str, device: str | torch.device | None = None) -> "HFBackend":
+    def from_loaded(cls, model, tokenizer, model_name: str, device: str | torch.device | None = None,
+                    template_kwargs: dict | None = None) -> "HFBackend":
         """A backend around a model and tokenizer already in memory (tests, notebooks)."""
         backend = cls.__new__(cls)
-        backend._setup(model, tokenizer, model_name, torch.device(device) if device is not None else model.device)
+        backend._setup(model, tokenizer, model_name, torch.device(device) if device is not None else model.device,
+                       template_kwargs or {})
         backend.load_seconds = 0.0
         return backend
 
-    def _setup(self, model, tokenizer, model_name: str, device: torch.device) -> None:
+    def _setup(self, model, tokenizer, model_name: str, device: torch.device, template_kwargs: dict) -> None:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
+        self.template_kwargs = template_kwargs  # model.chat_template_kwargs, for every prompt
         self.model_name = model_name
         self.device = device
         self.dtype = model.dtype
@@ -106,8 +110,8 @@ class HFBackend:
         """Prompt token ids per conversation, generation prompt included, unpadded."""
         if not self.tokenizer.chat_template:
             return [self.tokenizer(plain_prompt(c))["input_ids"] for c in conversations]
-        texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                 for c in conversations]
+        texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True,
+                                                    **self.template_kwargs) for c in conversations]
         # the template already holds every special token the model expects
         return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
 

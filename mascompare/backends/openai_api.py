@@ -31,7 +31,7 @@ from email.utils import parsedate_to_datetime
 import openai
 
 from mascompare.accounting import api_model_id
-from mascompare.backends.base import Completion, Message
+from mascompare.backends.base import Completion, Message, chat_template_kwargs
 from mascompare.backends.tokens import TokenCounter
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.generation import GenerationConfig
@@ -69,7 +69,8 @@ class OpenAIBackend:
         self._client = openai.OpenAI(base_url=self.base_url, api_key=self._key or "unused",
                                      timeout=self.timeout_s, max_retries=0)
         self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="openai-request")
-        self.counter = TokenCounter(model_cfg.get("tokenizer"))
+        self.template_kwargs = chat_template_kwargs(model_cfg)  # the server applies the chat template
+        self.counter = TokenCounter(model_cfg.get("tokenizer"), self.template_kwargs)
         log.info("openai backend: model %s at %s, up to %d concurrent requests",
                  self.api_model, self.base_url, self.max_concurrency)
 
@@ -91,8 +92,13 @@ class OpenAIBackend:
                   "temperature": gen.temperature, "seed": gen.seed}
         if gen.top_p < 1:
             params["top_p"] = gen.top_p
+        extra = {}
         if gen.top_k > 0:  # not in OpenAI's API; vLLM and llama.cpp read it from the body
-            params["extra_body"] = {"top_k": gen.top_k}
+            extra["top_k"] = gen.top_k
+        if self.template_kwargs:  # likewise: vLLM, SGLang and llama.cpp pass it to the chat template
+            extra["chat_template_kwargs"] = self.template_kwargs
+        if extra:
+            params["extra_body"] = extra
         return params
 
     def complete(self, messages: list[Message], gen: GenerationConfig) -> Completion:

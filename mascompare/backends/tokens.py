@@ -18,8 +18,9 @@ class TokenCounter:
     The tokenizer is loaded on first use only: runs against servers that report usage never load it.
     """
 
-    def __init__(self, spec: str | None):
+    def __init__(self, spec: str | None, template_kwargs: dict | None = None):
         self.spec = spec  # None: count characters
+        self.template_kwargs = template_kwargs or {}  # model.chat_template_kwargs, as the model's prompts get them
         self._tokenizer = None
 
     @property
@@ -39,7 +40,7 @@ class TokenCounter:
         tok = self.tokenizer()
         if tok.chat_template:
             return len(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"])
+                                               return_dict=True, **self.template_kwargs)["input_ids"])
         return len(tok(plain_prompt(messages))["input_ids"])  # as the hf backend prompts such a model
 
     def count_text(self, text: str) -> int:
@@ -60,7 +61,7 @@ class TokenCounter:
 
 def tokenizer_path(spec: str) -> str:
     """A model preset's weights directory (converting an embedded model once), or spec itself."""
-    from mascompare.app import CONF_DIR
+    from mascompare.config import CONF_DIR
 
     preset = CONF_DIR / "model" / f"{spec}.yaml"
     if not preset.is_file():

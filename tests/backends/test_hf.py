@@ -180,3 +180,62 @@ def test_unloadable_model_directory_is_a_user_error(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
     with pytest.raises(UserError, match="Could not load model 'broken'"):
         HFBackend({"name": "hf", "device": "cpu", "dtype": "auto"}, {"name": "broken", "path": str(tmp_path)})
+
+
+NO_THINKING = "<think>\n\n</think>\n\n"  # what Qwen3's template adds with enable_thinking=false
+
+
+@pytest.fixture
+def switch_tokenizer(smollm2_tokenizer):
+    """The SmolLM2 tokenizer with a chat template that has Qwen3's thinking switch."""
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.chat_template += ("{% if add_generation_prompt and enable_thinking is defined and not enable_thinking %}"
+                                + NO_THINKING + "{% endif %}")
+    return tokenizer
+
+
+def test_chat_template_kwargs_reach_every_prompt(tiny_model, switch_tokenizer):
+    switched = HFBackend.from_loaded(tiny_model, switch_tokenizer, "tiny", "cpu", {"enable_thinking": False})
+    default = HFBackend.from_loaded(tiny_model, switch_tokenizer, "tiny", "cpu")
+    (ids,) = switched.encode_chat(CONVERSATIONS[1:2])
+    (plain,) = default.encode_chat(CONVERSATIONS[1:2])
+    assert switch_tokenizer.decode(ids).endswith("<|im_start|>assistant\n" + NO_THINKING)
+    assert ids[:len(plain)] == plain and len(ids) > len(plain)
+    (completion,) = switched.chat(CONVERSATIONS[1:2], replace(GREEDY, max_new_tokens=2))
+    assert completion.prompt_tokens == len(ids) == switched.count_tokens(CONVERSATIONS[1])
+
+
+def test_chat_template_kwargs_must_be_a_mapping(tiny_model_dir):
+    model_cfg = {"name": "tiny", "path": str(tiny_model_dir), "embedded": None, "trust_remote_code": False,
+                 "chat_template_kwargs": "enable_thinking=false"}
+    with pytest.raises(UserError, match="model.chat_template_kwargs must be a mapping"):
+        HFBackend({"name": "hf", "device": "cpu", "dtype": "auto"}, model_cfg)
+
+
+@pytest.mark.parametrize("method, dry_run", [
+    ("baseline", False), ("text_mas", False), ("latent_mas", False), ("pruned_mas", False),
+    ("baseline", True), ("text_mas", True), ("pruned_mas", True),
+])
+def test_chat_template_kwargs_apply_to_every_method_and_the_dry_run(method, dry_run, tiny_model_dir, tmp_path,
+                                                                    monkeypatch):
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    from mascompare.app import compose_config
+    from mascompare.runner import execute
+
+    seen = []
+    original = PreTrainedTokenizerBase.apply_chat_template
+
+    def recording(self, conversation, *args, **kwargs):
+        seen.append(kwargs.get("enable_thinking"))
+        return original(self, conversation, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "apply_chat_template", recording)
+    pruned = ["method.rounds=1", "method.calibration.size=2", "method.calibration.iterations=1",
+              "method.calibration.batch_size=1"] if method == "pruned_mas" else []  # calibration prompts too
+    cfg = compose_config(f"method={method}", "task=arith", "task.limit=2", f"model.path={tiny_model_dir}",
+                         "model.name=tiny", "model.chat_template_kwargs={enable_thinking: false}",
+                         "generation.max_new_tokens=2", "run.progress=false", f"run.output_root={tmp_path}",
+                         f"run.dry_run={str(dry_run).lower()}", *pruned)
+    execute(cfg, tmp_path / "run")
+    assert len(seen) >= 2 and set(seen) == {False}

@@ -74,6 +74,16 @@ def test_request_carries_the_runs_decoding_settings(monkeypatch):
     assert sampled["top_p"] == 0.9 and sampled["extra_body"] == {"top_k": 20}
 
 
+def test_chat_template_kwargs_go_to_the_server_with_every_request(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    b = OpenAIBackend(OmegaConf.create({"name": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": None}),
+                      OmegaConf.create({"name": "m", "api_model": "served-model",
+                                        "chat_template_kwargs": {"enable_thinking": False}}))
+    params = b.request_params([{"role": "user", "content": "hi"}], GenerationConfig(temperature=0.7, top_k=20))
+    assert params["extra_body"] == {"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}}
+    assert b.counter.template_kwargs == {"enable_thinking": False}
+
+
 def test_usage_from_the_response_with_cached_and_reasoning_details(monkeypatch):
     usage = {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150,
              "prompt_tokens_details": {"cached_tokens": 64}, "completion_tokens_details": {"reasoning_tokens": 12}}
