@@ -114,6 +114,25 @@ def test_batch_of_8_gives_the_same_texts_as_one_at_a_time(either_tiny_backend, f
     assert len(set(batched)) > 1
 
 
+def final_texts_with_first_instruction(backend, instruction, graphs):
+    method = make_method(backend, "method.final_sees=learned", f"method.agents.0.instruction='{instruction}'",
+                         max_new_tokens=8)
+    batch = SAMPLES[:len(graphs)]
+    prompt_length = len(method.prompts(method.agents[0], batch[:1])[0])
+    return [o.final_text for o in method.execute(batch, graphs, [s.id for s in batch], "calibration")], prompt_length
+
+
+def test_each_row_of_a_calibration_batch_attends_through_its_own_graph(either_tiny_backend):
+    """Row 0's graph leaves agent 0 out; row 1's needs it, so agent 0 runs for the whole batch. Changing
+    agent 0's prompt (same length, so every position stays the same) must not reach row 0's final agent,
+    neither through its prompt nor while it decodes; it does reach row 1's."""
+    graphs = [graph_with(5, [(1, 4)]), graph_with(5, [(0, 4), (1, 4)])]
+    a, length_a = final_texts_with_first_instruction(either_tiny_backend, "Solve it with algebra.", graphs)
+    b, length_b = final_texts_with_first_instruction(either_tiny_backend, "Zebra zebra zebra zebra.", graphs)
+    assert length_a == length_b
+    assert a[0] == b[0] and a[1] != b[1]
+
+
 def test_an_agent_nobody_may_see_is_not_run_and_savings_are_recorded(tiny_backend):
     accountant = Accountant()
     method = make_method(tiny_backend, "method.final_sees=learned", "method.latent_steps=3",
