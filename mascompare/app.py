@@ -13,12 +13,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mascompare.backends import KeptBackend
 from mascompare.config import CONF_DIR
 from mascompare.errors import UserError
 from mascompare.runner import default_run_dir, execute
 
 # hydra.run.dir is computed from the run's own config, so the same command resumes in place.
 OmegaConf.register_new_resolver("mascompare_run_dir", lambda *, _root_: str(default_run_dir(_root_)), replace=True)
+
+# The jobs of a sweep that run in this process share one backend while its configs stay equal.
+SWEEP_BACKEND = KeptBackend()
 
 
 def compose_config(*overrides: str) -> DictConfig:
@@ -38,7 +42,8 @@ def compose_config(*overrides: str) -> DictConfig:
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     try:
-        info = execute(cfg, hydra_cfg.runtime.output_dir)
+        info = execute(cfg, hydra_cfg.runtime.output_dir,
+                       kept=SWEEP_BACKEND if hydra_cfg.mode == RunMode.MULTIRUN else None)
     except UserError as exc:
         if hydra_cfg.mode == RunMode.RUN:
             raise StopRun(exc) from exc

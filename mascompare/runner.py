@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from copy import copy
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from mascompare import results
 from mascompare.accounting import Accountant, Price, api_model_id, price_for, summed
-from mascompare.backends import BACKENDS, build_backend
+from mascompare.backends import BACKENDS, KeptBackend, open_backend, release_backend
 from mascompare.display import Progress, print_summary
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.generation import GenerationConfig
@@ -27,9 +29,10 @@ log = logging.getLogger(__name__)
 # the run's identity, so that changing them (or asking for more samples with task.limit) resumes
 # the same run, e.g. against a server restarted on another port, or with a higher budget.
 NON_IDENTITY_KEYS = {
-    "run": ("output_root", "resume", "progress", "max_cost_usd", "dry_run"),
+    "run": ("output_root", "resume", "progress", "max_cost_usd", "dry_run", "cache"),
     "task": ("limit",),
-    "backend": ("base_url", "api_key", "max_concurrency", "timeout_s", "max_retries", "backoff_s", "max_backoff_s"),
+    "backend": ("base_url", "api_key", "max_concurrency", "stream", "timeout_s", "max_retries", "backoff_s",
+                "max_backoff_s"),
 }
 SECRET_KEYS = (("backend", "api_key"),)  # never written to run.json
 
@@ -125,8 +128,10 @@ def error_row(sample, error: str, records, output=None) -> dict:
             "transcript": [vars(t) for t in output.transcript] if output else []}
 
 
-def execute(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Run (or resume) one configuration into out_dir; returns run.json's contents."""
+def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = None) -> dict:
+    """Run (or resume) one configuration into out_dir; returns run.json's contents.
+
+    `kept` (a sweep's) holds the backend between runs, so that equal configs load the model once."""
     gen = GenerationConfig.from_cfg(cfg.generation)
     batch_size = _check_batch_size(cfg.run.batch_size)
     if cfg.run.primary_metric not in ("strict", "flexible"):
@@ -176,7 +181,7 @@ def execute(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     if todo:
         load_start = time.perf_counter()
-        backend = build_backend(cfg.backend, cfg.model)
+        backend, info["backend_reused"] = open_backend(cfg.run, cfg.backend, cfg.model, kept)
         info["model_load_s"] = round(time.perf_counter() - load_start, 3)
         accountant = Accountant(price)
         method = build_method(cfg.method, backend, task, gen, accountant)
@@ -185,13 +190,14 @@ def execute(cfg: DictConfig, out_dir: str | Path) -> dict:
         if hasattr(method, "run_info"):  # optional: what the method reports beyond the samples
             info["method_info"] = method.run_info()
         store.write_run(info)
-        budget = Budget(cap, store, info, method, backend, price, cfg) if cap is not None else None
+        # the budget gets its own copy of the method: it swaps in a counting backend while samples run
+        budget = Budget(cap, store, info, copy(method), backend, price, cfg) if cap is not None else None
         try:
             stop_reason = _run_batches(method, task, todo, batch_size, store, accountant, cfg,
-                                       already=len(samples) - len(todo), budget=budget)
+                                       already=len(samples) - len(todo), budget=budget,
+                                       sample_workers=getattr(backend, "sample_workers", None))
         finally:
-            if hasattr(backend, "close"):
-                backend.close()
+            release_backend(backend, kept)
         info["stop_reason"] = stop_reason
 
     ids = {s.id for s in samples}
@@ -276,24 +282,12 @@ class Budget:
                 "same command again to resume")
 
 
-def _run_batches(method, task, todo, batch_size, store, accountant, cfg, already: int, budget=None) -> str | None:
-    """Run the samples batch by batch; returns why it stopped early, or None when every batch ran."""
+def _run_batches(method, task, todo, batch_size, store, accountant, cfg, already: int, budget=None,
+                 sample_workers: int | None = None) -> str | None:
+    """Run the samples batch by batch, or each as its own task with `sample_workers` at once (the
+    backend's choice); returns why it stopped early, or None when every sample ran."""
     with Progress(total=len(todo) + already, done=already, enabled=cfg.run.progress) as progress:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            if budget is not None and (reason := budget.stop_reason(batch)):
-                log.warning("stopping: %s", reason)
-                return reason
-            began = time.perf_counter()
-            try:
-                outputs = method.run(batch)
-            except UserError:
-                raise
-            except Exception as exc:  # one failed batch is recorded, not fatal: resume retries it
-                log.exception("batch starting at %s failed", batch[0].id)
-                outputs = None
-                failure = f"{type(exc).__name__}: {exc}"
-            share = (time.perf_counter() - began) / len(batch)
+        def write(batch, outputs, failure, share):
             for i, sample in enumerate(batch):
                 records = accountant.take(sample.id)
                 if outputs is None:
@@ -306,4 +300,48 @@ def _run_batches(method, task, todo, batch_size, store, accountant, cfg, already
                 if budget is not None:
                     budget.add(row)
                 progress.advance(row, cfg.run.primary_metric)
+
+        if sample_workers:
+            return _stream_samples(method, todo, sample_workers, budget, write)
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            if budget is not None and (reason := budget.stop_reason(batch)):
+                log.warning("stopping: %s", reason)
+                return reason
+            write(batch, *_run_method(method, batch))
     return None
+
+
+def _run_method(method, batch) -> tuple[list | None, str | None, float]:
+    """The method's outputs for a batch (or None and why it failed), and each sample's share of the time."""
+    began = time.perf_counter()
+    try:
+        outputs, failure = method.run(batch), None
+    except UserError:
+        raise
+    except Exception as exc:  # one failed batch is recorded, not fatal: resume retries it
+        log.exception("batch starting at %s failed", batch[0].id)
+        outputs, failure = None, f"{type(exc).__name__}: {exc}"
+    return outputs, failure, (time.perf_counter() - began) / len(batch)
+
+
+def _stream_samples(method, todo, workers: int, budget, write) -> str | None:
+    """Each sample as its own task, `workers` at a time, written as soon as it finishes: a slow request
+    holds up its own sample only, never a whole batch. The budget is checked before each sample starts,
+    counting what the samples still in flight may cost."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="sample")
+    in_flight, queue, stop = {}, iter(todo), None
+    try:
+        while True:
+            while stop is None and len(in_flight) < workers and (sample := next(queue, None)) is not None:
+                if budget is not None and (stop := budget.stop_reason([*in_flight.values(), sample])):
+                    log.warning("stopping: %s", stop)
+                    break
+                in_flight[pool.submit(_run_method, method, [sample])] = sample
+            if not in_flight:
+                return stop
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                write([in_flight.pop(future)], *future.result())
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

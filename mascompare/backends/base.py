@@ -38,7 +38,7 @@ class Completion:
     text: str
     prompt_tokens: int  # after the chat template, without padding
     completion_tokens: int  # generated tokens, without padding, up to and including EOS
-    usage_source: str = "local_count"  # "api" | "local_count" | "estimate"
+    usage_source: str = "local_count"  # "api" | "local_count" | "estimate" | "cache" (answered by run.cache, not sent)
     cached_prompt_tokens: int | None = None  # of prompt_tokens, read from the server's prompt cache
     reasoning_tokens: int | None = None  # of completion_tokens, hidden reasoning (where the server reports it)
     error: str | None = None

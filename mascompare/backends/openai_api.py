@@ -1,7 +1,12 @@
 """OpenAI-compatible chat backend: OpenAI itself, or a vLLM, llama.cpp or Ollama server, over HTTP.
 
-A batch of conversations (samples x agents) is sent as concurrent requests, at most
-`backend.max_concurrency` in flight; completions come back in input order.
+Every request goes through one pool of `backend.max_concurrency` request threads. With
+`backend.stream=true` the runner runs each sample as its own task (`sample_workers` at a time), so
+a slot freed by a finished request goes to the next sample at once instead of waiting for the
+slowest request of a batch; `chat` still returns completions in input order.
+
+With `run.cache=true` the runner hands the backend a ResponseCache (backends/response_cache.py):
+a greedy or seeded request answered before is answered from it, without a call.
 
 Failures, by kind:
 - connection errors, timeouts, 429, 408 and 5xx, and a body that is not a valid completion:
@@ -32,6 +37,7 @@ import openai
 
 from mascompare.accounting import api_model_id
 from mascompare.backends.base import Completion, Message, chat_template_kwargs
+from mascompare.backends.response_cache import ResponseCache, cacheable
 from mascompare.backends.tokens import TokenCounter
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.generation import GenerationConfig
@@ -57,6 +63,12 @@ class OpenAIBackend:
             raise UserError("The OpenAI API needs a key: set the environment variable OPENAI_API_KEY "
                             "(or backend.base_url for a server that needs none).")
         self.max_concurrency = _at_least(backend_cfg, "max_concurrency", 1, default=8)
+        stream = backend_cfg.get("stream", True)
+        if not isinstance(stream, bool):
+            raise UserError(f"backend.stream must be true or false, got {stream!r}.")
+        # samples the runner runs at once, each as its own task; None: batches of run.batch_size
+        self.sample_workers = self.max_concurrency if stream else None
+        self.cache: ResponseCache | None = None
         self.max_retries = _at_least(backend_cfg, "max_retries", 0, default=4)
         self.timeout_s = _positive(backend_cfg, "timeout_s", default=120.0)
         self.backoff_s = _positive(backend_cfg, "backoff_s", default=1.0)
@@ -101,8 +113,20 @@ class OpenAIBackend:
             params["extra_body"] = extra
         return params
 
+    def use_cache(self, cache: ResponseCache | None) -> None:
+        self.cache = cache
+
     def complete(self, messages: list[Message], gen: GenerationConfig) -> Completion:
         params = self.request_params(messages, gen)
+        if self.cache is None or not cacheable(gen):
+            return self.request(params, messages)
+        if (kept := self.cache.get(params)) is not None:
+            return kept
+        completion = self.request(params, messages)
+        self.cache.put(params, completion)
+        return completion
+
+    def request(self, params: dict, messages: list[Message]) -> Completion:
         attempts = self.max_retries + 1
         for attempt in range(attempts):
             try:

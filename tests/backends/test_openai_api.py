@@ -11,6 +11,7 @@ import openai
 import pytest
 from omegaconf import OmegaConf
 
+from mascompare.backends.base import Completion
 from mascompare.backends.openai_api import OPENAI_URL, OpenAIBackend, retry_after
 from mascompare.backends.tokens import TokenCounter
 from mascompare.errors import UserError
@@ -182,3 +183,28 @@ def test_tokenizer_counter_without_a_chat_template_counts_the_hf_backends_plain_
     base.save_pretrained(tmp_path)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
     assert TokenCounter(str(tmp_path)).count(messages) == len(base(plain_prompt(messages))["input_ids"])
+
+
+def test_stream_gives_the_runner_one_sample_task_per_request_slot(monkeypatch):
+    assert backend(monkeypatch, max_concurrency=5).sample_workers == 5
+    assert backend(monkeypatch, max_concurrency=5, stream=False).sample_workers is None
+    with pytest.raises(UserError, match="backend.stream must be true or false, got 'yes'"):
+        backend(monkeypatch, stream="yes")
+
+
+def test_a_cached_request_is_answered_without_a_call(monkeypatch, tmp_path):
+    from mascompare.backends.response_cache import ResponseCache
+
+    b = backend(monkeypatch, max_retries=0)  # nothing listens on its port: any call would fail
+    b.use_cache(ResponseCache(tmp_path / "cache.sqlite"))
+    messages = [{"role": "user", "content": "2+2?"}]
+    greedy, sampled = GenerationConfig(max_new_tokens=8), GenerationConfig(temperature=0.9, seed=None)
+    b.cache.put(b.request_params(messages, greedy), Completion("4", 12, 1, usage_source="api"))
+    b.cache.put(b.request_params(messages, sampled), Completion("5", 12, 1, usage_source="api"))
+    hit = b.complete(messages, greedy)
+    assert (hit.text, hit.prompt_tokens, hit.usage_source, hit.error) == ("4", 12, "cache", None)
+    unseeded = b.complete(messages, sampled)  # never answered from the cache: it goes out, and fails here
+    assert unseeded.error and "Connection" in unseeded.error
+    missed = b.complete(messages, GenerationConfig(max_new_tokens=9))
+    assert missed.error and b.cache.get(b.request_params(messages, GenerationConfig(max_new_tokens=9))) is None
+    b.close()

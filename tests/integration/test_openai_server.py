@@ -57,9 +57,9 @@ def run(proxy, tmp_path, *extra) -> tuple[dict, list[dict], Path]:
 
 
 def test_baseline_end_to_end(proxy, tmp_path):
-    info, rows, out = run(proxy, tmp_path, "method=baseline", "task.limit=6", "run.batch_size=3")
-    assert [r["id"] for r in rows] == [s.id for s in _arith_samples(6)]
-    assert proxy.requests == 6 and proxy.max_in_flight > 1  # each batch went out concurrently
+    info, rows, out = run(proxy, tmp_path, "method=baseline", "task.limit=6")
+    assert sorted(r["id"] for r in rows) == sorted(s.id for s in _arith_samples(6))  # in the order they finished
+    assert proxy.requests == 6 and proxy.max_in_flight > 1  # the samples went out concurrently
     for row in rows:
         (agent,) = row["agents"]
         assert agent["usage_source"] == "api" and agent["input_tokens"] > 20
@@ -79,6 +79,57 @@ def test_text_mas_end_to_end(proxy, tmp_path):
         assert inputs == sorted(inputs) and inputs[-1] > inputs[0]  # each agent reads the ones before
         assert row["usage"]["calls"] == 4 and all(t["text"] for t in row["transcript"])
     assert info["summary"]["n"] == 2
+
+
+def test_a_slow_request_holds_up_only_its_own_sample(proxy, tmp_path):
+    proxy.inject(Fault("delay", delay_s=6))  # the first sample's request
+    _, rows, _ = run(proxy, tmp_path, "task.limit=4", "backend.max_concurrency=2")
+    first, *others = [s.id for s in _arith_samples(4)]
+    assert [r["id"] for r in rows] == [*others, first]  # the other slot served the rest meanwhile
+    assert proxy.max_in_flight == 2
+
+
+def test_one_request_pool_bounds_every_sample_and_agent(proxy, tmp_path):
+    # hierarchical text_mas asks its three experts at once: three samples would want nine requests
+    _, rows, _ = run(proxy, tmp_path, "method=text_mas", "method.structure=hierarchical", "task.limit=3",
+                     "backend.max_concurrency=3")
+    assert proxy.requests == 12 and proxy.max_in_flight == 3 and all(r["error"] is None for r in rows)
+
+
+def test_barrier_mode_sends_a_batch_then_waits_for_its_slowest(proxy, tmp_path):
+    proxy.inject(Fault("delay", delay_s=2))
+    _, rows, _ = run(proxy, tmp_path, "task.limit=4", "backend.stream=false", "run.batch_size=2")
+    assert [r["id"] for r in rows] == [s.id for s in _arith_samples(4)]
+    assert proxy.arrivals[2] - proxy.arrivals[0] >= 2  # the second batch waited for the delayed request
+
+
+def test_cache_pays_for_no_call_twice(proxy, tmp_path):
+    _, first, _ = run(proxy, tmp_path, "method=text_mas", "task.limit=2", "run.cache=true")
+    assert proxy.requests == 8
+    # starting afresh, with one more sample: only the new sample's four calls are sent
+    info, again, _ = run(proxy, tmp_path, "method=text_mas", "task.limit=3", "run.cache=true", "run.resume=false")
+    assert proxy.requests == 12 and info["summary"]["n"] == 3
+    earlier = {r["id"]: r for r in first}
+    for row in again:
+        if row["id"] in earlier:
+            assert row["final_text"] == earlier[row["id"]]["final_text"]
+            assert {a["usage_source"] for a in row["agents"]} == {"cache"}
+            tokens = [a["output_tokens"] for a in row["agents"]]
+            assert tokens == [a["output_tokens"] for a in earlier[row["id"]]["agents"]]
+        else:
+            assert {a["usage_source"] for a in row["agents"]} == {"api"}
+    assert (tmp_path / "response_cache.sqlite").is_file()
+
+
+def test_resume_after_a_failed_agent_pays_only_for_what_failed(proxy, tmp_path):
+    proxy.inject(Fault("pass"), times=2)
+    proxy.inject(Fault("status", 400, message="context too long"))  # the third agent's request
+    _, rows, _ = run(proxy, tmp_path, "method=text_mas", "task.limit=1", "run.cache=true")
+    assert proxy.requests == 4 and "HTTP 400" in rows[0]["error"]
+    _, rows, _ = run(proxy, tmp_path, "method=text_mas", "task.limit=1", "run.cache=true")
+    # the first two agents come from the cache; the third is asked again, and the judger reads its new text
+    assert proxy.requests == 6 and rows[-1]["error"] is None
+    assert [a["usage_source"] for a in rows[-1]["agents"]] == ["cache", "cache", "api", "api"]
 
 
 def test_completions_keep_input_order_under_concurrency(proxy):
@@ -118,7 +169,7 @@ def test_server_killed_mid_run_then_resume_completes(tmp_path):
     proxy = FaultProxy(first.base_url.removesuffix("/v1"))
     proxy.kill_after = (2, first.stop)  # the server dies right after answering the second request
     try:
-        info, rows, _ = run(proxy, tmp_path, "task.limit=5", "run.batch_size=1", "backend.max_retries=2")
+        info, rows, _ = run(proxy, tmp_path, "task.limit=5", "backend.max_concurrency=1", "backend.max_retries=2")
         assert info["status"] == "finished"
         assert [r["error"] is None for r in rows] == [True, True, False, False, False]
         assert all("failed after 3 attempts" in r["error"] and "Connection" in r["error"] for r in rows[2:])
@@ -127,7 +178,7 @@ def test_server_killed_mid_run_then_resume_completes(tmp_path):
         with llama_server.start(threads=1) as second:  # back, on another port: the run resumes all the same
             proxy.upstream = second.base_url.removesuffix("/v1")
             before = proxy.requests
-            info, rows, _ = run(proxy, tmp_path, "task.limit=5", "run.batch_size=1")
+            info, rows, _ = run(proxy, tmp_path, "task.limit=5", "backend.max_concurrency=1")
             assert proxy.requests - before == 3  # only the failed samples were asked again
     finally:
         first.stop()
@@ -147,33 +198,34 @@ def test_429_waits_as_long_as_retry_after_says(proxy, tmp_path):
                                    Fault("status", 429, message="slow down")], ids=["503", "malformed-json", "429"])
 def test_transient_faults_are_retried(proxy, tmp_path, fault):
     proxy.inject(fault)
-    info, rows, _ = run(proxy, tmp_path, "task.limit=2", "run.batch_size=1")
+    info, rows, _ = run(proxy, tmp_path, "task.limit=2", "backend.max_concurrency=1")
     assert proxy.requests == 3 and [r["error"] for r in rows] == [None, None]
 
 
 def test_fault_that_outlasts_the_retries_fails_its_sample_and_the_run_goes_on(proxy, tmp_path):
     proxy.inject(Fault("malformed"), times=3)
-    info, rows, _ = run(proxy, tmp_path, "task.limit=3", "run.batch_size=1", "backend.max_retries=2")
+    info, rows, _ = run(proxy, tmp_path, "task.limit=3", "backend.max_concurrency=1", "backend.max_retries=2")
     assert "failed after 3 attempts" in rows[0]["error"] and "malformed response" in rows[0]["error"]
     assert [r["error"] for r in rows[1:]] == [None, None]
     assert info["summary"] == {**info["summary"], "n": 2, "errors": 1}
 
 
 def test_slow_responses_hit_the_timeout_and_resume_retries_only_them(proxy, tmp_path):
-    proxy.inject(Fault("delay", delay_s=2.5), times=2)
+    # a timeout well above a normal answer's time on a busy machine, and delays well above it
+    proxy.inject(Fault("delay", delay_s=12), times=2)
     start = time.monotonic()
-    info, rows, _ = run(proxy, tmp_path, "task.limit=3", "run.batch_size=1", "backend.timeout_s=1",
+    info, rows, _ = run(proxy, tmp_path, "task.limit=3", "backend.max_concurrency=1", "backend.timeout_s=6",
                         "backend.max_retries=1")
     assert time.monotonic() - start < 60
     assert "Timeout" in rows[0]["error"] and [r["error"] for r in rows[1:]] == [None, None]
     before = proxy.requests
-    info, rows, _ = run(proxy, tmp_path, "task.limit=3", "run.batch_size=1", "backend.timeout_s=30")
+    info, rows, _ = run(proxy, tmp_path, "task.limit=3", "backend.max_concurrency=1", "backend.timeout_s=30")
     assert proxy.requests - before == 1 and info["summary"]["n"] == 3 and len(rows) == 4
 
 
 def test_client_error_is_not_retried_and_names_the_servers_message(proxy, tmp_path):
     proxy.inject(Fault("status", 400, message="prompt is longer than the context"))
-    info, rows, _ = run(proxy, tmp_path, "task.limit=2", "run.batch_size=1")
+    info, rows, _ = run(proxy, tmp_path, "task.limit=2", "backend.max_concurrency=1")
     assert proxy.requests == 2
     assert rows[0]["error"] == "HTTP 400 from the server (not retried): prompt is longer than the context"
     assert rows[1]["error"] is None
@@ -183,7 +235,7 @@ def test_refused_request_stops_the_run_and_keeps_what_finished(proxy, tmp_path):
     proxy.inject(Fault("pass"), times=2)
     proxy.inject(Fault("status", 404, message="model 'nope' not found"))
     with pytest.raises(UserError, match="HTTP 404: model 'nope' not found"):
-        run(proxy, tmp_path, "task.limit=4", "run.batch_size=1")
+        run(proxy, tmp_path, "task.limit=4", "backend.max_concurrency=1")
     lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
     assert [json.loads(line)["error"] for line in lines] == [None, None]
 
@@ -197,14 +249,17 @@ def test_missing_usage_is_estimated_with_the_models_tokenizer(proxy, tmp_path):
     assert local["input_tokens"] == api["input_tokens"]  # same tokenizer and chat template as the server
 
 
-def test_budget_stops_cleanly_and_a_higher_cap_resumes(proxy, tmp_path):
+@pytest.mark.parametrize("slots", [1, 3])
+def test_budget_stops_cleanly_and_a_higher_cap_resumes(proxy, tmp_path, slots):
+    # with several samples in flight, each new one starts only if it and those in flight fit the cap
     price = "model.price={input: 100000, output: 100000}"  # $0.10 a token: a few dollars a sample
-    info, rows, _ = run(proxy, tmp_path, price, "run.max_cost_usd=12", "task.limit=4", "run.batch_size=1")
+    slots = f"backend.max_concurrency={slots}"
+    info, rows, _ = run(proxy, tmp_path, price, "run.max_cost_usd=12", "task.limit=4", slots)
     assert info["status"] == "stopped" and "raise run.max_cost_usd" in info["stop_reason"]
     assert 1 <= len(rows) < 4 and info["summary"]["cost_usd_spent"] <= 12
     assert all(r["usage"]["cost_usd"] > 0 for r in rows)
     stopped_at = len(rows)
-    info, rows, _ = run(proxy, tmp_path, price, "run.max_cost_usd=1000", "task.limit=4", "run.batch_size=1")
+    info, rows, _ = run(proxy, tmp_path, price, "run.max_cost_usd=1000", "task.limit=4", slots)
     assert info["status"] == "finished" and info["summary"]["n"] == 4 and len(rows) == 4
     assert info["samples_resumed"] == stopped_at and info["summary"]["cost_usd"] == pytest.approx(
         sum(r["usage"]["cost_usd"] for r in rows))
