@@ -165,6 +165,8 @@ def run(
     keys = [API_KEY_OVERRIDE.match(o).group(1) for o in ctx.args if API_KEY_OVERRIDE.match(o)]
     if keys:
         os.environ["OPENAI_API_KEY"] = keys[-1]
+        err.print("[bold yellow]warning:[/] backend.api_key on the command line is visible to every local user "
+                  "(ps); use $OPENAI_API_KEY or backend.api_key_file=PATH instead.", highlight=False)
     try:
         check_overrides(overrides)
     except UserError as exc:

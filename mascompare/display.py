@@ -92,6 +92,9 @@ def summary_table(info: dict) -> Table:
                       f"{calibration['questions']} questions, {usage['calls']} calls, {usage['input_tokens']:,} input + "
                       f"{usage['output_tokens']:,} output tokens, {calibration['elapsed_s']:.1f} s, "
                       f"cost {_cost(usage['cost_usd'])}")
+    sandbox = (info.get("task_info") or {}).get("sandbox")
+    if sandbox:  # how model-written code was isolated while it was scored
+        table.add_row("code sandbox", f"{sandbox['isolation']}, {sandbox['workers']} workers")
     table.add_row("run dir", str(info.get("run_dir")))
     return table
 

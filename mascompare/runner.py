@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 NON_IDENTITY_KEYS = {
     "run": ("output_root", "resume", "progress", "max_cost_usd", "dry_run", "cache"),
     "task": ("limit",),
-    "backend": ("base_url", "api_key", "max_concurrency", "stream", "timeout_s", "max_retries", "backoff_s",
-                "max_backoff_s"),
+    "backend": ("base_url", "api_key", "api_key_file", "max_concurrency", "stream", "timeout_s", "max_retries",
+                "backoff_s", "max_backoff_s"),
 }
 SECRET_KEYS = (("backend", "api_key"),)  # never written to run.json
 
@@ -99,7 +99,7 @@ def recorded_config(cfg) -> dict:
 def score_row(task, sample, output, wall_time_s: float, records) -> dict:
     extraction = task.extract(output.final_text or "")
     usage = summed(records)
-    return {
+    row = {
         "id": sample.id,
         "question_hash": results.short_hash(sample.question),
         "target": sample.target,
@@ -118,6 +118,9 @@ def score_row(task, sample, output, wall_time_s: float, records) -> dict:
         "diagnostics": output.diagnostics,
         "metadata": sample.metadata,
     }
+    if hasattr(task, "score_details"):  # optional: how scoring went (code tasks: how each program ended)
+        row["score_details"] = task.score_details(extraction, sample.target)
+    return row
 
 
 def error_row(sample, error: str, records, output=None) -> dict:
@@ -176,6 +179,8 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
         "samples_resumed": len(samples) - len(todo),
         "method_info": earlier_method_info,
     }
+    if hasattr(task, "run_info"):  # optional: what the task reports of its scoring (code tasks: the sandbox)
+        info["task_info"] = task.run_info()
     log.info("%s: %d samples, %d already done, %d to run -> %s", cfg.task.name, len(samples),
              len(samples) - len(todo), len(todo), store.dir)
 
@@ -302,17 +307,17 @@ def _run_batches(method, task, todo, batch_size, store, accountant, cfg, already
                 progress.advance(row, cfg.run.primary_metric)
 
         if sample_workers:
-            return _stream_samples(method, todo, sample_workers, budget, write)
+            return _stream_samples(method, task, todo, sample_workers, budget, write)
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             if budget is not None and (reason := budget.stop_reason(batch)):
                 log.warning("stopping: %s", reason)
                 return reason
-            write(batch, *_run_method(method, batch))
+            write(batch, *_run_method(method, batch, task))
     return None
 
 
-def _run_method(method, batch) -> tuple[list | None, str | None, float]:
+def _run_method(method, batch, task) -> tuple[list | None, str | None, float]:
     """The method's outputs for a batch (or None and why it failed), and each sample's share of the time."""
     began = time.perf_counter()
     try:
@@ -322,10 +327,13 @@ def _run_method(method, batch) -> tuple[list | None, str | None, float]:
     except Exception as exc:  # one failed batch is recorded, not fatal: resume retries it
         log.exception("batch starting at %s failed", batch[0].id)
         outputs, failure = None, f"{type(exc).__name__}: {exc}"
-    return outputs, failure, (time.perf_counter() - began) / len(batch)
+    share = (time.perf_counter() - began) / len(batch)
+    if outputs is not None and hasattr(task, "score_ahead"):  # optional: score the batch now, in parallel
+        task.score_ahead([(o.final_text or "", s.target) for s, o in zip(batch, outputs) if not o.error])
+    return outputs, failure, share
 
 
-def _stream_samples(method, todo, workers: int, budget, write) -> str | None:
+def _stream_samples(method, task, todo, workers: int, budget, write) -> str | None:
     """Each sample as its own task, `workers` at a time, written as soon as it finishes: a slow request
     holds up its own sample only, never a whole batch. The budget is checked before each sample starts,
     counting what the samples still in flight may cost."""
@@ -337,7 +345,7 @@ def _stream_samples(method, todo, workers: int, budget, write) -> str | None:
                 if budget is not None and (stop := budget.stop_reason([*in_flight.values(), sample])):
                     log.warning("stopping: %s", stop)
                     break
-                in_flight[pool.submit(_run_method, method, [sample])] = sample
+                in_flight[pool.submit(_run_method, method, [sample], task)] = sample
             if not in_flight:
                 return stop
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)

