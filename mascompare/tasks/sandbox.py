@@ -268,7 +268,11 @@ def _bwrap_command(bwrap: str, limits: Limits, filter_fd: int, info_fd: int) -> 
 @functools.lru_cache(maxsize=1)
 def _seccomp_filter() -> bytes:
     """Compiled BPF refusing every way to start a process or a namespace; threads stay allowed."""
-    import pyseccomp as seccomp
+    try:
+        import pyseccomp as seccomp
+    except (ImportError, OSError) as error:  # OSError: no libseccomp on the system
+        raise SandboxUnavailable(f"its seccomp filter cannot be built ({error}); pip install pyseccomp and "
+                                 "apt-get install libseccomp2") from None
 
     clone_thread = 0x00010000
     refuse = seccomp.ERRNO(errno.EPERM)
