@@ -2,6 +2,7 @@ import importlib.util
 import json
 import os
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -185,6 +186,31 @@ def test_a_batch_is_scored_in_parallel_ahead_of_its_samples(monkeypatch):
     assert len(runs) == 2 * workers  # strict and flexible extract the same program: each runs once
     assert all(task.score(task.extract(answer).strict, target) for answer in answers)
     assert len(runs) == 2 * workers  # score() found them done
+
+
+def test_scoring_from_many_threads_runs_at_most_workers_programs_at_once(monkeypatch):
+    running, most, lock = [0], [0], threading.Lock()
+
+    def run(self, program):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return PASSED
+
+    task = make(MBPP, sandbox={"workers": 2})
+    monkeypatch.setattr(Sandbox, "run", run)
+    target = f"{CANDIDATE_SLOT}\nassert add(2, 3) == 5\n"
+    answers = [f"```python\n{FUNCTION}# {i}\n```" for i in range(6)]
+    threads = [threading.Thread(target=task.score_ahead, args=([(answer, target)],)) for answer in answers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 2
+    assert all(task.score(task.extract(answer).strict, target) for answer in answers)
 
 
 def test_score_details_say_how_each_program_ended():
