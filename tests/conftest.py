@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from mascompare.backends.hf import HFBackend
 from mascompare.backends.models import STAMP_FILE, model_cache_dir
@@ -46,6 +46,20 @@ def make_tiny_model(tokenizer, tie: bool, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def make_tiny_gemma3(tokenizer, sliding_window: int = 4096, seed: int = 0) -> Gemma3ForCausalLM:
+    """A tiny Gemma 3: embeddings scaled by sqrt(d) inside the embedding module, tied output head, and a
+    sliding-window layer before a full-attention one."""
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=4096, initializer_range=0.2, final_logit_softcapping=None,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    return Gemma3ForCausalLM(config).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(smollm2_tokenizer) -> LlamaForCausalLM:
     """Untied input and output embeddings."""
@@ -56,6 +70,18 @@ def tiny_model(smollm2_tokenizer) -> LlamaForCausalLM:
 def tiny_tied_model(smollm2_tokenizer) -> LlamaForCausalLM:
     """Tied input and output embeddings, as in SmolLM2 and Gemma 3."""
     return make_tiny_model(smollm2_tokenizer, tie=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(smollm2_tokenizer) -> Gemma3ForCausalLM:
+    """Gemma 3's embedding scale and layer types, with a window longer than any test prompt."""
+    return make_tiny_gemma3(smollm2_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_sliding_gemma3(smollm2_tokenizer) -> Gemma3ForCausalLM:
+    """A sliding window of 16 tokens: shorter than every test prompt."""
+    return make_tiny_gemma3(smollm2_tokenizer, sliding_window=16)
 
 
 @pytest.fixture

@@ -8,6 +8,9 @@ The same agents and role instructions as text_mas (conf/roles/mas.yaml); only th
    to the input-embedding space,
        e = (h W_a) * target_norm / ||h W_a||,   W_a = (W_out^T W_out + lambda I)^-1 W_out^T W_in,
    and fed in as the next input embedding. Its prompt and its m thoughts stay in the cache.
+   W_in and target_norm (the mean norm of W_in's rows) are taken where the first layer reads its
+   input: the embedding module's output for every token, which some models scale (Gemma 3
+   multiplies the embedding matrix by sqrt(d) inside that module).
 3. The final agent prefills its prompt on the cache (seeing everything before it) and decodes.
 
 Sequential: planner -> critic -> refiner -> judger, each agent attending to all earlier ones.
@@ -23,7 +26,9 @@ Differences from the reference implementation, on purpose:
   attention, and positions count real tokens only (the reference lets pads into the cache, and
   its accuracy falls with batch size > 1). Greedy outputs at batch 8 equal those at batch 1.
 - Hierarchical experts are independent, as the paper describes (the reference chains them).
-- W_a is computed on the model's full embedding matrices (no vocabulary resizing).
+- W_a and the target norm use the full vocabulary (no resizing), in the space the first layer
+  receives (the embedding module's output), not the raw weight matrix: the same for most models,
+  sqrt(d) times larger for Gemma.
 - The final agent decodes with our own loop and the run's decoding settings (including top_k),
   not with the model's generation defaults.
 """
@@ -41,8 +46,18 @@ from mascompare.methods import MethodOutput, Turn
 from mascompare.methods.roles import agent_messages, agents_for
 
 RIDGE_LAMBDA = 1e-5  # the reference's regulariser for the least-squares realignment
+EMBEDDING_CHUNK = 16384  # tokens embedded at a time for W_in (bounds the model-dtype copy in memory)
 
 _realignments: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (W_a, target_norm)
+
+
+def input_embeddings(model) -> torch.Tensor:
+    """[V, d] fp32: what the embedding module hands the first layer for each token, i.e. the space that
+    `inputs_embeds` replaces (the weight matrix itself, unless the module scales it, as Gemma's does)."""
+    embed = model.get_input_embeddings()
+    ids = torch.arange(embed.weight.shape[0], device=embed.weight.device)
+    with torch.inference_mode():
+        return torch.cat([embed(chunk).float() for chunk in ids.split(EMBEDDING_CHUNK)])
 
 
 def realignment(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +67,7 @@ def realignment(model) -> tuple[torch.Tensor, torch.Tensor]:
     to the input space the way the vocabulary maps one embedding matrix onto the other.
     """
     if model not in _realignments:
-        w_in = model.get_input_embeddings().weight.detach().float()
+        w_in = input_embeddings(model)
         w_out = model.get_output_embeddings().weight.detach().float()
         gram = w_out.T @ w_out + RIDGE_LAMBDA * torch.eye(w_out.shape[1], device=w_out.device)
         w_a = torch.linalg.solve(gram, w_out.T @ w_in)

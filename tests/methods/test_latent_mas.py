@@ -11,6 +11,7 @@ from mascompare import runner as run_module
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.backends import BACKENDS
+from mascompare.backends.hf import HFBackend
 from mascompare.cli import app
 from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
@@ -89,6 +90,48 @@ def test_realignment_is_identity_for_tied_and_solves_ridge_for_untied(tiny_tied_
     assert torch.allclose(lhs, w_out.T @ w_in, atol=1e-3 * float((w_out.T @ w_in).abs().max()))
     assert not torch.allclose(w_a, torch.eye(w_a.shape[0]), atol=1e-2)
     assert realignment(tiny_model)[0] is w_a  # computed once per model
+
+
+class Reached(Exception):
+    pass
+
+
+def first_layer_input(model, **inputs) -> torch.Tensor:
+    """What the first decoder layer receives for these inputs (the model stops there)."""
+    caught = []
+
+    def catch(module, args, kwargs):
+        caught.append(args[0] if args else kwargs["hidden_states"])
+        raise Reached
+
+    handle = model.model.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            model.model(**inputs)
+    except Reached:
+        pass
+    finally:
+        handle.remove()
+    return caught[0].float()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_thoughts_enter_at_the_scale_the_first_layer_receives(family, tiny_tied_model, tiny_gemma3, smollm2_tokenizer,
+                                                              task, samples):
+    """Gemma 3 scales its embeddings by sqrt(d) inside the embedding module: the target norm and W_a
+    must live in that scaled space, where an input embedding replaces the module's output."""
+    model = tiny_tied_model if family == "llama" else tiny_gemma3
+    vocabulary = first_layer_input(model, input_ids=torch.arange(len(smollm2_tokenizer))[:, None])[:, 0]
+    w_a, target_norm = realignment(model)
+    assert float(target_norm) == pytest.approx(float(vocabulary.norm(dim=-1).mean()), rel=1e-5)
+    scale = model.config.hidden_size ** 0.5 if family == "gemma3" else 1.0
+    assert torch.allclose(w_a, scale * torch.eye(w_a.shape[0]), atol=1e-3 * scale)  # tied: the scale itself
+    backend = HFBackend.from_loaded(model, smollm2_tokenizer, family, "cpu")
+    method = make_method(backend, task, "method.latent_steps=1")
+    hidden, _ = backend.prefill(backend.new_cache(1), method.prompts(method.agents[0], samples[:1]))
+    thought = method.to_input_space(hidden)
+    received = first_layer_input(model, inputs_embeds=thought[:, None, :])[0, 0]
+    assert float(received.norm()) == pytest.approx(float(vocabulary.norm(dim=-1).mean()), rel=1e-4)
 
 
 def test_realign_false_keeps_the_norm_rescale(tiny_backend, task):
