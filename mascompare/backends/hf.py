@@ -14,6 +14,7 @@ from the mask, so with greedy decoding a row's output does not depend on the res
 
 from __future__ import annotations
 
+import inspect
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ class HFBackend:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.template_kwargs = template_kwargs  # model.chat_template_kwargs, for every prompt
+        # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name goes in 5.40)
+        self.cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.model_name = model_name
         self.device = device
         self.dtype = model.dtype
@@ -108,7 +111,7 @@ class HFBackend:
 
     def encode_chat(self, conversations: list[list[Message]]) -> list[list[int]]:
         """Prompt token ids per conversation, generation prompt included, unpadded."""
-        if not self.tokenizer.chat_template:
+        if self.plain_format:
             return [self.tokenizer(plain_prompt(c))["input_ids"] for c in conversations]
         texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True,
                                                     **self.template_kwargs) for c in conversations]
@@ -131,13 +134,12 @@ class HFBackend:
         sampling = {} if gen.greedy else {"temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k}
         config = HFGenerationConfig(max_new_tokens=gen.max_new_tokens, do_sample=not gen.greedy,
                                     eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, **sampling)
-        plain = not self.tokenizer.chat_template
-        stop = StoppingCriteriaList([_StopAtMarker(self, input_ids.shape[1])]) if plain else None
+        stop = StoppingCriteriaList([_StopAtMarker(self, input_ids.shape[1])]) if self.plain_format else None
         with self._seeded(gen.seed), torch.inference_mode():
             output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                          stopping_criteria=stop)
         generated = output[:, input_ids.shape[1]:].tolist()
-        return [self._completion(prompt, row, plain) for prompt, row in zip(prompts, generated)]
+        return [self._completion(prompt, row) for prompt, row in zip(prompts, generated)]
 
     def left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask [B, longest], real tokens right-aligned."""
@@ -203,7 +205,8 @@ class HFBackend:
             past_mask = past_mask * torch.cat([visible, visible.new_ones((visible.shape[0], grown))], dim=1)
         with self._output_head_input() as head_input:
             out = self.model(**inputs, attention_mask=torch.cat([past_mask, segment_mask], dim=1),
-                             position_ids=position_ids, past_key_values=state.cache, use_cache=True, logits_to_keep=1)
+                             position_ids=position_ids, use_cache=True, logits_to_keep=1,
+                             **{self.cache_argument: state.cache})
         state.mask = torch.cat([state.mask, segment_mask], dim=1)
         state.next_position = state.next_position + segment_mask.sum(dim=1)
         return head_input[0][:, -1], out.logits[:, -1].float()
@@ -225,7 +228,8 @@ class HFBackend:
     @torch.inference_mode()
     def decode(self, state: SharedCache, first_logits: torch.Tensor, gen: GenerationConfig,
                visible: torch.Tensor | None = None) -> list[list[int]]:
-        """Generate from the cache: up to gen.max_new_tokens per row, each row up to and including EOS.
+        """Generate from the cache: up to gen.max_new_tokens per row, each row up to and including EOS (or, in
+        the plain-text format, the turn marker: the same stop rule as `chat`; `completion_text` reads a row).
         `visible` hides cache columns as in `prefill` (pass the mask the prompt was prefilled with)."""
         generator = torch.Generator(device=self.device).manual_seed(gen.seed)
         eos = torch.tensor(self.eos_token_ids or [-1], device=self.device)
@@ -234,10 +238,12 @@ class HFBackend:
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=self.device)
         for step in range(gen.max_new_tokens):
             tokens = next_token(logits, gen, generator)
+            ended = torch.isin(tokens, eos)
             for row, token in enumerate(tokens.tolist()):
                 if not finished[row]:
                     rows[row].append(token)
-            finished |= torch.isin(tokens, eos)
+                    ended[row] |= self.plain_format and self.ends_turn(rows[row])
+            finished |= ended
             if bool(finished.all()) or step == gen.max_new_tokens - 1:
                 break
             ones = torch.ones((len(rows), 1), dtype=torch.long, device=self.device)
@@ -258,15 +264,28 @@ class HFBackend:
         """Whether the last tokens of a row's plain-format completion contain the turn marker."""
         return self.plain_turn_end in self.tokenizer.decode(tail[-MARKER_WINDOW:], skip_special_tokens=True)
 
-    def _completion(self, prompt: list[int], generated: list[int], plain: bool) -> Completion:
-        # rows that finish early are filled with padding after their end, and the padding may be the EOS id
+    @property
+    def plain_format(self) -> bool:
+        """Whether prompts use the plain-text format (no chat template), whose rows also end at the turn marker."""
+        return not self.tokenizer.chat_template
+
+    def row_end(self, generated: list[int]) -> int:
+        """How many generated tokens a row's completion has: up to and including the first EOS, or the token
+        that completes the plain format's turn marker (a row that finished early is padded after its end,
+        and the padding may be the EOS id)."""
         end = next((i + 1 for i, token in enumerate(generated) if token in self.eos_token_ids), len(generated))
-        if plain:
+        if self.plain_format:
             end = next((k for k in range(1, end + 1) if self.ends_turn(generated[:k])), end)
-        text = self.tokenizer.decode(generated[:end], skip_special_tokens=True)
-        if plain:
-            text = text.split(self.plain_turn_end)[0]
-        return Completion(text=text, prompt_tokens=len(prompt), completion_tokens=end)
+        return end
+
+    def completion_text(self, generated: list[int]) -> str:
+        """A row's completion text: up to its end, and before the turn marker in the plain format."""
+        text = self.tokenizer.decode(generated[:self.row_end(generated)], skip_special_tokens=True)
+        return text.split(self.plain_turn_end)[0] if self.plain_format else text
+
+    def _completion(self, prompt: list[int], generated: list[int]) -> Completion:
+        return Completion(text=self.completion_text(generated), prompt_tokens=len(prompt),
+                          completion_tokens=self.row_end(generated))
 
 
 @dataclass

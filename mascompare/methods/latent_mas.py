@@ -111,7 +111,7 @@ class Method:
     def run(self, samples) -> list[MethodOutput]:
         state, turns, diagnostics = self.think_together(samples)
         tokens = self.answer(state, samples)
-        texts = [self.backend.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
+        texts = [self.backend.completion_text(row) for row in tokens]
         final = self.agents[-1]
         return [
             MethodOutput(text, turns + [Turn(final.name, final.role, len(self.agents) - 1, text)],

@@ -218,7 +218,7 @@ class Method:
                         output_tokens=[0] * len(samples))
             turns.append(Turn(agent.name, agent.role, a, None))
         tokens = self.answer(state, samples, graphs, segments, ids, phase)
-        texts = [self.backend.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
+        texts = [self.backend.completion_text(row) for row in tokens]
         return [MethodOutput(text, turns + [Turn(self.final.name, self.final.role, len(self.agents), text)])
                 for text in texts]
 

@@ -1,5 +1,6 @@
 """LatentMAS mechanism on tiny random-weight models (tied and untied embeddings)."""
 
+import copy
 import json
 
 import pytest
@@ -71,10 +72,29 @@ def test_cache_grows_by_each_prompt_plus_m_latent_steps(backend, task, samples, 
             expected += record.input_tokens + record.latent_steps
         assert [r.latent_steps for r in records] == [steps] * 3 + [0]
         assert [r.forward_passes for r in records[:3]] == [1 + steps] * 3
-        assert records[-1].output_tokens == records[-1].forward_passes >= 1
     state, _, _ = method.think_together(samples[:1])
     prompt_lengths = [len(method.prompts(a, samples[:1])[0]) for a in method.agents[:-1]]
     assert state.length == sum(prompt_lengths) + steps * len(prompt_lengths)
+
+
+@pytest.mark.parametrize("structure", ["sequential", "hierarchical"])
+def test_recorded_forward_passes_and_output_tokens_are_what_happened(tiny_backend, task, samples, structure):
+    """Counted independently: the model's forward calls (a hook), and a decode that cannot stop early."""
+    tiny_backend.eos_token_ids = []  # no EOS: the final agent writes exactly max_new_tokens tokens
+    accountant = Accountant()
+    method = make_method(tiny_backend, task, f"method.structure={structure}", "method.latent_steps=2",
+                         max_new_tokens=5, accountant=accountant)
+    calls = []
+    handle = tiny_backend.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        method.run(samples[:1])
+    finally:
+        handle.remove()
+    records = accountant.take(samples[0].id)
+    assert records[-1].output_tokens == 5
+    assert records[-1].forward_passes == 5  # the prompt's prefill, then one pass per token fed back
+    experts = 1 if structure == "hierarchical" else 3  # hierarchical experts share their passes side by side
+    assert len(calls) == experts * (1 + 2) + 5
 
 
 def test_realignment_is_identity_for_tied_and_solves_ridge_for_untied(tiny_tied_model, tiny_model):
@@ -149,6 +169,28 @@ def test_batch_of_8_gives_the_same_texts_as_one_at_a_time(backend, task, samples
     single = [method.run([s])[0].final_text for s in samples]
     assert batched == single
     assert len(set(batched)) > 1  # the rows really differ, so the comparison means something
+
+
+def test_plain_format_decoding_ends_at_the_turn_marker_as_chat_does(tiny_model, smollm2_tokenizer, task, samples):
+    """A model without a chat template gets the plain "User: ... Assistant:" format; its rows end where
+    the text first contains the turn marker, in the latent decode loop as in chat()."""
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.chat_template = None
+    backend = HFBackend.from_loaded(tiny_model, tokenizer, "base", "cpu")
+    backend.plain_turn_end = "\u0000 never written"
+    method = make_method(backend, task, "method.latent_steps=2", max_new_tokens=12)
+    state, _, _ = method.think_together(samples[:1])
+    logits, *_ = method.prefill_final(state, samples[:1])
+    (expected,) = backend.decode(state, logits, method.gen)
+    assert len(expected) == 12
+    # pretend that what the final agent writes at steps 5 and 6 starts a new user turn
+    backend.plain_turn_end = marker = tokenizer.decode(expected[4:6], skip_special_tokens=True)
+    end = next(k for k in range(1, 13) if marker in tokenizer.decode(expected[:k]))
+    accountant = Accountant()
+    (output,) = make_method(backend, task, "method.latent_steps=2", max_new_tokens=12,
+                            accountant=accountant).run(samples[:1])
+    assert end <= 6 and accountant.take(samples[0].id)[-1].output_tokens == end
+    assert output.final_text == tokenizer.decode(expected[:end]).split(marker)[0] == backend.completion_text(expected)
 
 
 class ThoughtRecorder:
