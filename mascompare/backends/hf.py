@@ -160,6 +160,24 @@ class HFBackend:
         start = torch.tensor(first_positions or [0] * batch_size, dtype=torch.long, device=self.device)
         return SharedCache(DynamicCache(config=self.model.config), empty, start)
 
+    @property
+    def sliding_window(self) -> int | None:
+        """The shortest attention window of the model's layers, or None when every layer sees everything."""
+        windows = [layer.sliding_window for layer in DynamicCache(config=self.model.config).layers
+                   if getattr(layer, "sliding_window", None)]
+        return min(windows, default=None)
+
+    def padding_could_pass_window(self, segment_lengths: list[list[int]], appended: int) -> bool:
+        """Whether a batch's cache could hold padding between a row's tokens and grow past a sliding
+        window. A window counts cache columns, padding included, so such a row would see fewer of its
+        own tokens than alone. `segment_lengths`: per segment appended left-padded, each row's length;
+        `appended`: positions added after them without padding (latent steps, decoded tokens). The first
+        segment's padding lies before all of a row's tokens and never displaces any of them (one padded
+        prompt, as in `chat`, is exact)."""
+        window = self.sliding_window
+        padded = any(len(set(lengths)) > 1 for lengths in segment_lengths[1:])
+        return window is not None and padded and sum(map(max, segment_lengths)) + appended > window
+
     def can_join_rows(self) -> bool:
         """Whether `join_rows` applies: every cache layer keeps all its positions (no sliding window)."""
         return all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)

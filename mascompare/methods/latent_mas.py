@@ -25,6 +25,8 @@ Differences from the reference implementation, on purpose:
 - Batches are exact: every segment is left-padded, padding is masked out of every later
   attention, and positions count real tokens only (the reference lets pads into the cache, and
   its accuracy falls with batch size > 1). Greedy outputs at batch 8 equal those at batch 1.
+  A sliding window (Gemma 3, Mistral, Qwen2 with one) counts padding columns, so a batch whose
+  cache could pass the window with padding between a row's tokens runs one sample at a time.
 - Hierarchical experts are independent, as the paper describes (the reference chains them).
 - W_a and the target norm use the full vocabulary (no resizing), in the space the first layer
   receives (the embedding module's output), not the raw weight matrix: the same for most models,
@@ -109,6 +111,9 @@ class Method:
     # -- the algorithm -------------------------------------------------------------------------------
 
     def run(self, samples) -> list[MethodOutput]:
+        if len(samples) > 1 and self.padding_could_pass_window(samples):
+            # a sliding window counts padding columns too: one sample at a time keeps every row exact
+            return [output for sample in samples for output in self.run([sample])]
         state, turns, diagnostics = self.think_together(samples)
         tokens = self.answer(state, samples)
         texts = [self.backend.completion_text(row) for row in tokens]
@@ -173,6 +178,12 @@ class Method:
                 for i, notes in enumerate(diagnostics):
                     notes[agent.name] = latent_diagnostics([h[index, i] for h in thoughts])
         return state, turns, diagnostics
+
+    def padding_could_pass_window(self, samples) -> bool:
+        """Whether this batch's shared cache could pass the model's sliding window with padding in it."""
+        lengths = [[len(prompt) for prompt in self.prompts(agent, samples)] for agent in self.agents]
+        appended = self.steps * (len(self.agents) - 1) + self.gen.max_new_tokens
+        return self.backend.padding_could_pass_window(lengths, appended)
 
     def to_input_space(self, hidden: torch.Tensor) -> torch.Tensor:
         return latent_thought(hidden, self.w_a, self.target_norm)

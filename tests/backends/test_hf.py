@@ -48,6 +48,18 @@ def test_greedy_batch_of_five_equals_each_alone(fixture, request):
     assert len(set(texts(batch))) == len(CONVERSATIONS)  # the rows really differ
 
 
+def test_sliding_window_batch_equals_each_alone(tiny_sliding_gemma3, smollm2_tokenizer):
+    """One left-padded prompt keeps its padding before all of a row's tokens: a window never counts it."""
+    backend = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu")
+    lengths = [len(p) for p in backend.encode_chat(CONVERSATIONS)]
+    gen = replace(GREEDY, max_new_tokens=40)
+    assert min(lengths) < backend.sliding_window < max(lengths) + gen.max_new_tokens
+    assert not backend.padding_could_pass_window([lengths], gen.max_new_tokens)
+    assert texts(backend.chat(CONVERSATIONS, gen)) == [backend.chat([c], gen)[0].text for c in CONVERSATIONS]
+    assert backend.padding_could_pass_window([lengths, lengths], 0)  # padding between two segments
+    assert not backend.padding_could_pass_window([lengths, [9] * 5], 0)
+
+
 def test_greedy_equals_reference_decoding(tiny_backend):
     prompts = tiny_backend.encode_chat(CONVERSATIONS)
     for prompt, completion in zip(prompts, tiny_backend.chat(CONVERSATIONS, GREEDY)):
@@ -239,3 +251,43 @@ def test_chat_template_kwargs_apply_to_every_method_and_the_dry_run(method, dry_
                          f"run.dry_run={str(dry_run).lower()}", *pruned)
     execute(cfg, tmp_path / "run")
     assert len(seen) >= 2 and set(seen) == {False}
+
+
+class OldCacheName(torch.nn.Module):
+    """A model whose forward still calls its cache `past_key_values`, as transformers before 5.24 does."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        self.config, self.generation_config = model.config, model.generation_config
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
+                past_key_values=None, use_cache=None, logits_to_keep=0):
+        return self.inner(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                          position_ids=position_ids, cache=past_key_values, use_cache=use_cache,
+                          logits_to_keep=logits_to_keep)
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    @property
+    def dtype(self):
+        return self.inner.dtype
+
+
+def test_the_cache_argument_follows_the_installed_transformers(tiny_model, smollm2_tokenizer):
+    current = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", "cpu")
+    older = HFBackend.from_loaded(OldCacheName(tiny_model), smollm2_tokenizer, "tiny", "cpu")
+    assert (current.cache_argument, older.cache_argument) == ("cache", "past_key_values")
+    prompts = current.encode_chat(CONVERSATIONS[:3])
+    results = []
+    for backend in (current, older):
+        state = backend.new_cache(3)
+        backend.prefill(state, prompts)
+        _, logits = backend.prefill(state, prompts)  # reads what the first segment left in the cache
+        results.append((state.cache.get_seq_length(), logits))
+    assert results[0][0] == results[1][0] == 2 * max(len(p) for p in prompts)
+    torch.testing.assert_close(results[0][1], results[1][1])

@@ -193,6 +193,17 @@ def test_plain_format_decoding_ends_at_the_turn_marker_as_chat_does(tiny_model, 
     assert output.final_text == tokenizer.decode(expected[:end]).split(marker)[0] == backend.completion_text(expected)
 
 
+@pytest.mark.parametrize("structure", ["sequential", "hierarchical"])
+def test_sliding_window_batches_give_the_same_texts_as_one_at_a_time(tiny_sliding_gemma3, smollm2_tokenizer, task,
+                                                                     samples, structure):
+    backend = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu")
+    method = make_method(backend, task, f"method.structure={structure}", "method.latent_steps=3")
+    assert backend.sliding_window < max(len(p) for p in method.prompts(method.agents[-1], samples))
+    batched = [o.final_text for o in method.run(samples)]
+    assert batched == [method.run([s])[0].final_text for s in samples]
+    assert len(set(batched)) > 1
+
+
 class ThoughtRecorder:
     """The real backend, keeping every latent input it is given."""
 
