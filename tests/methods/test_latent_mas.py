@@ -58,6 +58,79 @@ def test_m0_final_logits_equal_one_forward_over_the_concatenated_prompts(backend
         "with m=0 the judger must still see the other agents (the cache is handed on)"
 
 
+def last_state(model, embeds, positions, mask=None) -> torch.Tensor:
+    """The last layer's (final-norm) state at the last position, from one forward pass without a cache."""
+    with torch.inference_mode():
+        out = model.model(inputs_embeds=embeds[None], position_ids=positions[None], attention_mask=mask,
+                          use_cache=False)
+    return out.last_hidden_state[0, -1]
+
+
+def hand_built_final_logits(model, prompts, steps, hierarchical) -> torch.Tensor:
+    """The final agent's first-token logits from one forward pass over input embeddings built here:
+    each agent's prompt embeddings, then its m thoughts, each thought from its own forward pass from
+    scratch; positions count every earlier token; hierarchical experts see only their own segment
+    (a 4-D mask built here), the final agent sees everything."""
+    embed = model.get_input_embeddings()
+    with torch.inference_mode():
+        w_in = embed(torch.arange(embed.weight.shape[0])).float()
+    w_out = model.get_output_embeddings().weight.detach().float()
+    w_a = torch.linalg.solve(w_out.T @ w_out + RIDGE_LAMBDA * torch.eye(w_out.shape[1]), w_out.T @ w_in)
+    target_norm = w_in.norm(dim=1).mean()
+    segments = []  # per agent: its embeddings, in order
+    for prompt in prompts[:-1]:
+        start = sum(len(s) for s in segments)
+        own = [embed(torch.tensor(prompt)).detach().float()]
+        for _ in range(steps):
+            seen = torch.cat(own if hierarchical else [*segments, *own])
+            first = start if hierarchical else 0
+            h = last_state(model, seen, torch.arange(first, first + len(seen)))
+            aligned = h @ w_a
+            own.append((aligned * target_norm / aligned.norm())[None])
+        segments.append(torch.cat(own))
+    segments.append(embed(torch.tensor(prompts[-1])).detach().float())
+    everything = torch.cat(segments)
+    mask = None
+    if hierarchical:
+        owner = torch.cat([torch.full((len(s),), k) for k, s in enumerate(segments)])
+        final = len(segments) - 1
+        allowed = torch.tril(torch.ones(len(owner), len(owner), dtype=torch.bool))
+        allowed &= (owner[:, None] == owner[None, :]) | (owner[:, None] == final)
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+    with torch.inference_mode():
+        return model(inputs_embeds=everything[None], position_ids=torch.arange(len(everything))[None],
+                     attention_mask=mask, use_cache=False).logits[0, -1].float()
+
+
+@pytest.mark.parametrize("family", ["llama-untied", "llama-tied", "gemma3"])
+@pytest.mark.parametrize("structure", ["sequential", "hierarchical"])
+def test_final_logits_equal_one_forward_over_hand_built_embeddings(family, structure, tiny_model, tiny_tied_model,
+                                                                   tiny_gemma3, smollm2_tokenizer, task, samples):
+    model = {"llama-untied": tiny_model, "llama-tied": tiny_tied_model, "gemma3": tiny_gemma3}[family]
+    backend = HFBackend.from_loaded(model, smollm2_tokenizer, family, "cpu")
+    method = make_method(backend, task, f"method.structure={structure}", "method.latent_steps=3")
+    sample = samples[:1]
+    state, _, _ = method.think_together(sample)
+    logits, *_ = method.prefill_final(state, sample)
+    prompts = [method.prompts(agent, sample)[0] for agent in method.agents]
+    reference = hand_built_final_logits(backend.model, prompts, 3, structure == "hierarchical")
+    torch.testing.assert_close(logits[0], reference, atol=2e-4, rtol=1e-4)
+    other = hand_built_final_logits(backend.model, prompts, 3, structure != "hierarchical")
+    assert not torch.allclose(logits[0], other, atol=1e-2)  # the structure shows in the logits
+
+
+def test_the_hierarchical_summarizer_sees_every_expert(backend, task, samples):
+    def summarizer_logits(*overrides):
+        method = make_method(backend, task, "method.structure=hierarchical", "method.latent_steps=2", *overrides)
+        state, _, _ = method.think_together(samples[:1])
+        return method.prefill_final(state, samples[:1])[0][0]
+
+    unchanged = summarizer_logits()
+    for expert in range(3):
+        changed = summarizer_logits(f"method.roles.hierarchical.{expert}.instruction='Answer in French, briefly.'")
+        assert not torch.allclose(unchanged, changed, atol=1e-2), f"the summarizer does not see expert {expert}"
+
+
 @pytest.mark.parametrize("steps", [0, 3])
 def test_cache_grows_by_each_prompt_plus_m_latent_steps(backend, task, samples, steps):
     accountant = Accountant()
