@@ -25,9 +25,8 @@ from rich.table import Table
 
 from mascompare.errors import UserError
 from mascompare.registry import suggest
-from mascompare.results import RUN_FILE, SAMPLES_FILE, latest_rows, wilson_interval
+from mascompare.results import FAILURE_FILE, RUN_FILE, SAMPLES_FILE, latest_rows, wilson_interval
 from mascompare.runner import run_identity
-from mascompare.sweep import FAILURE_FILE
 
 OUTPUT_FILES = ("comparison.md", "comparison.csv", "comparison.tex", "pareto.png")
 METRICS = ("strict", "flexible")

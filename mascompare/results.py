@@ -18,6 +18,7 @@ from pathlib import Path
 
 SAMPLES_FILE = "samples.jsonl"
 RUN_FILE = "run.json"
+FAILURE_FILE = "failed.json"  # a failed sweep job's error and overrides, in its directory (sweep.py, report.py)
 # Packages whose versions can change results; recorded in run.json.
 TRACKED_PACKAGES = ("mascompare", "torch", "transformers", "hydra-core", "datasets", "openai")
 

@@ -21,10 +21,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mascompare.errors import UserError
-from mascompare.results import RUN_FILE
+from mascompare.results import FAILURE_FILE, RUN_FILE
 
 log = logging.getLogger(__name__)
-FAILURE_FILE = "failed.json"  # a failed job's error and overrides, in its directory; report.py lists them
 LOCK_FILE = ".comparison.lock"
 
 

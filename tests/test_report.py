@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mascompare import report
 from mascompare.cli import app
-from mascompare.sweep import FAILURE_FILE
+from mascompare.results import FAILURE_FILE
 
 runner = CliRunner()
 

@@ -11,7 +11,8 @@ from test_report import make_run
 
 from mascompare.app import compose_config
 from mascompare.cli import app
-from mascompare.sweep import FAILURE_FILE, CompareSweep
+from mascompare.results import FAILURE_FILE
+from mascompare.sweep import CompareSweep
 
 runner = CliRunner()
 
