@@ -2,7 +2,14 @@
 
 A batched call serves several samples at once; it yields one record per sample, each with
 that sample's own token counts and an equal share of the call's wall time, so that per-sample
-sums add up to the run's total time.
+sums add up to the run's total time. A record also keeps what the call was sent (its messages
+and their hash), why its decoding ended, and its sampling seed.
+
+Two views of input: `input_tokens` are the prompt tokens a call processed (a text agent re-sends,
+and the model re-reads, the whole context it is given; a latent agent's prompt holds only its own
+new text); `context_tokens` are the tokens the call's output could attend to: its input tokens
+plus the KV-cache positions it received from earlier agents (latent_mas). For text methods both
+are the same number.
 
 Prices come from conf/prices.yaml (USD per million tokens). A model that is not listed there
 costs `None` ("unknown"), never a guess.
@@ -10,6 +17,8 @@ costs `None` ("unknown"), never a guess.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,15 +47,27 @@ class UsageRecord:
     usage_source: str = "local_count"  # "api" | "local_count" | "estimate" | "cache" (answered by run.cache, not sent)
     cost_usd: float | None = None  # None when the price is unknown
     phase: str = "eval"  # "eval", or e.g. "calibration" for work done before evaluation
+    finish_reason: str | None = None  # eos | length | stop | error; None for a block that decodes nothing
+    seed: int | None = None  # the call's sampling seed (None when decoding is greedy)
+    prompt_hash: str | None = None  # prompt_hash(messages)
+    messages: list | None = None  # the chat messages sent (results.py stores shared texts once per run)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def prompt_hash(messages: list[dict]) -> str:
+    """A hash of what a call was sent: the messages as canonical JSON."""
+    text = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def summed(records: list[UsageRecord]) -> dict:
     """Token, call, time and cost totals over records; cost is None if any record's price is unknown."""
     total = {name: sum(getattr(r, name) for r in records) for name in TOKEN_FIELDS}
+    total["context_tokens"] = total["input_tokens"] + total["kv_positions_received"]
     total["calls"] = len(records)
+    total["calls_at_max_new_tokens"] = sum(r.finish_reason == "length" for r in records)
     total["wall_time_s"] = sum(r.wall_time_s for r in records)
     costs = [r.cost_usd for r in records]
     total["cost_usd"] = None if not costs or any(c is None for c in costs) else sum(costs)
@@ -101,17 +122,21 @@ class Accountant:
             record.cost_usd = self.price.cost(record)
         self._records[record.sample_id].append(record)
 
-    def record_completions(self, sample_ids, completions, agent, role, wall_time_s, round=0, **extra) -> None:
-        """Record one batched text call: each sample's own token counts and an equal share of the wall time.
+    def record_completions(self, sample_ids, completions, agent, role, wall_time_s, conversations, seeds,
+                           round=0, **extra) -> None:
+        """Record one batched text call: each sample's own token counts, messages, seed and finish reason,
+        and an equal share of the wall time. `seeds` is None for greedy calls.
 
         Decoding n tokens takes n forward passes (the prefill yields the first token).
         """
         share = wall_time_s / max(len(sample_ids), 1)
-        for sid, c in zip(sample_ids, completions, strict=True):
+        seeds = seeds if seeds is not None else [None] * len(sample_ids)
+        for sid, c, messages, seed in zip(sample_ids, completions, conversations, seeds, strict=True):
             self.record(UsageRecord(
                 sid, agent, role, round, input_tokens=c.prompt_tokens, output_tokens=c.completion_tokens,
                 cached_input_tokens=c.cached_prompt_tokens or 0, reasoning_tokens=c.reasoning_tokens or 0,
                 forward_passes=c.completion_tokens, wall_time_s=share, usage_source=c.usage_source,
+                finish_reason=c.finish_reason, seed=seed, prompt_hash=prompt_hash(messages), messages=messages,
                 **extra,
             ))
 

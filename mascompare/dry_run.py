@@ -30,9 +30,9 @@ class CountingBackend:
     def __init__(self, counter: TokenCounter, model_name: str):
         self.counter, self.model_name = counter, model_name
 
-    def chat(self, conversations, gen) -> list[Completion]:
+    def chat(self, conversations, gen, seeds=None) -> list[Completion]:
         return [Completion(self.counter.filler(gen.max_new_tokens), self.counter.count(messages), gen.max_new_tokens,
-                           usage_source="estimate") for messages in conversations]
+                           usage_source="estimate", finish_reason="length") for messages in conversations]
 
     def count_tokens(self, messages) -> int:
         return self.counter.count(messages)

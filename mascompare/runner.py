@@ -10,11 +10,14 @@ import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from copy import copy
+from dataclasses import replace
+from functools import partial
+from itertools import count
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mascompare import results
+from mascompare import environment, results
 from mascompare.accounting import Accountant, Price, api_model_id, price_for, summed
 from mascompare.backends import BACKENDS, KeptBackend, open_backend, release_backend
 from mascompare.display import Progress, print_summary
@@ -28,8 +31,9 @@ log = logging.getLogger(__name__)
 # Keys that change where and how a run is shown, sent or capped, not what it computes: left out of
 # the run's identity, so that changing them (or asking for more samples with task.limit) resumes
 # the same run, e.g. against a server restarted on another port, or with a higher budget.
+# run.repeats is one of them: more repeats add to the same run, as a higher task.limit adds samples.
 NON_IDENTITY_KEYS = {
-    "run": ("output_root", "resume", "progress", "max_cost_usd", "dry_run", "cache"),
+    "run": ("output_root", "resume", "progress", "max_cost_usd", "dry_run", "cache", "repeats"),
     "task": ("limit",),
     "backend": ("base_url", "api_key", "api_key_file", "max_concurrency", "stream", "timeout_s", "max_retries",
                 "backoff_s", "max_backoff_s"),
@@ -61,6 +65,29 @@ def _check_batch_size(value) -> int:
     if not is_int_at_least(value, 1):
         raise UserError(f"run.batch_size must be a positive integer, got {value!r}.")
     return value
+
+
+def _check_repeats(value, gen: GenerationConfig) -> int:
+    if not is_int_at_least(value, 1):
+        raise UserError(f"run.repeats must be a positive integer, got {value!r}.")
+    if value > 1 and gen.greedy:
+        raise UserError(f"run.repeats={value} repeats identical greedy answers; set generation.temperature > 0 "
+                        "to sample, or run.repeats=1.")
+    return value
+
+
+def select_samples(task, task_cfg) -> list:
+    """The evaluated samples: task.offset skips the first ones (e.g. those a tuning run used), then
+    task.limit keeps at most that many."""
+    offset = task_cfg.get("offset", 0)
+    if not is_int_at_least(offset, 0):
+        raise UserError(f"task.offset must be a non-negative integer, got {offset!r}.")
+    if not offset:
+        return task.load()
+    limit = task_cfg.get("limit")
+    if hasattr(task, "limit"):  # load only what is needed: the offset ones and the limit after them
+        task.limit = None if limit is None else offset + limit
+    return task.load()[offset:]
 
 
 def _check_cost_cap(cfg, price) -> float | None:
@@ -137,6 +164,7 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
     `kept` (a sweep's) holds the backend between runs, so that equal configs load the model once."""
     gen = GenerationConfig.from_cfg(cfg.generation)
     batch_size = _check_batch_size(cfg.run.batch_size)
+    repeats = _check_repeats(cfg.run.get("repeats", 1), gen)
     if cfg.run.primary_metric not in ("strict", "flexible"):
         raise UserError(f"run.primary_metric must be 'strict' or 'flexible', got {cfg.run.primary_metric!r}.")
     method_cls = METHODS.get(cfg.method.name)
@@ -152,17 +180,19 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
     price = model_price(cfg.model)
     cap = _check_cost_cap(cfg, price)
     task = build_task(cfg.task)
-    samples = task.load()
+    samples = select_samples(task, cfg.task)
 
     if cfg.run.get("dry_run"):
-        return _dry_run(cfg, method_cls, task, gen, price, samples, Path(out_dir), batch_size)
+        return _dry_run(cfg, method_cls, task, gen, price, samples, Path(out_dir), batch_size, repeats)
     store = results.RunStore(out_dir)
-    # what the method reported last time (e.g. calibration): kept when a resumed run has nothing left to do
-    earlier_method_info = (store.read_run() or {}).get("method_info") if cfg.run.resume else None
+    # what the last run recorded (the method's report, e.g. calibration, and the environment): kept when a
+    # resumed run has nothing left to do
+    earlier = (store.read_run() or {}) if cfg.run.resume else {}
     if not cfg.run.resume:
         store.reset()
-    done = store.completed_ids()
-    todo = [s for s in samples if s.id not in done]
+    done = store.completed_keys()
+    todo = [(repeat, s) for repeat in range(repeats) for s in samples if (s.id, repeat) not in done]
+    total = len(samples) * repeats
     info = {
         "status": "running",
         "run_dir": str(store.dir),
@@ -172,22 +202,23 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
         "backend": cfg.backend.name,
         "config": recorded_config(cfg),
         "config_hash": results.config_hash(run_identity(cfg)),
-        "versions": results.package_versions(),
-        "git_sha": results.git_sha(),
+        "environment": earlier.get("environment"),
         "started": results.now_iso(),
         "samples_total": len(samples),
-        "samples_resumed": len(samples) - len(todo),
-        "method_info": earlier_method_info,
+        "repeats": repeats,
+        "samples_resumed": total - len(todo),
+        "method_info": earlier.get("method_info"),
     }
     if hasattr(task, "run_info"):  # optional: what the task reports of its scoring (code tasks: the sandbox)
         info["task_info"] = task.run_info()
-    log.info("%s: %d samples, %d already done, %d to run -> %s", cfg.task.name, len(samples),
-             len(samples) - len(todo), len(todo), store.dir)
+    log.info("%s: %d samples x %d repeats, %d already done, %d to run -> %s", cfg.task.name, len(samples), repeats,
+             total - len(todo), len(todo), store.dir)
 
     if todo:
         load_start = time.perf_counter()
         backend, info["backend_reused"] = open_backend(cfg.run, cfg.backend, cfg.model, kept)
         info["model_load_s"] = round(time.perf_counter() - load_start, 3)
+        info["environment"] = environment.describe(backend, samples)
         accountant = Accountant(price)
         method = build_method(cfg.method, backend, task, gen, accountant)
         if hasattr(method, "prepare"):  # optional hook: once-per-run work before evaluation (e.g. calibration)
@@ -198,17 +229,19 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
         # the budget gets its own copy of the method: it swaps in a counting backend while samples run
         budget = Budget(cap, store, info, copy(method), backend, price, cfg) if cap is not None else None
         try:
-            stop_reason = _run_batches(method, task, todo, batch_size, store, accountant, cfg,
-                                       already=len(samples) - len(todo), budget=budget,
+            stop_reason = _run_batches(method, task, todo, batch_size, store, accountant, cfg, gen,
+                                       already=total - len(todo), budget=budget,
                                        sample_workers=getattr(backend, "sample_workers", None))
         finally:
             release_backend(backend, kept)
         info["stop_reason"] = stop_reason
 
     ids = {s.id for s in samples}
-    rows = [row for sid, row in store.records().items() if sid in ids]
+    rows = [row for (sid, repeat), row in store.records().items() if sid in ids and repeat < repeats]
     status = "stopped" if info.get("stop_reason") else "finished"
     info.update(status=status, finished=results.now_iso(), summary=results.summarize(rows))
+    if warning := results.capped_share_warning(info["summary"]):
+        log.warning(warning)
     if cap is not None:
         info["summary"]["cost_usd_spent"] = spent_usd(store, info)
     store.write_run(info)
@@ -216,12 +249,13 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
     return info
 
 
-def _dry_run(cfg, method_cls, task, gen, price, samples, run_dir: Path, batch_size: int) -> dict:
+def _dry_run(cfg, method_cls, task, gen, price, samples, run_dir: Path, batch_size: int, repeats: int) -> dict:
     """Count what the run would send; writes nothing and calls no model."""
     from mascompare.dry_run import estimate, print_estimate
 
-    done = results.RunStore.completed_ids_in(run_dir) if cfg.run.resume else set()
-    todo = [s for s in samples if s.id not in done]
+    done = results.RunStore.completed_keys_in(run_dir) if cfg.run.resume else set()
+    # a sample counts once per repeat still to run; repeats send the same prompts
+    todo = [s for repeat in range(repeats) for s in samples if (s.id, repeat) not in done]
     report = estimate(cfg, method_cls, task, gen, price, samples, todo, run_dir, batch_size)
     print_estimate(report, cfg)
     return {"status": "dry_run", "dry_run": report, "summary": {}}
@@ -287,12 +321,15 @@ class Budget:
                 "same command again to resume")
 
 
-def _run_batches(method, task, todo, batch_size, store, accountant, cfg, already: int, budget=None,
+def _run_batches(method, task, todo, batch_size, store, accountant, cfg, gen, already: int, budget=None,
                  sample_workers: int | None = None) -> str | None:
-    """Run the samples batch by batch, or each as its own task with `sample_workers` at once (the
-    backend's choice); returns why it stopped early, or None when every sample ran."""
+    """Run the (repeat, sample) pairs one repeat at a time: batch by batch, or each sample as its own task
+    with `sample_workers` at once (the backend's choice); returns why it stopped early, or None when every
+    sample ran. Each line records its repeat and the number of the batch (or task) it ran in."""
+    numbers = count(max((row.get("batch", -1) for row in store.all_rows()), default=-1) + 1)  # on across resumes
     with Progress(total=len(todo) + already, done=already, enabled=cfg.run.progress) as progress:
-        def write(batch, outputs, failure, share):
+        def write(repeat, batch, outputs, failure, share):
+            number = next(numbers)
             for i, sample in enumerate(batch):
                 records = accountant.take(sample.id)
                 if outputs is None:
@@ -301,19 +338,25 @@ def _run_batches(method, task, todo, batch_size, store, accountant, cfg, already
                     row = error_row(sample, outputs[i].error, records, outputs[i])
                 else:
                     row = score_row(task, sample, outputs[i], share, records)
+                row = {"id": sample.id, "repeat": repeat, "batch": number, **row}
                 store.append(row)
                 if budget is not None:
                     budget.add(row)
                 progress.advance(row, cfg.run.primary_metric)
 
-        if sample_workers:
-            return _stream_samples(method, task, todo, sample_workers, budget, write)
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            if budget is not None and (reason := budget.stop_reason(batch)):
-                log.warning("stopping: %s", reason)
-                return reason
-            write(batch, *_run_method(method, batch, task))
+        for repeat in sorted({r for r, _ in todo}):
+            method.gen = replace(gen, repeat=repeat)  # every call's seed includes the repeat
+            mine = [s for r, s in todo if r == repeat]  # a sample id appears once in a repeat's batches
+            if sample_workers:
+                if stop := _stream_samples(method, task, mine, sample_workers, budget, partial(write, repeat)):
+                    return stop
+                continue
+            for start in range(0, len(mine), batch_size):
+                batch = mine[start:start + batch_size]
+                if budget is not None and (reason := budget.stop_reason(batch)):
+                    log.warning("stopping: %s", reason)
+                    return reason
+                write(repeat, batch, *_run_method(method, batch, task))
     return None
 
 

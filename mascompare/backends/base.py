@@ -42,6 +42,9 @@ class Completion:
     cached_prompt_tokens: int | None = None  # of prompt_tokens, read from the server's prompt cache
     reasoning_tokens: int | None = None  # of completion_tokens, hidden reasoning (where the server reports it)
     error: str | None = None
+    # why decoding ended: "eos" (the model ended its turn), "length" (max_new_tokens reached),
+    # "stop" (a stop marker, e.g. the plain format's next turn), "error" (the call failed)
+    finish_reason: str | None = None
 
 
 class Backend(Protocol):
@@ -49,8 +52,10 @@ class Backend(Protocol):
     model_name: str  # what results and reports call the model
     capabilities: frozenset[str]  # "chat" always; "hidden_states" for latent methods
 
-    def chat(self, conversations: list[list[Message]], gen: GenerationConfig) -> list[Completion]:
-        """One completion per conversation, in input order."""
+    def chat(self, conversations: list[list[Message]], gen: GenerationConfig,
+             seeds: list[int] | None = None) -> list[Completion]:
+        """One completion per conversation, in input order. `seeds` (one per conversation, from
+        GenerationConfig.call_seed) seed sampled decoding; None seeds every row with gen.seed."""
 
     def count_tokens(self, messages: list[Message]) -> int:
         """Prompt tokens of one conversation after the chat template."""

@@ -10,6 +10,8 @@ on to write the user's next turn, so in this format a row also ends where its te
 
 Batches are left-padded with an attention mask; transformers' generate derives each row's positions
 from the mask, so with greedy decoding a row's output does not depend on the rest of its batch.
+Sampled decoding keeps that property: each row draws its tokens from its own generator, seeded with
+that row's per-call seed (`_RowSampler`), instead of one stream shared by the batch.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DynamicCache, LogitsProcessor, LogitsProcessorList,
+                          StoppingCriteria, StoppingCriteriaList)
 from transformers.cache_utils import DynamicLayer
 from transformers import GenerationConfig as HFGenerationConfig
 
@@ -126,20 +129,29 @@ class HFBackend:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
 
-    def chat(self, conversations: list[list[Message]], gen: GenerationConfig) -> list[Completion]:
+    def chat(self, conversations: list[list[Message]], gen: GenerationConfig,
+             seeds: list[int] | None = None) -> list[Completion]:
         if not conversations:
             return []
         prompts = self.encode_chat(conversations)
         input_ids, attention_mask = self.left_pad(prompts)
-        sampling = {} if gen.greedy else {"temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k}
-        config = HFGenerationConfig(max_new_tokens=gen.max_new_tokens, do_sample=not gen.greedy,
-                                    eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, **sampling)
+        # generate() decodes greedily; a sampled run's tokens are drawn per row by _RowSampler, whose
+        # scores leave only the drawn token, so greedy selection takes it
+        config = HFGenerationConfig(max_new_tokens=gen.max_new_tokens, do_sample=False,
+                                    eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id)
+        sampler = None if gen.greedy else LogitsProcessorList(
+            [_RowSampler(self.row_generators(gen, seeds, len(prompts)), gen)])
         stop = StoppingCriteriaList([_StopAtMarker(self, input_ids.shape[1])]) if self.plain_format else None
-        with self._seeded(gen.seed), torch.inference_mode():
+        with torch.inference_mode():
             output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                         stopping_criteria=stop)
+                                         logits_processor=sampler, stopping_criteria=stop)
         generated = output[:, input_ids.shape[1]:].tolist()
         return [self._completion(prompt, row) for prompt, row in zip(prompts, generated)]
+
+    def row_generators(self, gen: GenerationConfig, seeds: list[int] | None, rows: int) -> list[torch.Generator]:
+        """One random stream per row, seeded with its call's seed (gen.seed for every row when none are given)."""
+        seeds = seeds if seeds is not None else [gen.seed] * rows
+        return [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
 
     def left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask [B, longest], real tokens right-aligned."""
@@ -245,17 +257,18 @@ class HFBackend:
 
     @torch.inference_mode()
     def decode(self, state: SharedCache, first_logits: torch.Tensor, gen: GenerationConfig,
-               visible: torch.Tensor | None = None) -> list[list[int]]:
+               visible: torch.Tensor | None = None, seeds: list[int] | None = None) -> list[list[int]]:
         """Generate from the cache: up to gen.max_new_tokens per row, each row up to and including EOS (or, in
         the plain-text format, the turn marker: the same stop rule as `chat`; `completion_text` reads a row).
-        `visible` hides cache columns as in `prefill` (pass the mask the prompt was prefilled with)."""
-        generator = torch.Generator(device=self.device).manual_seed(gen.seed)
+        Sampled rows draw from their own seeded generators (see `chat`). `visible` hides cache columns as in
+        `prefill` (pass the mask the prompt was prefilled with)."""
+        generators = self.row_generators(gen, seeds, first_logits.shape[0])
         eos = torch.tensor(self.eos_token_ids or [-1], device=self.device)
         logits = first_logits
         rows: list[list[int]] = [[] for _ in range(logits.shape[0])]
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=self.device)
         for step in range(gen.max_new_tokens):
-            tokens = next_token(logits, gen, generator)
+            tokens = logits.argmax(dim=-1) if gen.greedy else sample_rows(logits, gen, generators)
             ended = torch.isin(tokens, eos)
             for row, token in enumerate(tokens.tolist()):
                 if not finished[row]:
@@ -267,16 +280,6 @@ class HFBackend:
             ones = torch.ones((len(rows), 1), dtype=torch.long, device=self.device)
             _, logits = self._extend(state, ones, state.next_position[:, None], visible, input_ids=tokens[:, None])
         return rows
-
-    @contextmanager
-    def _seeded(self, seed: int):
-        """Seed this call's sampling without moving the caller's global RNG streams (other code, such as
-        mask sampling in pruned_mas, draws from them)."""
-        on_accelerator = self.device.type != "cpu"
-        with torch.random.fork_rng(devices=[self.device] if on_accelerator else [],
-                                   device_type=self.device.type if on_accelerator else None):
-            torch.manual_seed(seed)
-            yield
 
     def ends_turn(self, tail: list[int]) -> bool:
         """Whether the last tokens of a row's plain-format completion contain the turn marker."""
@@ -301,9 +304,17 @@ class HFBackend:
         text = self.tokenizer.decode(generated[:self.row_end(generated)], skip_special_tokens=True)
         return text.split(self.plain_turn_end)[0] if self.plain_format else text
 
+    def finish_reason(self, generated: list[int]) -> str:
+        """Why a row ended: 'eos' (an end-of-turn token), 'stop' (the plain format's turn marker) or
+        'length' (max_new_tokens reached)."""
+        tokens = generated[:self.row_end(generated)]
+        if tokens and tokens[-1] in self.eos_token_ids:
+            return "eos"
+        return "stop" if self.plain_format and self.ends_turn(tokens) else "length"
+
     def _completion(self, prompt: list[int], generated: list[int]) -> Completion:
         return Completion(text=self.completion_text(generated), prompt_tokens=len(prompt),
-                          completion_tokens=self.row_end(generated))
+                          completion_tokens=self.row_end(generated), finish_reason=self.finish_reason(generated))
 
 
 @dataclass
@@ -342,10 +353,26 @@ class _StopAtMarker(StoppingCriteria):
         return torch.tensor([self.backend.ends_turn(tail) for tail in tails], device=input_ids.device)
 
 
-def next_token(logits: torch.Tensor, gen: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
-    """Greedy, or temperature / top-k / top-p sampling, from [B, V] logits."""
-    if gen.greedy:
-        return logits.argmax(dim=-1)
+class _RowSampler(LogitsProcessor):
+    """Draws each row's next token from that row's own generator; the returned scores keep only the
+    drawn token, which generate()'s greedy selection then takes."""
+
+    def __init__(self, generators: list[torch.Generator], gen: GenerationConfig):
+        self.generators, self.gen = generators, gen
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        tokens = sample_rows(scores.float(), self.gen, self.generators)
+        chosen = torch.full_like(scores, float("-inf"))
+        return chosen.scatter(-1, tokens[:, None], 0.0)
+
+
+def sample_rows(logits: torch.Tensor, gen: GenerationConfig, generators: list[torch.Generator]) -> torch.Tensor:
+    """One sampled token per row of [B, V] logits, row i drawn from generators[i]."""
+    return torch.cat([sample_token(logits[i:i + 1], gen, g) for i, g in enumerate(generators)])
+
+
+def sample_token(logits: torch.Tensor, gen: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
+    """Temperature / top-k / top-p sampling from [B, V] logits."""
     logits = logits / gen.temperature
     if gen.top_k:
         kth = torch.topk(logits, min(gen.top_k, logits.shape[-1]), dim=-1).values[:, -1:]

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 OPENAI_URL = "https://api.openai.com/v1"
 STOP_RUN_STATUSES = (401, 403, 404)  # every later request would fail the same way
 RETRY_STATUSES = (408, 409, 429)  # and every 5xx
+# the API's finish_reason in our terms: we send no stop sequences, so "stop" is the model ending its turn;
+# anything else (content_filter, tool_calls, ...) is recorded as "stop"
+FINISH_REASONS = {"stop": "eos", "length": "length"}
 
 
 def _key_from_file(path) -> str | None:
@@ -103,8 +106,10 @@ class OpenAIBackend:
 
     # --- the backend contract ----------------------------------------------------------------
 
-    def chat(self, conversations: list[list[Message]], gen: GenerationConfig) -> list[Completion]:
-        return list(self._pool.map(lambda messages: self.complete(messages, gen), conversations))
+    def chat(self, conversations: list[list[Message]], gen: GenerationConfig,
+             seeds: list[int] | None = None) -> list[Completion]:
+        seeds = seeds if seeds is not None else [gen.seed] * len(conversations)
+        return list(self._pool.map(lambda job: self.complete(job[0], gen, job[1]), zip(conversations, seeds)))
 
     def count_tokens(self, messages: list[Message]) -> int:
         return self.counter.count(messages)
@@ -114,9 +119,10 @@ class OpenAIBackend:
 
     # --- one request, with retries ---------------------------------------------------------
 
-    def request_params(self, messages: list[Message], gen: GenerationConfig) -> dict:
+    def request_params(self, messages: list[Message], gen: GenerationConfig, seed: int | None = None) -> dict:
+        """The request body; `seed` is the call's own seed (servers that honour it sample reproducibly)."""
         params = {"model": self.api_model, "messages": messages, self.token_limit_param: gen.max_new_tokens,
-                  "temperature": gen.temperature, "seed": gen.seed}
+                  "temperature": gen.temperature, "seed": gen.seed if seed is None else seed}
         if gen.top_p < 1:
             params["top_p"] = gen.top_p
         extra = {}
@@ -131,8 +137,8 @@ class OpenAIBackend:
     def use_cache(self, cache: ResponseCache | None) -> None:
         self.cache = cache
 
-    def complete(self, messages: list[Message], gen: GenerationConfig) -> Completion:
-        params = self.request_params(messages, gen)
+    def complete(self, messages: list[Message], gen: GenerationConfig, seed: int | None = None) -> Completion:
+        params = self.request_params(messages, gen, seed)
         if self.cache is None or not cacheable(gen):
             return self.request(params, messages)
         if (kept := self.cache.get(params)) is not None:
@@ -173,15 +179,17 @@ class OpenAIBackend:
     def completion(self, response, messages: list[Message]) -> Completion:
         if isinstance(response, (str, bytes)):  # a 200 whose body is not JSON comes back as raw text
             raise ValueError(f"the body is not JSON: {str(response)[:80]!r}")
-        text = response.choices[0].message.content or ""
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        reason = FINISH_REASONS.get(choice.finish_reason, "stop")
         usage = response.usage
         if usage is None or usage.prompt_tokens is None:
             return Completion(text, self.counter.count(messages), self.counter.count_text(text),
-                              usage_source="estimate")
+                              usage_source="estimate", finish_reason=reason)
         cached = getattr(usage.prompt_tokens_details, "cached_tokens", None)
         reasoning = getattr(usage.completion_tokens_details, "reasoning_tokens", None)
         return Completion(text, usage.prompt_tokens, usage.completion_tokens or 0, usage_source="api",
-                          cached_prompt_tokens=cached, reasoning_tokens=reasoning)
+                          cached_prompt_tokens=cached, reasoning_tokens=reasoning, finish_reason=reason)
 
     def redact(self, text: str) -> str:
         return text.replace(self._key, "***") if len(self._key) >= 4 else text
@@ -192,7 +200,7 @@ class OpenAIBackend:
 
 
 def failed(error: str) -> Completion:
-    return Completion("", 0, 0, usage_source="api", error=error)
+    return Completion("", 0, 0, usage_source="api", error=error, finish_reason="error")
 
 
 def retry_after(response) -> float | None:

@@ -24,10 +24,12 @@ class Method:
 
     def run(self, samples) -> list[MethodOutput]:
         start = time.perf_counter()
-        completions = self.backend.chat([self.prompt(s.question) for s in samples], self.gen)
+        conversations = [self.prompt(s.question) for s in samples]
+        seeds = self.gen.call_seeds([(s.id, "answerer", 0) for s in samples])
+        completions = self.backend.chat(conversations, self.gen, seeds)
         self.accountant.record_completions(
             [s.id for s in samples], completions, agent="answerer", role="answerer",
-            wall_time_s=time.perf_counter() - start,
+            wall_time_s=time.perf_counter() - start, conversations=conversations, seeds=seeds,
         )
         return [
             MethodOutput(c.text, [Turn("answerer", "answerer", 0, c.text)], error=c.error) for c in completions

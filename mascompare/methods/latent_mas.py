@@ -42,7 +42,7 @@ import weakref
 
 import torch
 
-from mascompare.accounting import UsageRecord
+from mascompare.accounting import UsageRecord, prompt_hash
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.methods import MethodOutput, Turn
 from mascompare.methods.roles import agent_messages, agents_for
@@ -203,29 +203,36 @@ class Method:
         """The final agent reads the whole cache and decodes the team's answer."""
         logits, prompts, received, prefill_time = self.prefill_final(state, samples)
         start = time.perf_counter()
-        tokens = self.backend.decode(state, logits, self.gen)
-        self.record(samples, self.agents[-1], len(self.agents) - 1, prompts, received,
+        final, index = self.agents[-1], len(self.agents) - 1
+        seeds = self.gen.call_seeds([(s.id, final.name, index) for s in samples])
+        tokens = self.backend.decode(state, logits, self.gen, seeds=seeds)
+        self.record(samples, final, index, prompts, received,
                     prefill_time + time.perf_counter() - start, latent_steps=0,
-                    forward_passes=[len(t) for t in tokens], output_tokens=[len(t) for t in tokens])
+                    forward_passes=[len(t) for t in tokens], output_tokens=[len(t) for t in tokens],
+                    finish_reasons=[self.backend.finish_reason(t) for t in tokens], seeds=seeds)
         return tokens
 
     # -- prompts and accounting ----------------------------------------------------------------------
 
-    def prompts(self, agent, samples) -> list[list[int]]:
+    def messages(self, agent, samples) -> list[list[dict]]:
         instruction = self.task.answer_instruction()
-        return self.backend.encode_chat(
-            [agent_messages(self.cfg.roles.system, agent, s.question, instruction) for s in samples]
-        )
+        return [agent_messages(self.cfg.roles.system, agent, s.question, instruction) for s in samples]
+
+    def prompts(self, agent, samples) -> list[list[int]]:
+        return self.backend.encode_chat(self.messages(agent, samples))
 
     def record(self, samples, agent, index, prompts, received, wall_time_s, latent_steps, forward_passes,
-               output_tokens) -> None:
+               output_tokens, finish_reasons=None, seeds=None) -> None:
+        """One record per sample; a thinking agent decodes nothing, so it has no finish reason or seed."""
         passes = forward_passes if isinstance(forward_passes, list) else [forward_passes] * len(samples)
         share = wall_time_s / len(samples)
-        for i, sample in enumerate(samples):
+        for i, (sample, messages) in enumerate(zip(samples, self.messages(agent, samples))):
             self.accountant.record(UsageRecord(
                 sample.id, agent.name, agent.role, index, input_tokens=len(prompts[i]),
                 output_tokens=output_tokens[i], latent_steps=latent_steps, kv_positions_received=received[i],
                 forward_passes=passes[i], wall_time_s=share,
+                finish_reason=finish_reasons[i] if finish_reasons else None, seed=seeds[i] if seeds else None,
+                prompt_hash=prompt_hash(messages), messages=messages,
             ))
 
 

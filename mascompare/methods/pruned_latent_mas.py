@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mascompare.accounting import UsageRecord
+from mascompare.accounting import UsageRecord, prompt_hash
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.methods import MethodOutput, Turn
 from mascompare.methods import pruned_mas
@@ -206,14 +206,15 @@ class Method:
             began = time.perf_counter()
             visible = self.visible(state, segments, [g.spatial_sources(a) for g in graphs])
             received = state.real_positions(visible)
-            prompts = self.prompts(agent, samples)
+            messages = self.messages(agent, samples)
+            prompts = self.backend.encode_chat(messages)
             start = state.length
             hidden, _ = self.backend.prefill(state, prompts, visible)
             for _ in range(self.steps):
                 hidden, _ = self.backend.step_embeds(state, latent_thought(hidden, self.w_a, self.target_norm),
                                                      visible)
             segments[a] = (start, state.length)
-            self.record(ids, agent, a, prompts, received, time.perf_counter() - began, phase,
+            self.record(ids, agent, a, messages, prompts, received, time.perf_counter() - began, phase,
                         latent_steps=self.steps, forward_passes=[1 + self.steps] * len(samples),
                         output_tokens=[0] * len(samples))
             turns.append(Turn(agent.name, agent.role, a, None))
@@ -228,11 +229,14 @@ class Method:
         n = len(self.agents)
         visible = self.visible(state, segments, [g.spatial_sources(n) for g in graphs]) if self.final_learned else None
         received = state.real_positions(visible)
-        prompts = self.prompts(self.final, samples)
+        messages = self.messages(self.final, samples)
+        prompts = self.backend.encode_chat(messages)
         _, logits = self.backend.prefill(state, prompts, visible)
-        tokens = self.backend.decode(state, logits, self.gen, visible)
-        self.record(ids, self.final, n, prompts, received, time.perf_counter() - began, phase, latent_steps=0,
-                    forward_passes=[len(t) for t in tokens], output_tokens=[len(t) for t in tokens])
+        seeds = self.gen.call_seeds([(sample_id, self.final.name, n) for sample_id in ids])
+        tokens = self.backend.decode(state, logits, self.gen, visible, seeds)
+        self.record(ids, self.final, n, messages, prompts, received, time.perf_counter() - began, phase,
+                    latent_steps=0, forward_passes=[len(t) for t in tokens], output_tokens=[len(t) for t in tokens],
+                    finish_reasons=[self.backend.finish_reason(t) for t in tokens], seeds=seeds)
         return tokens
 
     def visible(self, state, segments, sources: list[list[int]]) -> torch.Tensor:
@@ -247,17 +251,19 @@ class Method:
 
     # --- prompts and accounting ------------------------------------------------------------------
 
-    def prompts(self, agent, samples) -> list[list[int]]:
+    def messages(self, agent, samples) -> list[list[dict]]:
         instruction = self.task.answer_instruction()
-        return self.backend.encode_chat(
-            [agent_messages(self.cfg.get("system"), agent, s.question, instruction) for s in samples])
+        return [agent_messages(self.cfg.get("system"), agent, s.question, instruction) for s in samples]
 
-    def record(self, ids, agent, index, prompts, received, wall_time_s, phase, latent_steps, forward_passes,
-               output_tokens) -> None:
+    def record(self, ids, agent, index, messages, prompts, received, wall_time_s, phase, latent_steps, forward_passes,
+               output_tokens, finish_reasons=None, seeds=None) -> None:
+        """One record per sample; a thinking agent decodes nothing, so it has no finish reason or seed."""
         share = wall_time_s / len(ids)
         for i, sample_id in enumerate(ids):
             self.accountant.record(UsageRecord(
                 sample_id, agent.name, agent.role, index, input_tokens=len(prompts[i]),
                 output_tokens=output_tokens[i], latent_steps=latent_steps, kv_positions_received=received[i],
                 forward_passes=forward_passes[i], wall_time_s=share, phase=phase,
+                finish_reason=finish_reasons[i] if finish_reasons else None, seed=seeds[i] if seeds else None,
+                prompt_hash=prompt_hash(messages[i]), messages=messages[i],
             ))

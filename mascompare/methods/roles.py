@@ -60,13 +60,15 @@ def ask_agents(backend, gen, accountant, jobs, conversations, sample_ids, round,
     if not jobs:
         return []
     start = time.perf_counter()
-    completions = backend.chat(conversations, gen)
+    seeds = gen.call_seeds([(sample_ids[s], agent.name, round) for s, agent in jobs])
+    completions = backend.chat(conversations, gen, seeds)
     share = (time.perf_counter() - start) / len(jobs)
     for agent in dict.fromkeys(agent for _, agent in jobs):  # agents in order of first appearance
         mine = [k for k, (_, other) in enumerate(jobs) if other == agent]
         accountant.record_completions([sample_ids[jobs[k][0]] for k in mine], [completions[k] for k in mine],
                                       agent=agent.name, role=agent.role, round=round, phase=phase,
-                                      wall_time_s=share * len(mine))
+                                      wall_time_s=share * len(mine), conversations=[conversations[k] for k in mine],
+                                      seeds=None if seeds is None else [seeds[k] for k in mine])
     for (s, agent), completion in zip(jobs, completions):
         outputs[s].transcript.append(Turn(agent.name, agent.role, round, completion.text))
         outputs[s].error = outputs[s].error or completion.error

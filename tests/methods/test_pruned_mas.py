@@ -50,7 +50,7 @@ class Scripted:
         self.liar = next((a for a in cfg.agents if a.name == liar), None)
         self.calls, self.rounds = [], Counter()
 
-    def chat(self, conversations, gen):
+    def chat(self, conversations, gen, seeds=None):
         self.calls.append(conversations)
         return [self.answer(c) for c in conversations]
 

@@ -38,7 +38,7 @@ class Recorder:
     def __init__(self, backend):
         self.backend, self.calls = backend, []
 
-    def chat(self, conversations, gen):
+    def chat(self, conversations, gen, seeds=None):
         start = time.perf_counter()
         completions = self.backend.chat(conversations, gen)
         self.calls.append((conversations, completions, time.perf_counter() - start))
@@ -51,7 +51,7 @@ class Recorder:
 class Thinking(Recorder):
     """The real model's text, with a thought put in front of each completion."""
 
-    def chat(self, conversations, gen):
+    def chat(self, conversations, gen, seeds=None):
         return [replace(c, text=f"<think>secret</think>{c.text}") for c in super().chat(conversations, gen)]
 
 
@@ -171,7 +171,7 @@ def test_one_record_per_agent_per_sample_with_its_tokens(structure, tiny_backend
 
 def test_a_failed_completion_marks_its_sample(tiny_backend):
     class FailsSecondSampleOnce(Recorder):
-        def chat(self, conversations, gen):
+        def chat(self, conversations, gen, seeds=None):
             completions = super().chat(conversations, gen)
             if len(self.calls) == 2:  # the critic's call
                 completions[1] = replace(completions[1], text="", error="APIError: overloaded")
