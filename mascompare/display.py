@@ -75,15 +75,27 @@ def summary_table(info: dict) -> Table:
     table.add_row("status", str(info.get("status")))
     if info.get("stop_reason"):
         table.add_row("stopped early", f"[yellow]{info['stop_reason']}[/]")
-    table.add_row("samples", f"{s.get('n', 0)} scored, {s.get('errors', 0)} failed")
+    repeats = s.get("repeats", 1)
+    scored = f"{s.get('n', 0)} scored" + (f" ({s.get('samples')} samples x {repeats} repeats)" if repeats > 1 else "")
+    table.add_row("samples", f"{scored}, {s.get('errors', 0)} failed")
     for kind in ("strict", "flexible"):
-        table.add_row(f"accuracy ({kind})", _pct(s.get(f"accuracy_{kind}")) + _interval(s.get(f"accuracy_{kind}_ci95")))
-    table.add_row("input tokens / sample", _num(s.get("mean_input_tokens")))
+        per_repeat = s.get(f"accuracy_{kind}_per_repeat")
+        table.add_row(f"accuracy ({kind})", _pct(s.get(f"accuracy_{kind}")) + _interval(s.get(f"accuracy_{kind}_ci95"))
+                      + (f"; per repeat {', '.join(_pct(a) for a in per_repeat)}" if per_repeat else ""))
+    table.add_row("input tokens processed / sample", _num(s.get("mean_input_tokens")))
+    if s.get("mean_context_tokens") is not None and s.get("mean_context_tokens") != s.get("mean_input_tokens"):
+        table.add_row("context tokens seen / sample", _num(s.get("mean_context_tokens")) + " (input + KV positions received)")
     table.add_row("output tokens / sample", _num(s.get("mean_output_tokens")))
     if s.get("mean_latent_steps"):
         table.add_row("latent steps / sample", _num(s.get("mean_latent_steps")))
     table.add_row("calls / sample", _num(s.get("mean_calls")))
-    table.add_row("time / sample", _num(s.get("mean_time_per_sample_s"), "{:.2f} s") + " (model load excluded)")
+    if s.get("calls"):
+        capped, calls = s.get("calls_at_max_new_tokens", 0), s["calls"]
+        table.add_row("calls at max_new_tokens", f"{'[yellow]' if capped > 0.1 * calls else ''}{capped} of {calls} "
+                                                 f"({100 * capped / calls:.0f}%)")
+    time_ci = s.get("time_per_sample_s_ci95")
+    table.add_row("time / sample", _num(s.get("mean_time_per_sample_s"), "{:.2f} s")
+                  + (f" [{time_ci[0]:.2f}, {time_ci[1]:.2f}] across batches" if time_ci else "") + " (model load excluded)")
     table.add_row("cost", _cost(s.get("cost_usd")))
     calibration = (info.get("method_info") or {}).get("calibration") or {}
     if calibration.get("performed"):  # work done before evaluation, kept out of the per-sample figures
@@ -95,8 +107,34 @@ def summary_table(info: dict) -> Table:
     sandbox = (info.get("task_info") or {}).get("sandbox")
     if sandbox:  # how model-written code was isolated while it was scored
         table.add_row("code sandbox", f"{sandbox['isolation']}, {sandbox['workers']} workers")
+    for label, value in environment_rows(info.get("environment")):
+        table.add_row(label, value)
     table.add_row("run dir", str(info.get("run_dir")))
     return table
+
+
+def environment_rows(env: dict | None) -> list[tuple[str, str]]:
+    """The essentials of run.json's environment block: where, with what software, on which weights and data."""
+    if not env:
+        return []
+    gpu, torch = env.get("gpu") or {}, env.get("torch") or {}
+    hardware = " · ".join(filter(None, [env.get("device"), env.get("dtype"),
+                                        f"{gpu['count']} x {gpu['name']}" if gpu.get("count") else None]))
+    packages = env.get("packages") or {}
+    software = ", ".join(filter(None, [
+        f"torch {torch['version']} (CUDA {torch.get('cuda') or 'none'}, {torch['threads']} threads)" if torch else None,
+        f"transformers {packages['transformers']}" if packages.get("transformers") else None,
+        f"Python {env.get('python')}"]))
+    model, data, git = env.get("model") or {}, env.get("data") or {}, env.get("git") or {}
+    weights = model.get("revision") or model.get("weights_index_sha256")
+    rows = [("ran on", hardware), ("software", software)]
+    if weights:
+        rows.append(("model weights", f"{'revision' if model.get('revision') else 'index sha256'} {weights}"))
+    if data:
+        rows.append(("questions", f"{data.get('questions')} from {data.get('source')}, sha256 {data.get('questions_sha256')}"))
+    if git.get("sha"):
+        rows.append(("code", f"git {git['sha'][:10]}" + (" [yellow]with uncommitted changes[/]" if git.get("dirty") else "")))
+    return rows
 
 
 def print_summary(info: dict) -> None:

@@ -18,6 +18,7 @@ from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
 
 SECRET = "sk-test-0123456789abcdef"
+USAGE = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
 
 
 def backend(monkeypatch, key=SECRET, base_url="http://127.0.0.1:9/v1", **settings):
@@ -101,6 +102,27 @@ def test_chat_template_kwargs_go_to_the_server_with_every_request(monkeypatch):
     params = b.request_params([{"role": "user", "content": "hi"}], GenerationConfig(temperature=0.7, top_k=20))
     assert params["extra_body"] == {"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}}
     assert b.counter.template_kwargs == {"enable_thinking": False}
+
+
+def test_each_request_carries_its_own_calls_seed(monkeypatch):
+    b = backend(monkeypatch)
+    sent = []
+    monkeypatch.setattr(b._client.chat.completions, "create",
+                        lambda **params: sent.append(params) or chat_completion(USAGE))
+    gen = GenerationConfig(temperature=0.7, seed=5)
+    conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
+    seeds = gen.call_seeds([(f"s{i}", "answerer", 0) for i in range(3)])
+    b.chat(conversations, gen, seeds)
+    assert sorted((p["messages"][0]["content"], p["seed"]) for p in sent) == \
+        [(f"q{i}", seed) for i, seed in enumerate(seeds)]
+    assert len(set(seeds)) == 3
+
+
+@pytest.mark.parametrize("reason, expected", [("stop", "eos"), ("length", "length"), ("content_filter", "stop")])
+def test_the_apis_finish_reason_in_our_terms(monkeypatch, reason, expected):
+    response = chat_completion(USAGE)
+    response.choices[0].finish_reason = reason
+    assert backend(monkeypatch).completion(response, []).finish_reason == expected
 
 
 def test_usage_from_the_response_with_cached_and_reasoning_details(monkeypatch):

@@ -3,7 +3,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from mascompare.accounting import Accountant
+from mascompare.accounting import Accountant, prompt_hash
 from mascompare.app import compose_config
 from mascompare.generation import GenerationConfig
 from mascompare.methods.baseline import Method
@@ -42,6 +42,23 @@ def test_one_record_per_sample_with_its_tokens(cfg, task, tiny_backend):
         assert (record.input_tokens, record.output_tokens) == (completion.prompt_tokens, completion.completion_tokens)
         assert output.final_text == completion.text and output.error is None
         assert [(t.agent, t.text) for t in output.transcript] == [("answerer", completion.text)]
+
+
+def test_records_keep_the_messages_their_hash_and_why_decoding_ended(cfg, task, tiny_backend):
+    accountant, samples = Accountant(), task.load()
+    method = Method(cfg, tiny_backend, task, GenerationConfig(max_new_tokens=3), accountant)
+    method.run(samples)
+    reasons = set()
+    for sample in samples:
+        (record,) = accountant.take(sample.id)
+        messages = method.prompt(sample.question)
+        assert record.messages == messages and record.prompt_hash == prompt_hash(messages)
+        assert record.input_tokens == tiny_backend.count_tokens(messages)
+        ended_on_eos = record.output_tokens < 3 or "eos" == record.finish_reason
+        assert record.finish_reason == ("eos" if ended_on_eos else "length") and record.seed is None
+        reasons.add(record.finish_reason)
+    assert "length" in reasons  # 3 tokens cut most answers short
+    assert prompt_hash(messages) != prompt_hash([*messages[:-1], {"role": "user", "content": "other"}])
 
 
 def test_batch_of_eight_equals_one_at_a_time(cfg, task, tiny_backend):

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from mascompare import runner as run_module
-from mascompare.accounting import Accountant
+from mascompare.accounting import Accountant, prompt_hash
 from mascompare.app import compose_config
 from mascompare.backends import BACKENDS
 from mascompare.backends.hf import HFBackend
@@ -368,3 +368,18 @@ def test_smoke_on_the_embedded_model(tmp_path, structure):
     (run_json,) = tmp_path.glob("arith/latent_mas/smollm2-135m/*/run.json")
     summary = json.loads(run_json.read_text())["summary"]
     assert summary["n"] == 2 and summary["mean_latent_steps"] == 30 and summary["mean_output_tokens"] > 0
+
+
+def test_records_keep_each_agents_messages_and_the_final_agents_finish_reason(tiny_backend, task, samples):
+    accountant = Accountant()
+    method = make_method(tiny_backend, task, "method.latent_steps=1", max_new_tokens=3, accountant=accountant)
+    tokens = method.answer(method.think_together(samples[:4])[0], samples[:4])
+    for sample, row in zip(samples[:4], tokens):
+        records = accountant.take(sample.id)
+        for agent, record in zip(method.agents, records):
+            (messages,) = method.messages(agent, [sample])
+            assert record.messages == messages and record.prompt_hash == prompt_hash(messages)
+            assert record.input_tokens == tiny_backend.count_tokens(messages)
+        assert [r.finish_reason for r in records[:-1]] == [None] * 3  # latent thoughts decode nothing
+        ended = "eos" if row[-1] in tiny_backend.eos_token_ids else "length"
+        assert records[-1].finish_reason == ended and (ended == "eos" or len(row) == 3)
