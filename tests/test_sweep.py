@@ -5,6 +5,7 @@ import importlib.util
 import json
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from test_report import make_run
@@ -98,8 +99,11 @@ def test_experiment_presets_compose():
     assert (method.name, method.structure, method.latent_steps) == ("latent_mas", "hierarchical", 10)
     assert (latent.task.name, latent.generation.temperature, latent.generation.top_p) == ("gsm8k", 0.6, 0.95)
 
+    assert latent.run.repeats == 3  # the paper averages three sampled runs
+
     pruned = compose_config("+experiment=agentprune_gsm8k", "+experiment/agentprune_gsm8k_arm=pruned")
     assert (pruned.method.name, pruned.method.prune_rate, pruned.task.limit) == ("pruned_mas", 0.5, 1279)
+    assert pruned.run.repeats == 1
 
 
 @pytest.mark.parametrize("option, expected", [
@@ -113,3 +117,11 @@ def test_scale_out_presets_compose(option, expected):
     result = runner.invoke(app, ["run", "method=latent_mas", option, "--cfg", "hydra"])
     assert result.exit_code == 0, result.output
     assert expected in result.output and "mascompare.sweep.CompareSweep" in result.output
+
+
+def test_the_optuna_preset_tunes_on_a_split_that_evaluation_can_skip():
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        pytest.skip("needs the hydra_optuna_sweeper plugin")
+    result = runner.invoke(app, ["run", "method=latent_mas", "hydra/sweeper=latent_optuna", "--cfg", "hydra"])
+    params = yaml.safe_load(result.output)["hydra"]["sweeper"]["params"]
+    assert (str(params["task.offset"]), str(params["task.limit"])) == ("0", "40")  # overrides, as the sweeper sends them
