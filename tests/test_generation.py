@@ -17,6 +17,7 @@ METHODS = {  # the methods' own presets, made small
     "text_mas": (),
     "pruned_mas": ("method.prune_rate=0", "method.rounds=1", "method.decision=vote"),
     "latent_mas": ("method.latent_steps=2",),
+    "pruned_latent_mas": ("method.prune_rate=0", "method.latent_steps=2"),
 }
 
 
