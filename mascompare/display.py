@@ -84,7 +84,8 @@ def summary_table(info: dict) -> Table:
                       + (f"; per repeat {', '.join(_pct(a) for a in per_repeat)}" if per_repeat else ""))
     table.add_row("input tokens processed / sample", _num(s.get("mean_input_tokens")))
     if s.get("mean_context_tokens") is not None and s.get("mean_context_tokens") != s.get("mean_input_tokens"):
-        table.add_row("context tokens seen / sample", _num(s.get("mean_context_tokens")) + " (input + KV positions received)")
+        table.add_row("context tokens seen / sample",
+                      _num(s.get("mean_context_tokens")) + " (input + KV positions received)")
     table.add_row("output tokens / sample", _num(s.get("mean_output_tokens")))
     if s.get("mean_latent_steps"):
         table.add_row("latent steps / sample", _num(s.get("mean_latent_steps")))
@@ -95,7 +96,8 @@ def summary_table(info: dict) -> Table:
                                                  f"({100 * capped / calls:.0f}%)")
     time_ci = s.get("time_per_sample_s_ci95")
     table.add_row("time / sample", _num(s.get("mean_time_per_sample_s"), "{:.2f} s")
-                  + (f" [{time_ci[0]:.2f}, {time_ci[1]:.2f}] across batches" if time_ci else "") + " (model load excluded)")
+                  + (f" [{time_ci[0]:.2f}, {time_ci[1]:.2f}] across batches" if time_ci else "")
+                  + " (model load excluded)")
     table.add_row("cost", _cost(s.get("cost_usd")))
     calibration = (info.get("method_info") or {}).get("calibration") or {}
     if calibration.get("performed"):  # work done before evaluation, kept out of the per-sample figures
@@ -131,9 +133,11 @@ def environment_rows(env: dict | None) -> list[tuple[str, str]]:
     if weights:
         rows.append(("model weights", f"{'revision' if model.get('revision') else 'index sha256'} {weights}"))
     if data:
-        rows.append(("questions", f"{data.get('questions')} from {data.get('source')}, sha256 {data.get('questions_sha256')}"))
+        rows.append(("questions",
+                     f"{data.get('questions')} from {data.get('source')}, sha256 {data.get('questions_sha256')}"))
     if git.get("sha"):
-        rows.append(("code", f"git {git['sha'][:10]}" + (" [yellow]with uncommitted changes[/]" if git.get("dirty") else "")))
+        dirty = " [yellow]with uncommitted changes[/]" if git.get("dirty") else ""
+        rows.append(("code", f"git {git['sha'][:10]}{dirty}"))
     return rows
 
 

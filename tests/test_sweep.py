@@ -124,4 +124,5 @@ def test_the_optuna_preset_tunes_on_a_split_that_evaluation_can_skip():
         pytest.skip("needs the hydra_optuna_sweeper plugin")
     result = runner.invoke(app, ["run", "method=latent_mas", "hydra/sweeper=latent_optuna", "--cfg", "hydra"])
     params = yaml.safe_load(result.output)["hydra"]["sweeper"]["params"]
-    assert (str(params["task.offset"]), str(params["task.limit"])) == ("0", "40")  # overrides, as the sweeper sends them
+    # overrides, as the sweeper sends them
+    assert (str(params["task.offset"]), str(params["task.limit"])) == ("0", "40")

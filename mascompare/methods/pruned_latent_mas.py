@@ -206,17 +206,16 @@ class Method:
             began = time.perf_counter()
             visible = self.visible(state, segments, [g.spatial_sources(a) for g in graphs])
             received = state.real_positions(visible)
-            messages = self.messages(agent, samples)
-            prompts = self.backend.encode_chat(messages)
+            prompts = self.prompts(agent, samples)
             start = state.length
             hidden, _ = self.backend.prefill(state, prompts, visible)
             for _ in range(self.steps):
                 hidden, _ = self.backend.step_embeds(state, latent_thought(hidden, self.w_a, self.target_norm),
                                                      visible)
             segments[a] = (start, state.length)
-            self.record(ids, agent, a, messages, prompts, received, time.perf_counter() - began, phase,
-                        latent_steps=self.steps, forward_passes=[1 + self.steps] * len(samples),
-                        output_tokens=[0] * len(samples))
+            self.record(ids, agent, a, self.messages(agent, samples), prompts, received,
+                        time.perf_counter() - began, phase, latent_steps=self.steps,
+                        forward_passes=[1 + self.steps] * len(samples), output_tokens=[0] * len(samples))
             turns.append(Turn(agent.name, agent.role, a, None))
         tokens = self.answer(state, samples, graphs, segments, ids, phase)
         texts = [self.backend.completion_text(row) for row in tokens]
@@ -229,13 +228,13 @@ class Method:
         n = len(self.agents)
         visible = self.visible(state, segments, [g.spatial_sources(n) for g in graphs]) if self.final_learned else None
         received = state.real_positions(visible)
-        messages = self.messages(self.final, samples)
-        prompts = self.backend.encode_chat(messages)
+        prompts = self.prompts(self.final, samples)
         _, logits = self.backend.prefill(state, prompts, visible)
         seeds = self.gen.call_seeds([(sample_id, self.final.name, n) for sample_id in ids])
         tokens = self.backend.decode(state, logits, self.gen, visible, seeds)
-        self.record(ids, self.final, n, messages, prompts, received, time.perf_counter() - began, phase,
-                    latent_steps=0, forward_passes=[len(t) for t in tokens], output_tokens=[len(t) for t in tokens],
+        self.record(ids, self.final, n, self.messages(self.final, samples), prompts, received,
+                    time.perf_counter() - began, phase, latent_steps=0, forward_passes=[len(t) for t in tokens],
+                    output_tokens=[len(t) for t in tokens],
                     finish_reasons=[self.backend.finish_reason(t) for t in tokens], seeds=seeds)
         return tokens
 
@@ -255,8 +254,11 @@ class Method:
         instruction = self.task.answer_instruction()
         return [agent_messages(self.cfg.get("system"), agent, s.question, instruction) for s in samples]
 
-    def record(self, ids, agent, index, messages, prompts, received, wall_time_s, phase, latent_steps, forward_passes,
-               output_tokens, finish_reasons=None, seeds=None) -> None:
+    def prompts(self, agent, samples) -> list[list[int]]:
+        return self.backend.encode_chat(self.messages(agent, samples))
+
+    def record(self, ids, agent, index, messages, prompts, received, wall_time_s, phase, latent_steps,
+               forward_passes, output_tokens, finish_reasons=None, seeds=None) -> None:
         """One record per sample; a thinking agent decodes nothing, so it has no finish reason or seed."""
         share = wall_time_s / len(ids)
         for i, sample_id in enumerate(ids):
