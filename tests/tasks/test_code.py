@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import os
+import textwrap
 import threading
 import time
 from dataclasses import asdict
@@ -315,3 +316,31 @@ def test_a_run_records_the_sandbox_and_how_each_program_ended(tiny_model_dir, tm
     assert len(rows) == 2
     for row in rows:  # four random tokens are no solution: each program ended, and not in a pass
         assert row["score_details"]["sandbox"]["flexible"]["ending"] in ("failed", "refused", "limit", "timeout")
+
+
+def test_an_answer_that_steals_the_key_and_writes_it_out_is_contained(tmp_path, monkeypatch):
+    # what a hostile server could return: a correct function plus code that looks for the runner's
+    # key in every /proc entry it can see and writes what it found next to the runner's results
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-runner-secret-0123")
+    loot = tmp_path / "loot.txt"
+    answer = FUNCTION + textwrap.dedent(f"""
+        import os
+        found = b""
+        proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
+        for entry in os.listdir(proc):
+            for name in ("environ", "cmdline"):
+                try:
+                    found += os.read(os.open(f"{{entry}}/{{name}}", os.O_RDONLY, dir_fd=proc), 1 << 16)
+                except OSError:
+                    pass
+        try:
+            open({str(loot)!r}, "wb").write(found)
+        except OSError:
+            pass
+        assert b"sk-" + b"runner-secret" in found  # (spelt so that a traceback does not show the key)
+    """)
+    task = make(MBPP)
+    target = f"{CANDIDATE_SLOT}\nassert add(2, 3) == 5\n"
+    assert not task.score(answer, target)
+    outcome = task.outcome(with_candidate(target, answer))
+    assert "sk-runner-secret" not in outcome.stdout + outcome.stderr and not loot.exists()
