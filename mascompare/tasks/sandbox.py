@@ -74,6 +74,7 @@ MINIMUM_BWRAP = (0, 10)  # --size for a capped tmpfs
 ENDINGS = ("passed", "failed", "timeout", "limit", "refused")
 _LIMIT_SIGNALS = {"SIGXCPU": " (CPU time limit)", "SIGXFSZ": " (output limit)", "SIGKILL": " (CPU time limit)"}
 _LIMIT_ERRNOS = {errno.EFBIG, errno.ENOSPC, errno.EMFILE, errno.ENOMEM}
+_SIGNAL_NUMBERS = {int(number) for number in signal.Signals}
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ class Sandbox:
         returncode = child.wait()
         seconds = time.monotonic() - began
         report = _read_report(report_read)
-        if self.bwrap and returncode > 128:  # bwrap reports a signal as 128 + its number
+        if self.bwrap and returncode - 128 in _SIGNAL_NUMBERS:  # bwrap reports a signal as 128 + its number
             returncode = 128 - returncode
         passed = finished and returncode == 0 and f"done {token}" in report
         ending = _ending(passed, finished, returncode, report)

@@ -60,6 +60,13 @@ def test_leaving_before_the_tests_ran_is_a_failure(leave, isolation):
 
 
 @both_isolations
+@pytest.mark.parametrize("status", [1, 137, 200, 255])
+def test_any_exit_status_is_a_failure(isolation, status):
+    outcome = run(f"import os\nos._exit({status})", isolation=isolation)
+    assert not outcome.passed and outcome.ending in ("failed", "limit")
+
+
+@both_isolations
 def test_no_object_the_program_can_walk_holds_the_verdict_token(isolation):
     outcome = run("""
         import gc, re, sys
