@@ -28,6 +28,9 @@ graph learned as in pruned_mas decides which earlier agents' KV segments each ag
 With latent_mas's agents as method.agents and its final agent as method.decider, topology=full and
 prune_rate=0 give latent_mas sequential output for output: every agent sees every earlier one.
 
+Batches are exact as in latent_mas (left-padded segments, padding masked, positions counting real tokens;
+a sliding-window model whose cache could pass its window with padding in it runs one sample at a time).
+
 Savings are recorded per agent and sample like every model call: the KV positions each agent attends to
 (kv_positions_received: the real cache positions its mask lets it see) and its forward passes.
 """
@@ -196,6 +199,10 @@ class Method:
     def execute(self, samples, graphs: list[Graph], ids: list[str], phase: str) -> list[MethodOutput]:
         """Every sample on its own graph, in one batch on one shared cache: the latent agents in index
         order, each attending to its sources' segments only, then the final agent decodes."""
+        if len(samples) > 1 and self.padding_could_pass_window(samples):
+            # a sliding window counts padding columns too: one sample at a time keeps every row exact
+            return [output for k in range(len(samples))
+                    for output in self.execute(samples[k:k + 1], graphs[k:k + 1], ids[k:k + 1], phase)]
         state = self.backend.new_cache(len(samples))
         segments: dict[int, tuple[int, int]] = {}  # agent index -> its cache columns [start, end)
         needed = [self.needed(g) for g in graphs]
@@ -237,6 +244,11 @@ class Method:
                     output_tokens=[len(t) for t in tokens],
                     finish_reasons=[self.backend.finish_reason(t) for t in tokens], seeds=seeds)
         return tokens
+
+    def padding_could_pass_window(self, samples) -> bool:
+        """Whether this batch's shared cache could pass the model's sliding window with padding in it."""
+        lengths = [[len(prompt) for prompt in self.prompts(agent, samples)] for agent in [*self.agents, self.final]]
+        return self.backend.padding_could_pass_window(lengths, self.steps * len(self.agents) + self.gen.max_new_tokens)
 
     def visible(self, state, segments, sources: list[list[int]]) -> torch.Tensor:
         """[B, cache length] 0/1: per row, the columns of the segments of that row's sources that ran."""

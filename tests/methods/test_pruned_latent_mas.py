@@ -11,6 +11,7 @@ from mascompare import runner as run_module
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.backends import BACKENDS
+from mascompare.backends.hf import HFBackend
 from mascompare.cli import app
 from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
@@ -111,6 +112,15 @@ def test_batch_of_8_gives_the_same_texts_as_one_at_a_time(either_tiny_backend, f
     batched = [o.final_text for o in method.run(SAMPLES)]
     single = [method.run([s])[0].final_text for s in SAMPLES]
     assert batched == single
+    assert len(set(batched)) > 1
+
+
+def test_sliding_window_batches_give_the_same_texts_as_one_at_a_time(tiny_sliding_gemma3, smollm2_tokenizer):
+    backend = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu")
+    method = make_method(backend, "method.prune_rate=0")
+    assert method.padding_could_pass_window(SAMPLES)  # windows reach back across padding between segments
+    batched = [o.final_text for o in method.run(SAMPLES)]
+    assert batched == [method.run([s])[0].final_text for s in SAMPLES]
     assert len(set(batched)) > 1
 
 
