@@ -34,7 +34,7 @@ def describe(backend, samples) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),
-        "model": model_fingerprint(getattr(getattr(backend, "model", None), "name_or_path", None)),
+        "model": model_fingerprint(getattr(backend, "model", None)),
         "data": data_fingerprint(samples),
         "git": git_state(),
     }
@@ -57,14 +57,17 @@ def backend_environment(backend) -> dict:
     return env
 
 
-def model_fingerprint(path) -> dict:
-    """The hub revision (a snapshot directory's commit) and a hash of the weights index where the weights
-    are local: the sharded index file, else each safetensors file's header (tensor names, dtypes, shapes
-    and offsets), which changes whenever the stored tensors do in kind or layout."""
+def model_fingerprint(model) -> dict:
+    """The hub revision (the commit transformers loaded, or a snapshot directory's name) and a hash of the
+    weights index where the weights are local: the sharded index file, else each safetensors file's header
+    (tensor names, dtypes, shapes and offsets), which changes whenever the stored tensors do in kind or
+    layout. API models have neither."""
+    path = getattr(model, "name_or_path", None)
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     if not path or not Path(str(path)).is_dir():
-        return {"path": str(path) if path else None, "revision": None, "weights_index_sha256": None}
+        return {"path": str(path) if path else None, "revision": commit, "weights_index_sha256": None}
     directory = Path(str(path))
-    revision = directory.name if directory.parent.name == "snapshots" else None
+    revision = commit or (directory.name if directory.parent.name == "snapshots" else None)
     digest = hashlib.sha256()
     index = sorted(directory.glob("*.safetensors.index.json"))
     files = index or sorted(directory.glob("*.safetensors"))
