@@ -134,7 +134,7 @@ def environment_rows(env: dict | None) -> list[tuple[str, str]]:
         rows.append(("model weights", f"{'revision' if model.get('revision') else 'index sha256'} {weights}"))
     if data:
         rows.append(("questions",
-                     f"{data.get('questions')} from {data.get('source')}, sha256 {data.get('questions_sha256')}"))
+                     f"{data.get('questions')} ({data.get('source')}), sha256 {data.get('questions_sha256')}"))
     if git.get("sha"):
         dirty = " [yellow]with uncommitted changes[/]" if git.get("dirty") else ""
         rows.append(("code", f"git {git['sha'][:10]}{dirty}"))
