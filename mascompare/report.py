@@ -290,6 +290,9 @@ def _summaries(collection: Collection, by: list[str]) -> pd.DataFrame:
         row["calls_total"] = int(mine.calls.sum())
         row["calls_at_max_new_tokens"] = int(mine.calls_at_max_new_tokens.sum())
         row["mean_time_per_sample_s"] = float(done.time_s.mean()) if n else None
+        estimates = batch_time_estimates(done, seed=0)
+        row["time_per_sample_s_low"], row["time_per_sample_s_high"] = (
+            percentile_interval(estimates) if estimates is not None else (None, None))
         row["cost_usd"] = None if not n or done.cost_usd.isna().any() else float(done.cost_usd.sum())
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -531,6 +534,12 @@ def _capped(row) -> str:
     return f"{row['calls_at_max_new_tokens']}/{row['calls_total']}" if row["calls_total"] else "—"
 
 
+def _time(row) -> str:
+    """Seconds per sample, with the interval from the spread between batches where there are several."""
+    value, low, high = row["mean_time_per_sample_s"], row["time_per_sample_s_low"], row["time_per_sample_s_high"]
+    return _seconds(value) if _na(low) else f"{_seconds(value)} [{low:.2f}, {high:.2f}]"
+
+
 def _speedup(row) -> str:
     """'1.74× [0.90, 3.10] n.s.': not significant when the interval includes 1."""
     value, low, high = row["speedup"], row.get("speedup_low"), row.get("speedup_high")
@@ -559,7 +568,7 @@ def columns(rows: pd.DataFrame, by: list[str], metric: str, part: str = "all") -
             ("latent steps", lambda r: _amount(r["mean_latent_steps"])),
             ("calls", lambda r: _amount(r["mean_calls"])),
             ("at max tok", _capped),
-            ("s / sample", lambda r: _seconds(r["mean_time_per_sample_s"])),
+            ("s / sample [95% CI]", _time),
             ("cost", lambda r: _money(r["cost_usd"])),
         ]
     if part in ("all", "paired") and has_reference(rows):

@@ -179,6 +179,9 @@ def test_speedup_interval_comes_from_batches_and_says_when_it_is_not_significant
     assert report._speedup(latent).startswith("5.00× [") and "n.s." not in report._speedup(latent)
     assert base.speedup == pytest.approx(1.0) and base.speedup_low < 1 < base.speedup_high
     assert report._speedup(base).endswith(" n.s.")
+    # each run's own time per sample: resampled batch means of 2 and 8 s lie in [2, 8]; a constant has no spread
+    assert 2.0 <= base.time_per_sample_s_low < 5.0 < base.time_per_sample_s_high <= 8.0
+    assert (latent.time_per_sample_s_low, latent.time_per_sample_s_high) == (1.0, 1.0)
 
 
 def test_mismatched_settings_and_extractors_are_warned_about(tmp_path):
