@@ -774,7 +774,9 @@ def _plot_panel(ax, rows: pd.DataFrame, column: str, metric: str, colours: dict)
     highs = 100 * rows[f"accuracy_{metric}_high"].to_numpy(dtype=float)
     front = pareto_front(xs, ys)
     for i, (x, y, method) in enumerate(zip(xs, ys, rows.method)):
-        ax.errorbar(x, y, yerr=[[y - lows[i]], [highs[i] - y]], color=colours[method], alpha=0.35, capsize=3)
+        # clamped: at 100% the interval's upper end can fall a rounding error short of the point
+        ax.errorbar(x, y, yerr=[[max(y - lows[i], 0)], [max(highs[i] - y, 0)]], color=colours[method], alpha=0.35,
+                    capsize=3)
         on_front = i in front
         ax.scatter(x, y, s=90 if on_front else 55, color=colours[method], edgecolors="black" if on_front else "none",
                    zorder=3)

@@ -302,3 +302,14 @@ def test_runs_with_the_same_settings_in_two_folders_are_told_apart(tmp_path):
     make_run(tmp_path / "sweep-b" / "1", "text_mas", [False])
     table = report.compare(report.collect([tmp_path])).table
     assert list(table.label) == ["baseline [sweep-a/0]", "baseline [sweep-b/0]", "text_mas"]
+
+
+def test_the_five_methods_are_listed_simplest_first_and_plotted(tmp_path):
+    """Also a run right on every sample: its interval's upper end is a rounding error below 100%."""
+    methods = ["baseline", "text_mas", "pruned_mas", "latent_mas", "pruned_latent_mas"]
+    for k, method in enumerate(reversed(methods)):
+        make_run(tmp_path / "runs" / method, method, [True] * k + [False] * (4 - k), output_tokens=50 + 10 * k)
+    report.write(report.compare(report.collect([tmp_path / "runs"])), tmp_path / "out")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "comparison.csv").read_text())))
+    assert [r["method"] for r in rows] == methods
+    assert (tmp_path / "out" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
