@@ -67,6 +67,7 @@ def summed(records: list[UsageRecord]) -> dict:
     total = {name: sum(getattr(r, name) for r in records) for name in TOKEN_FIELDS}
     total["context_tokens"] = total["input_tokens"] + total["kv_positions_received"]
     total["calls"] = len(records)
+    total["decoding_calls"] = sum(r.finish_reason is not None for r in records)  # latent thinking decodes nothing
     total["calls_at_max_new_tokens"] = sum(r.finish_reason == "length" for r in records)
     total["wall_time_s"] = sum(r.wall_time_s for r in records)
     costs = [r.cost_usd for r in records]

@@ -90,10 +90,10 @@ def summary_table(info: dict) -> Table:
     if s.get("mean_latent_steps"):
         table.add_row("latent steps / sample", _num(s.get("mean_latent_steps")))
     table.add_row("calls / sample", _num(s.get("mean_calls")))
-    if s.get("calls"):
-        capped, calls = s.get("calls_at_max_new_tokens", 0), s["calls"]
+    if s.get("decoding_calls"):
+        capped, calls = s.get("calls_at_max_new_tokens", 0), s["decoding_calls"]
         table.add_row("calls at max_new_tokens", f"{'[yellow]' if capped > 0.1 * calls else ''}{capped} of {calls} "
-                                                 f"({100 * capped / calls:.0f}%)")
+                                                 f"decoding calls ({100 * capped / calls:.0f}%)")
     time_ci = s.get("time_per_sample_s_ci95")
     table.add_row("time / sample", _num(s.get("mean_time_per_sample_s"), "{:.2f} s")
                   + (f" [{time_ci[0]:.2f}, {time_ci[1]:.2f}] across batches" if time_ci else "")

@@ -46,8 +46,8 @@ MISMATCH_PREFIXES = {
     "task.": "task settings differ (paired statistics use only samples with the same id and question)",
 }
 TEXT_COLUMNS = ("method", "setting", "vs")  # left-aligned; every other column holds numbers
-USAGE_COLUMNS = ("input_tokens", "context_tokens", "output_tokens", "latent_steps", "calls", "calls_at_max_new_tokens",
-                 "forward_passes")
+USAGE_COLUMNS = ("input_tokens", "context_tokens", "output_tokens", "latent_steps", "calls", "decoding_calls",
+                 "calls_at_max_new_tokens", "forward_passes")
 SAMPLE_COLUMNS = ("run", "id", "repeat", "batch", "pair", "error", "correct_strict", "correct_flexible", *USAGE_COLUMNS,
                   "time_s", "cost_usd", "extractor_version")
 
@@ -179,6 +179,7 @@ def _long_table(runs: list[Run]) -> pd.DataFrame:
                 "correct_strict": bool(row.get("correct_strict")),
                 "correct_flexible": bool(row.get("correct_flexible")),
                 **{key: usage.get(key, 0) for key in USAGE_COLUMNS},
+                "decoding_calls": usage.get("decoding_calls", usage.get("calls", 0)),  # older lines: every call
                 # lines written before context tokens were summed: input plus the KV positions received
                 "context_tokens": usage.get("context_tokens",
                                             usage.get("input_tokens", 0) + usage.get("kv_positions_received", 0)),
@@ -287,7 +288,7 @@ def _summaries(collection: Collection, by: list[str]) -> pd.DataFrame:
                         f"accuracy_{kind}_low": interval[0], f"accuracy_{kind}_high": interval[1]})
         for column in ("output_tokens", "input_tokens", "context_tokens", "latent_steps", "calls", "forward_passes"):
             row[f"mean_{column}"] = float(done[column].mean()) if n else None
-        row["calls_total"] = int(mine.calls.sum())
+        row["decoding_calls"] = int(mine.decoding_calls.sum())
         row["calls_at_max_new_tokens"] = int(mine.calls_at_max_new_tokens.sum())
         row["mean_time_per_sample_s"] = float(done.time_s.mean()) if n else None
         estimates = batch_time_estimates(done, seed=0)
@@ -530,8 +531,8 @@ def _n(row) -> str:
 
 
 def _capped(row) -> str:
-    """Calls cut off at max_new_tokens, of all calls."""
-    return f"{row['calls_at_max_new_tokens']}/{row['calls_total']}" if row["calls_total"] else "—"
+    """Calls cut off at max_new_tokens, of the calls that decode."""
+    return f"{row['calls_at_max_new_tokens']}/{row['decoding_calls']}" if row["decoding_calls"] else "—"
 
 
 def _time(row) -> str:

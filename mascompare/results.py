@@ -268,21 +268,20 @@ def summarize(rows: list[dict]) -> dict:
     for key in ("input_tokens", "context_tokens", "output_tokens", "latent_steps", "calls", "forward_passes"):
         summary[f"mean_{key}"] = _mean([_usage(r, key) for r in done])
     summary["mean_time_per_sample_s"], summary["time_per_sample_s_ci95"] = time_per_sample(done)
-    calls = sum(r["usage"]["calls"] for r in rows)
-    capped = sum(r["usage"].get("calls_at_max_new_tokens", 0) for r in rows)
-    summary.update(calls=calls, calls_at_max_new_tokens=capped)
+    summary.update(decoding_calls=sum(r["usage"].get("decoding_calls", r["usage"]["calls"]) for r in rows),
+                   calls_at_max_new_tokens=sum(r["usage"].get("calls_at_max_new_tokens", 0) for r in rows))
     costs = [r["usage"]["cost_usd"] for r in done]
     summary["cost_usd"] = sum(costs) if costs and all(c is not None for c in costs) else None
     return summary
 
 
 def capped_share_warning(summary: dict) -> str | None:
-    """One line when more than MAX_NEW_TOKENS_WARN_SHARE of the calls were cut off at max_new_tokens."""
-    calls, capped = summary.get("calls") or 0, summary.get("calls_at_max_new_tokens") or 0
+    """One line when more than MAX_NEW_TOKENS_WARN_SHARE of the calls that decode were cut off at max_new_tokens."""
+    calls, capped = summary.get("decoding_calls") or 0, summary.get("calls_at_max_new_tokens") or 0
     if not calls or capped / calls <= MAX_NEW_TOKENS_WARN_SHARE:
         return None
-    return (f"{capped} of {calls} calls ({100 * capped / calls:.0f}%) stopped at generation.max_new_tokens: "
-            "their answers may be cut off; raise generation.max_new_tokens")
+    return (f"{capped} of {calls} decoding calls ({100 * capped / calls:.0f}%) stopped at "
+            "generation.max_new_tokens: their answers may be cut off; raise generation.max_new_tokens")
 
 
 def _usage(row: dict, key: str) -> float:

@@ -142,7 +142,9 @@ def test_time_per_sample_interval_comes_from_the_spread_between_batches():
 def test_a_run_warns_once_when_more_than_a_tenth_of_its_calls_hit_max_new_tokens():
     rows = [row(f"s{i}", capped=int(i < 2)) for i in range(10)]
     s = summarize(rows)
-    assert s["calls"] == 10 and s["calls_at_max_new_tokens"] == 2
-    assert capped_share_warning(s) == ("2 of 10 calls (20%) stopped at generation.max_new_tokens: their answers "
-                                       "may be cut off; raise generation.max_new_tokens")
+    assert s["decoding_calls"] == 10 and s["calls_at_max_new_tokens"] == 2
+    assert capped_share_warning(s) == ("2 of 10 decoding calls (20%) stopped at generation.max_new_tokens: their "
+                                       "answers may be cut off; raise generation.max_new_tokens")
+    latent = [{**r, "usage": {**r["usage"], "calls": 4, "decoding_calls": 1}} for r in rows[:4]]
+    assert capped_share_warning(summarize(latent)).startswith("2 of 4 decoding calls (50%)")  # thoughts don't count
     assert capped_share_warning(summarize([row(f"s{i}", capped=int(i < 1)) for i in range(10)])) is None  # 10%
