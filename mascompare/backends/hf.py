@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import inspect
 import time
-from contextlib import contextmanager
+import weakref
 from dataclasses import dataclass
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, DynamicCache, LogitsProcessor, LogitsProcessorList,
+from transformers import (AutoModelForCausalLM, AutoTokenizer, CompileConfig, DynamicCache, LogitsProcessor,
+                          LogitsProcessorList, StaticCache,
                           StoppingCriteria, StoppingCriteriaList)
 from transformers.cache_utils import DynamicLayer
 from transformers import GenerationConfig as HFGenerationConfig
@@ -34,6 +35,7 @@ from mascompare.generation import GenerationConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MARKER_WINDOW = 8  # tokens decoded to look for a turn marker: more than a short ASCII marker can span
+MIN_STATIC_COLUMNS = 256  # static caches come in powers of two from here, so that few shapes are ever compiled
 
 
 def pick_device(spec: str) -> torch.device:
@@ -67,6 +69,39 @@ def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
     return DTYPES[spec]
 
 
+def pick_compile(spec, device: torch.device) -> bool:
+    """`auto` compiles on CUDA only: elsewhere compiling takes longer than it saves on a run of this size."""
+    if spec == "auto":
+        return device.type == "cuda"
+    if not isinstance(spec, bool):
+        raise UserError(f"backend.compile must be auto, true or false, got {spec!r}.")
+    return spec
+
+
+def static_columns(needed: int) -> int:
+    """Columns of a static cache that holds `needed`: the next power of two, at least MIN_STATIC_COLUMNS."""
+    return max(MIN_STATIC_COLUMNS, 1 << (needed - 1).bit_length())
+
+
+_head_inputs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> what its output head last read
+
+
+class HeadInput:
+    value: torch.Tensor | None = None  # (a plain class: torch.compile traces a hook that sets its attribute)
+
+
+def head_input_catcher(model) -> HeadInput:
+    """Where the input of the model's output head lands at every forward pass: the last layer's state after
+    the final norm, at the positions whose logits are kept (the same tensor as `output_hidden_states`' last
+    entry, without the model keeping every layer's states). One hook per model, added once: a hook added
+    per call would make the compiled forward recompile."""
+    if model not in _head_inputs:
+        caught = HeadInput()
+        model.get_output_embeddings().register_forward_pre_hook(lambda _, args: setattr(caught, "value", args[0]))
+        _head_inputs[model] = caught
+    return _head_inputs[model]
+
+
 class HFBackend:
     name = "hf"
     capabilities = frozenset({"chat", "hidden_states"})
@@ -78,21 +113,23 @@ class HFBackend:
         dtype = pick_dtype(str(backend_cfg.get("dtype", "auto")), device)
         template_kwargs = chat_template_kwargs(model_cfg)
         source = resolve(model_cfg)
+        compiled = pick_compile(backend_cfg.get("compile", "auto"), device)
         model, tokenizer = _load(source, device, dtype)
-        self._setup(model, tokenizer, source.name, device, template_kwargs)
+        self._setup(model, tokenizer, source.name, device, template_kwargs, compiled)
         self.load_seconds = time.perf_counter() - start
 
     @classmethod
     def from_loaded(cls, model, tokenizer, model_name: str, device: str | torch.device | None = None,
-                    template_kwargs: dict | None = None) -> "HFBackend":
+                    template_kwargs: dict | None = None, compiled: bool = False) -> "HFBackend":
         """A backend around a model and tokenizer already in memory (tests, notebooks)."""
         backend = cls.__new__(cls)
         backend._setup(model, tokenizer, model_name, torch.device(device) if device is not None else model.device,
-                       template_kwargs or {})
+                       template_kwargs or {}, compiled)
         backend.load_seconds = 0.0
         return backend
 
-    def _setup(self, model, tokenizer, model_name: str, device: torch.device, template_kwargs: dict) -> None:
+    def _setup(self, model, tokenizer, model_name: str, device: torch.device, template_kwargs: dict,
+               compiled: bool = False) -> None:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.template_kwargs = template_kwargs  # model.chat_template_kwargs, for every prompt
@@ -111,6 +148,13 @@ class HFBackend:
         # our GenerationConfig alone decides decoding.
         model.generation_config = HFGenerationConfig(
             bos_token_id=defaults.bos_token_id, eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id)
+        # The fast path: a static KV cache, and one-token steps through transformers' compiled forward
+        # (CUDA graphs on CUDA). Prefills stay eager: their shapes change with every batch.
+        self.compiled = compiled
+        self.compile_config = CompileConfig()
+        self.compile_config._compile_all_devices = compiled  # transformers compiles generate() off CUDA only when told
+        self.static_latent = compiled and self.can_join_rows()  # static caches hold every position
+        self._head_input = head_input_catcher(model)
 
     def encode_chat(self, conversations: list[list[Message]]) -> list[list[int]]:
         """Prompt token ids per conversation, generation prompt included, unpadded."""
@@ -137,8 +181,10 @@ class HFBackend:
         input_ids, attention_mask = self.left_pad(prompts)
         # generate() decodes greedily; a sampled run's tokens are drawn per row by _RowSampler, whose
         # scores leave only the drawn token, so greedy selection takes it
+        fast = dict(cache_implementation="static", compile_config=self.compile_config,
+                    max_cache_len=static_columns(input_ids.shape[1] + gen.max_new_tokens)) if self.compiled else {}
         config = HFGenerationConfig(max_new_tokens=gen.max_new_tokens, do_sample=False,
-                                    eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id)
+                                    eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, **fast)
         sampler = None if gen.greedy else LogitsProcessorList(
             [_RowSampler(self.row_generators(gen, seeds, len(prompts)), gen)])
         stop = StoppingCriteriaList([_StopAtMarker(self, input_ids.shape[1])]) if self.plain_format else None
@@ -170,7 +216,7 @@ class HFBackend:
         """An empty cache; each row's positions start at 0, or at `first_positions`."""
         empty = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)
         start = torch.tensor(first_positions or [0] * batch_size, dtype=torch.long, device=self.device)
-        return SharedCache(DynamicCache(config=self.model.config), empty, start)
+        return SharedCache(self._cache_holding([], 0), empty, start)
 
     @property
     def sliding_window(self) -> int | None:
@@ -203,10 +249,26 @@ class HFBackend:
         """
         def side_by_side(tensor: torch.Tensor, dim: int) -> torch.Tensor:
             return torch.cat(tensor.unflatten(0, (groups, -1)).unbind(0), dim=dim)
-        for layer in state.cache.layers:  # keys and values: [rows, heads, length, head_dim]
-            layer.keys, layer.values = side_by_side(layer.keys, -2), side_by_side(layer.values, -2)
+        joined = [(side_by_side(keys, -2), side_by_side(values, -2)) for keys, values in state.contents()]
         # the last block's positions are the latest: the caller made them count on from the earlier blocks
-        return SharedCache(state.cache, side_by_side(state.mask, -1), state.next_position.unflatten(0, (groups, -1))[-1])
+        return SharedCache(self._cache_holding(joined, 0), side_by_side(state.mask, -1),
+                           state.next_position.unflatten(0, (groups, -1))[-1])
+
+    def _cache_holding(self, contents: list[tuple[torch.Tensor, torch.Tensor]], room: int):
+        """A KV cache holding `contents` (keys and values per layer), static with `room` more columns on the fast path."""
+        length = contents[0][0].shape[-2] if contents else 0
+        if self.static_latent:
+            cache = StaticCache(config=self.model.config, max_cache_len=static_columns(length + room))
+        else:
+            cache = DynamicCache(config=self.model.config)
+        for index, (keys, values) in enumerate(contents):
+            cache.layers[index].update(keys, values)
+        return cache
+
+    def _make_room(self, state: SharedCache, columns: int) -> None:
+        """A static cache too small for `columns` more is copied into a larger one (a power of two in size)."""
+        if isinstance(state.cache, StaticCache) and state.length + columns > state.cache.get_max_length():
+            state.cache = self._cache_holding(state.contents(), columns)
 
     @torch.inference_mode()
     def prefill(self, state: SharedCache, prompts: list[list[int]], visible: torch.Tensor | None = None):
@@ -233,27 +295,22 @@ class HFBackend:
             # columns appended after `visible` was made are the current agent's own: they stay visible
             grown = state.length - visible.shape[1]
             past_mask = past_mask * torch.cat([visible, visible.new_ones((visible.shape[0], grown))], dim=1)
-        with self._output_head_input() as head_input:
-            out = self.model(**inputs, attention_mask=torch.cat([past_mask, segment_mask], dim=1),
-                             position_ids=position_ids, use_cache=True, logits_to_keep=1,
-                             **{self.cache_argument: state.cache})
+        attention_mask = torch.cat([past_mask, segment_mask], dim=1)
+        forward = self.model
+        self._make_room(state, segment_mask.shape[1])
+        if isinstance(state.cache, StaticCache):
+            # the mask spans the whole static cache (its unused columns hidden), so one-token steps keep one shape
+            attention_mask = torch.nn.functional.pad(attention_mask, (0, state.cache.get_max_length() - attention_mask.shape[1]))
+            if segment_mask.shape[1] == 1:
+                forward = self.model.get_compiled_call(self.compile_config)
+                if "input_ids" in inputs:  # one compiled graph for tokens and latent thoughts alike
+                    inputs = {"inputs_embeds": self.model.get_input_embeddings()(inputs["input_ids"])}
+        out = forward(**inputs, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                      logits_to_keep=1, **{self.cache_argument: state.cache})
         state.mask = torch.cat([state.mask, segment_mask], dim=1)
         state.next_position = state.next_position + segment_mask.sum(dim=1)
-        return head_input[0][:, -1], out.logits[:, -1].float()
-
-    @contextmanager
-    def _output_head_input(self):
-        """Catch what the output head reads: the last layer's final-norm state at the kept positions.
-
-        This is the same tensor as `output_hidden_states=True`'s last entry, without the model keeping
-        every layer's states for the whole segment at every step.
-        """
-        caught: list[torch.Tensor] = []
-        hook = self.model.get_output_embeddings().register_forward_pre_hook(lambda _, args: caught.append(args[0]))
-        try:
-            yield caught
-        finally:
-            hook.remove()
+        # copies: a CUDA graph overwrites its outputs at its next replay
+        return self._head_input.value[:, -1].clone(), out.logits[:, -1].float().clone()
 
     @torch.inference_mode()
     def decode(self, state: SharedCache, first_logits: torch.Tensor, gen: GenerationConfig,
@@ -267,6 +324,7 @@ class HFBackend:
         logits = first_logits
         rows: list[list[int]] = [[] for _ in range(logits.shape[0])]
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=self.device)
+        self._make_room(state, gen.max_new_tokens)  # at once, rather than a larger cache (and shape) midway
         for step in range(gen.max_new_tokens):
             tokens = logits.argmax(dim=-1) if gen.greedy else sample_rows(logits, gen, generators)
             ended = torch.isin(tokens, eos)
@@ -328,13 +386,19 @@ class SharedCache:
     positions are exactly those it would have at batch size 1.
     """
 
-    cache: DynamicCache
+    cache: DynamicCache | StaticCache
     mask: torch.Tensor  # [B, length] long: 1 where the row has a real token
     next_position: torch.Tensor  # [B] long: the position of each row's next token
 
     @property
     def length(self) -> int:
         return self.mask.shape[1]
+
+    def contents(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values per layer, [B, heads, length, head_dim]: the filled part of a static cache."""
+        if self.length == 0:
+            return []
+        return [(layer.keys[:, :, :self.length], layer.values[:, :, :self.length]) for layer in self.cache.layers]
 
     def real_positions(self, visible: torch.Tensor | None = None) -> list[int]:
         """Per row, how many real cache positions it can attend to (through `visible` if given)."""
