@@ -50,6 +50,8 @@ def run_identity(cfg: DictConfig | dict) -> dict:
                     for k in cfg if k != "hydra"}
     for section, keys in NON_IDENTITY_KEYS.items():
         identity[section] = {k: v for k, v in identity.get(section, {}).items() if k not in keys}
+    if identity["task"].get("offset") == 0:  # as every run before task.offset existed: their directories still resume
+        del identity["task"]["offset"]
     return identity
 
 

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mascompare.cli import app
+from mascompare.runner import run_identity
 
 runner = CliRunner()
 
@@ -88,11 +89,15 @@ def test_repeats_of_greedy_answers_are_refused(tiny_model_dir, tmp_path):
     assert not list(tmp_path.rglob("samples.jsonl"))
 
 
-def test_offset_skips_the_first_questions(tiny_model_dir, tmp_path):
+def test_offset_skips_the_first_questions_in_a_run_of_its_own(tiny_model_dir, tmp_path):
     assert invoke(*tiny_run_args(tiny_model_dir, tmp_path, "task.offset=2", "task.limit=2")).exit_code == 0
     (samples,) = tmp_path.rglob("samples.jsonl")
     assert [json.loads(line)["id"] for line in samples.read_text().splitlines()] == \
         ["arith-L3-0000", "arith-L4-0000"]
+    assert invoke(*tiny_run_args(tiny_model_dir, tmp_path, "task.limit=2")).exit_code == 0
+    assert len(list(tmp_path.rglob("samples.jsonl"))) == 2  # other questions, another run directory
+    before_offsets = {"task": {"name": "arith", "limit": 2}, "run": {}, "backend": {}}
+    assert run_identity({**before_offsets, "task": {"name": "arith", "offset": 0}}) == run_identity(before_offsets)
 
 
 def test_multirun_runs_one_job_per_value(tiny_model_dir, tmp_path):
