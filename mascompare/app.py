@@ -2,10 +2,22 @@
 
 `mascompare run ...` hands its arguments to `main` in-process, so multirun, sweepers and
 launchers work as with any Hydra app; sweepers optimise the returned accuracy.
+
+A run directory changes only when its run really runs: the config is checked first, then the run
+takes an OS lock on its directory (a second identical run waits or stops, `run.on_busy`; the kernel
+drops the lock of a process that dies), and only then are its records (`.hydra/`, samples, run.json)
+written. A command refused before that leaves no trace, not even an empty directory.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import hydra
@@ -13,16 +25,46 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mascompare import results
 from mascompare.backends import KeptBackend
 from mascompare.config import CONF_DIR
+from mascompare.config_check import check_config
 from mascompare.errors import UserError
-from mascompare.runner import default_run_dir, execute
+from mascompare.masking import is_secret_key, mask_config, mask_override
+from mascompare.runner import NON_IDENTITY_KEYS, default_run_dir, execute, run_identity
+
+RECORD_SUBDIR = ".hydra"  # where Hydra keeps a job's composed config; written here once the run starts
+log = logging.getLogger(__name__)
 
 # hydra.run.dir is computed from the run's own config, so the same command resumes in place.
 OmegaConf.register_new_resolver("mascompare_run_dir", lambda *, _root_: str(default_run_dir(_root_)), replace=True)
 
 # The jobs of a sweep that run in this process share one backend while its configs stay equal.
 SWEEP_BACKEND = KeptBackend()
+
+
+def sweep_name(overrides) -> str:
+    """A sweep's directory name from its own command-line overrides, so that the same sweep resumes in place.
+
+    Keys that do not change results (run.progress, task.limit, ...) are left out, as from a run's identity:
+    a sweep re-run with a higher task.limit extends its jobs. The overrides keep their order (job numbers
+    follow it) and a hash of them is appended, so that two sweeps never share a directory by accident.
+    """
+    kept = [str(o) for o in overrides if not _non_identity(str(o)) and not is_secret_key(str(o).split("=", 1)[0])]
+    readable = "__".join(re.sub(r"[^\w.\-]+", "_", o).strip("_") for o in kept)[:MAX_SWEEP_NAME] or "defaults"
+    return f"{readable}-{results.short_hash(json.dumps(kept), 8)}"
+
+
+def _non_identity(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    section, _, leaf = key.partition(".")
+    return key.startswith("hydra.") or leaf in NON_IDENTITY_KEYS.get(section, ())
+
+
+MAX_SWEEP_NAME = 80
+# use_cache: Hydra copies the sweep's resolver cache into every job's config, so each job sees the
+# directory the sweep was given (the cache key is the argument's text), not one named after its own overrides.
+OmegaConf.register_new_resolver("mascompare_sweep_name", sweep_name, replace=True, use_cache=True)
 
 
 def compose_config(*overrides: str) -> DictConfig:
@@ -41,21 +83,83 @@ def compose_config(*overrides: str) -> DictConfig:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    dry_run = cfg.run.get("dry_run") is True
     try:
-        info = execute(cfg, hydra_cfg.runtime.output_dir,
-                       kept=SWEEP_BACKEND if hydra_cfg.mode == RunMode.MULTIRUN else None)
+        check_config(cfg)
+        check_same_config(cfg, out_dir)
+        with nullcontext() if dry_run else run_lock(out_dir, cfg.run.on_busy):
+            info = execute(cfg, out_dir, kept=SWEEP_BACKEND if hydra_cfg.mode == RunMode.MULTIRUN else None,
+                           on_start=lambda: save_hydra_record(cfg, hydra_cfg, out_dir))
     except UserError as exc:
+        remove_if_unused(out_dir, Path(cfg.run.output_root))
         if hydra_cfg.mode == RunMode.RUN:
-            raise StopRun(exc) from exc
+            raise StopRun(str(exc)) from exc
         raise  # in a sweep Hydra records the failed job and names its overrides
+    except BaseException as exc:  # a fault or an interrupt during the run: run.json says it stopped, and why
+        reason = fault_reason(exc, cfg)
+        mark_stopped(out_dir, reason)
+        if isinstance(exc, OSError) and hydra_cfg.mode == RunMode.RUN:
+            raise StopRun(reason, RUN_FAULT) from exc
+        raise
     if info["status"] == "dry_run":
-        _remove_empty_dirs(Path(hydra_cfg.runtime.output_dir), Path(cfg.run.output_root))
+        remove_if_unused(out_dir, Path(cfg.run.output_root))
     return info["summary"].get(f"accuracy_{cfg.run.primary_metric}")
 
 
-def _remove_empty_dirs(directory: Path, root: Path) -> None:
-    """A dry run leaves no trace: Hydra made its output directory (and parents) before we knew."""
-    while root.resolve() in directory.resolve().parents:
+def check_same_config(cfg, out_dir: Path) -> None:
+    """A sweep directory reused with other overrides (job N is now another configuration) must not mix results."""
+    saved = _read_run_json(out_dir)
+    if not saved or "config_hash" not in saved:
+        return
+    expected = results.config_hash(run_identity(cfg))
+    if saved["config_hash"] != expected:
+        raise UserError(f"{out_dir} holds a run of another configuration (config hash {saved['config_hash']}, "
+                        f"this one is {expected}); run in another directory (e.g. another hydra.sweep.dir).")
+
+
+@contextmanager
+def run_lock(run_dir: Path, on_busy: str):
+    """An exclusive flock on the run directory itself for as long as the run runs.
+
+    The kernel releases it when the process ends, however it ends, so a crashed run never blocks the next.
+    """
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_busy != "wait":
+                raise UserError(f"Another mascompare process is running this configuration in {run_dir} right now; "
+                                "let it finish (the same command then resumes its results), or set "
+                                "run.on_busy=wait to start once it has.") from None
+            log.info("waiting for the other process running %s to finish (run.on_busy=wait)", run_dir)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def save_hydra_record(cfg: DictConfig, hydra_cfg, out_dir: Path) -> None:
+    """What Hydra itself would keep in .hydra/ (config, hydra settings, overrides), with secrets masked."""
+    record = out_dir / RECORD_SUBDIR
+    record.mkdir(parents=True, exist_ok=True)
+    overrides = [mask_override(o) for o in hydra_cfg.overrides.task]
+    hydra_node = OmegaConf.to_container(hydra_cfg, resolve=False)
+    hydra_node["overrides"]["task"] = overrides
+    files = {"config.yaml": mask_config(OmegaConf.to_container(cfg, resolve=False)),
+             "hydra.yaml": {"hydra": hydra_node}, "overrides.yaml": overrides}
+    for name, node in files.items():
+        OmegaConf.save(OmegaConf.create(node), record / name)
+
+
+def remove_if_unused(directory: Path, root: Path) -> None:
+    """Remove what Hydra created before the run was refused: the run directory (and empty parents) when
+    no run ever ran in it, with the log file a refused run may have started."""
+    if any((directory / name).exists() for name in (results.RUN_FILE, results.SAMPLES_FILE, RECORD_SUBDIR)):
+        return
+    (directory / "run.log").unlink(missing_ok=True)
+    while directory.resolve() != root.resolve().parent and directory.is_dir():
         try:
             directory.rmdir()
         except OSError:
@@ -63,9 +167,45 @@ def _remove_empty_dirs(directory: Path, root: Path) -> None:
         directory = directory.parent
 
 
-class StopRun(SystemExit):
-    """Carries a UserError past Hydra's job wrapper (which reports any Exception with its own banner)."""
+RUN_FAULT = 1  # exit status of a run stopped by a fault (disk full, ...), as opposed to bad input (2)
 
-    def __init__(self, error: UserError):
-        super().__init__(2)
-        self.error = error
+
+def fault_reason(exc: BaseException, cfg) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted; run the same command again to resume"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        where = f" {exc.filename}" if exc.filename else ""
+        return (f"writing{where} failed: {exc.strerror} (run.output_root={cfg.run.output_root}); "
+                "make room there and run the same command again to resume")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def mark_stopped(out_dir: Path, reason: str) -> None:
+    """Record in run.json that the run stopped and why; a disk too full even for that is logged instead."""
+    info = _read_run_json(out_dir)
+    if not info or info.get("status") != "running":
+        return
+    info.update(status="stopped", stop_reason=reason, finished=results.now_iso())
+    path = out_dir / results.RUN_FILE
+    partial = path.with_suffix(".json.stopping")
+    try:  # written aside and renamed, so that a full disk leaves the old run.json whole
+        partial.write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        partial.replace(path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        log.error("could not record the stop in %s (%s): %s", out_dir / results.RUN_FILE, error.strerror, reason)
+
+
+def _read_run_json(out_dir: Path) -> dict | None:
+    try:
+        return json.loads((out_dir / results.RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class StopRun(SystemExit):
+    """Carries one sentence past Hydra's job wrapper (which reports any Exception with its own banner)."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(code)
+        self.message = message

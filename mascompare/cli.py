@@ -1,10 +1,13 @@
 """The `mascompare` command: run (Hydra, in-process), list, show, compare.
 
-Bad input ends with one sentence on stderr and exit status 2; `HYDRA_FULL_ERROR=1` shows the traceback.
+Bad input ends with one sentence on stderr and exit status 2, a fault during a run (disk full) with
+one sentence and status 1; `HYDRA_FULL_ERROR=1` shows the traceback. A single run's config is
+composed and checked here first, so that a refused command leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -16,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mascompare.errors import UserError
-from mascompare.registry import suggest, unknown
+from mascompare.masking import is_secret_key, redact, redact_logs, secret_values
+from mascompare.registry import unknown
 
 app = typer.Typer(
     add_completion=False,
@@ -27,7 +31,34 @@ err = Console(stderr=True, soft_wrap=True)  # one sentence stays one line
 
 CONFIG_GROUPS = ("method", "task", "model", "backend")
 API_KEY_OVERRIDE = re.compile(r"^\+{0,2}backend\.api_key=(.*)$")
+SECRET_ENV_PREFIX = "MASCOMPARE_SECRET_"
 USAGE_ERROR = 2
+_secrets: list[str] = []  # values of secret-looking overrides, masked in everything printed
+
+
+def fail(message: str, status: int = USAGE_ERROR):
+    """Print one sentence (secrets masked) and exit."""
+    err.print(f"[bold red]error:[/] {redact(message, _secrets)}", highlight=False, markup=True)
+    raise typer.Exit(status)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"mascompare {version('mascompare')}")
+        except PackageNotFoundError:
+            from mascompare import __version__
+
+            print(f"mascompare {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(_: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                    help="Print the version and exit.")):
+    """Run one task on one model under several multi-agent methods and compare them."""
 
 
 def conf_dir() -> Path:
@@ -41,11 +72,19 @@ def group_options(group: str) -> list[str]:
 
 
 def describe(path: Path) -> str:
-    """The first comment line of a config file, which says what it is."""
+    """The first sentence of a config file's opening comment, which says what it is."""
+    words: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#") and not line.startswith("# @package"):
-            return line.lstrip("# ").strip()
-    return ""
+        if line.startswith("# @package"):
+            continue
+        if not line.startswith("#"):
+            if words:
+                break
+            continue
+        words.append(line.lstrip("# ").strip())
+    text = " ".join(w for w in words if w)
+    end = re.search(r"[.;](\s|$)", text)
+    return text[: end.start() + 1].rstrip(";") if end else text
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -67,8 +106,12 @@ def check_overrides(overrides: list[str]) -> None:
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         options = group_options(group)
         for value in values:
-            if str(value) not in options:
-                raise unknown(group, str(value), options)
+            if not isinstance(value, str):  # e.g. backend={name: openai, api_key: ...}: never echo it
+                raise UserError(f"{group}= takes the name of a preset ({', '.join(options)}), not a "
+                                f"{type(value).__name__}; set its keys one by one, e.g. {group}={options[0]} "
+                                f"{group}.<key>=<value>.")
+            if value not in options:
+                raise unknown(group, value, options)
 
 
 def explain_hydra_error(exc: Exception, overrides: list[str]) -> str:
@@ -78,38 +121,79 @@ def explain_hydra_error(exc: Exception, overrides: list[str]) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, ConfigCompositionException) and first.startswith("Could not override"):
         key = first.split("'")[1]
-        parent, _, leaf = key.rpartition(".")
-        hint = suggest(leaf, _keys_under(parent, overrides)) if leaf else ""
         cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ else ""
         if "not in struct" in cause:
-            return f"Unknown config key '{key}'.{hint} To add a new key, write '+{key}=...'."
+            nearest = nearest_key(key, _all_keys(overrides))
+            if nearest:
+                return f"Unknown config key '{key}'. Did you mean '{nearest}'?"
+            return f"Unknown config key '{key}'; to add a new key, write '+{key}=...'."
         return f"Cannot override '{key}': {cause or first}."
     if isinstance(exc, MissingConfigException):
         return f"{first.rstrip('.')} in {conf_dir()}."
     return first.rstrip(".") + "."
 
 
-def _keys_under(parent: str, overrides: list[str]) -> list[str]:
-    """The keys of one config node, composed with the user's group choices (for suggestions)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def nearest_key(key: str, keys: list[str]) -> str | None:
+    """The real key a misspelt or misplaced one most likely means: the closest sibling (task.limt ->
+    task.limit), else a key elsewhere with the same or a close last part (limit -> task.limit)."""
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k for k in keys if k.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.5)
+    if close:
+        return f"{parent}.{close[0]}" if parent else close[0]
+    shallowest = {}
+    for k in sorted(keys, key=lambda k: k.count(".")):
+        shallowest.setdefault(k.rpartition(".")[2], k)
+    close = difflib.get_close_matches(leaf, list(shallowest), n=1, cutoff=0.75)
+    return shallowest[close[0]] if close else None
+
+
+def _all_keys(overrides: list[str]) -> list[str]:
+    """Every key of the config composed with the user's group choices, dotted (for suggestions)."""
     from omegaconf import OmegaConf
 
+    from mascompare.app import compose_config
+
     groups = [o for o in overrides if o.split("=", 1)[0] in CONFIG_GROUPS and "," not in o]
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=groups)
-        node = OmegaConf.select(cfg, parent) if parent else cfg
+        cfg = OmegaConf.to_container(compose_config(*groups))
     except Exception:
         return []
-    finally:
-        GlobalHydra.instance().clear()
-    return list(node.keys()) if hasattr(node, "keys") else []
+    keys = []
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            keys.append(prefix + str(k))
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    walk(cfg, "")
+    return keys
 
 
-def launch_hydra(argv: list[str]) -> None:
-    """Call the @hydra.main app in this process with argv as its command line."""
+def precheck(overrides: list[str], multirun: bool) -> None:
+    """Compose the config and check every value and the output root before Hydra creates any directory.
+
+    In a sweep only the values shared by every job are checked here; each job checks its own.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mascompare.app import compose_config
+    from mascompare.config_check import check_config, check_output_root
+
+    fixed = [o for o in overrides if not o.startswith("-")]
+    if multirun:
+        parsed = OverridesParser.create().parse_overrides(fixed)
+        fixed = [text for text, o in zip(fixed, parsed) if not o.is_sweep_override()]
+    cfg = compose_config(*fixed)
+    if not multirun:
+        check_config(cfg)
+    if isinstance(cfg.run.get("output_root"), str):
+        check_output_root(cfg.run.output_root)
+
+
+def launch_hydra(argv: list[str], multirun: bool = False, check: bool = True) -> None:
+    """Check the config, then call the @hydra.main app in this process with argv as its command line."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
@@ -120,25 +204,22 @@ def launch_hydra(argv: list[str]) -> None:
     sys.argv = argv
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, so we can state them in one sentence
     try:
+        if check:
+            precheck(argv[1:], multirun)
         main()
     except (StopRun, UserError, HydraException) as exc:
         if user_wants_traceback:
-            raise exc.error if isinstance(exc, StopRun) else exc
+            raise exc.__cause__ if isinstance(exc, StopRun) and exc.__cause__ else exc
         if isinstance(exc, StopRun):
-            message = str(exc.error)
-        else:
-            message = str(exc) if isinstance(exc, UserError) else explain_hydra_error(exc, argv[1:])
-        err.print(f"[bold red]error:[/] {message}", highlight=False)
-        raise typer.Exit(USAGE_ERROR) from None
+            fail(exc.message, exc.code)
+        fail(str(exc) if isinstance(exc, UserError) else explain_hydra_error(exc, argv[1:]))
     except KeyboardInterrupt:
         err.print("interrupted: finished samples are saved; run the same command again to resume.")
         raise typer.Exit(130) from None
     except Exception as exc:
         if user_wants_traceback:
             raise
-        err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc} (set HYDRA_FULL_ERROR=1 for the traceback)",
-                  highlight=False)
-        raise typer.Exit(1) from None
+        fail(f"{type(exc).__name__}: {exc} (set HYDRA_FULL_ERROR=1 for the traceback)", 1)
     finally:
         sys.argv = saved_argv
         if saved_env is None:
@@ -146,6 +227,30 @@ def launch_hydra(argv: list[str]) -> None:
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
         GlobalHydra.instance().clear()
+
+
+def hide_secrets(overrides: list[str]) -> list[str]:
+    """Keep secrets out of the config's text: backend.api_key goes to the backend through OPENAI_API_KEY, and
+    any other secret-looking key (`+backend.token=...`) through an environment variable the config reads.
+
+    Hydra writes and logs overrides as typed; this way they hold `${oc.env:...}`, never the secret.
+    """
+    _secrets.extend(secret_values(overrides))
+    redact_logs(_secrets)
+    kept = []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if API_KEY_OVERRIDE.match(text):
+            os.environ["OPENAI_API_KEY"] = API_KEY_OVERRIDE.match(text).group(1)
+            err.print("[bold yellow]warning:[/] backend.api_key on the command line is visible to every local user "
+                      "(ps); use $OPENAI_API_KEY or backend.api_key_file=PATH instead.", highlight=False)
+        elif sep and is_secret_key(key) and not value.startswith("${") and not key.startswith("hydra."):
+            variable = f"{SECRET_ENV_PREFIX}{len(kept)}"
+            os.environ[variable] = value
+            kept.append(f"{key}=${{oc.env:{variable}}}")
+        else:
+            kept.append(text)
+    return kept
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -159,27 +264,19 @@ def run(
 
     Arguments are Hydra overrides (key=value); `mascompare list` shows the choices.
     """
-    overrides = [o for o in ctx.args if not API_KEY_OVERRIDE.match(o)]
-    # A key given on the command line reaches the backend through the environment, so that it never
-    # enters the config, where Hydra would write and log it with the overrides.
-    keys = [API_KEY_OVERRIDE.match(o).group(1) for o in ctx.args if API_KEY_OVERRIDE.match(o)]
-    if keys:
-        os.environ["OPENAI_API_KEY"] = keys[-1]
-        err.print("[bold yellow]warning:[/] backend.api_key on the command line is visible to every local user "
-                  "(ps); use $OPENAI_API_KEY or backend.api_key_file=PATH instead.", highlight=False)
+    overrides = hide_secrets(list(ctx.args))
     try:
         check_overrides(overrides)
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(USAGE_ERROR) from None
+        fail(str(exc))
     argv = ["mascompare", *overrides]
-    if dry_run:  # and leave no files behind: no Hydra record of the run, no log file
-        argv += ["run.dry_run=true", "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]"]
+    if dry_run:  # and leave no files behind: no log file
+        argv += ["run.dry_run=true", "hydra.job_logging.root.handlers=[console]"]
     if multirun:
         argv.append("--multirun")
     if cfg:
         argv += ["--cfg", cfg]
-    launch_hydra(argv)
+    launch_hydra(argv, multirun, check=not cfg)
 
 
 @app.command("list")
@@ -202,20 +299,52 @@ def list_choices():
         console.print(table)
 
 
+RUN_FIELDS = ("status", "task", "method", "model", "config")  # what show and compare need from a run.json
+
+
+def missing_fields(info) -> list[str]:
+    if not isinstance(info, dict):
+        return list(RUN_FIELDS)
+    missing = [key for key in RUN_FIELDS if info.get(key) in (None, "", {})]
+    if info.get("status") in ("finished", "stopped") and not isinstance(info.get("summary"), dict):
+        missing.append("summary")
+    return missing
+
+
+def read_run_json(run_dir: Path) -> dict:
+    """A run directory's run.json, or one sentence saying why it cannot be shown."""
+    path = run_dir / "run.json"
+    if run_dir.is_file():
+        raise UserError(f"{run_dir} is a file; give the run directory that holds run.json, e.g. {run_dir.parent}.")
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory: it has no run.json.")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({getattr(exc, 'lineno', None) and f'line {exc.lineno}' or exc}); "
+                        "the run may have been killed while writing it, so run its command again.") from None
+    missing = missing_fields(info)
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}, so it is not a complete record of a run; "
+                        "run its command again to rewrite it.")
+    return info
+
+
 @app.command()
-def show(run_dir: Path = typer.Argument(..., help="A run directory (holds run.json).")):
+def show(run_dir: Path = typer.Argument(..., help="A run directory (holds run.json)."),
+         as_json: bool = typer.Option(False, "--json", help="Print run.json's status and summary as JSON.")):
     """Print the summary of a run."""
     from mascompare.display import print_summary
 
-    path = run_dir / "run.json"
-    if not path.is_file():
-        err.print(f"[bold red]error:[/] {run_dir} is not a run directory: it has no run.json.", highlight=False)
-        raise typer.Exit(USAGE_ERROR)
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        err.print(f"[bold red]error:[/] {path} is not valid JSON (line {exc.lineno}).", highlight=False)
-        raise typer.Exit(USAGE_ERROR) from None
+        info = read_run_json(run_dir)
+    except UserError as exc:
+        fail(str(exc))
+    if as_json:
+        keys = ("status", "stop_reason", "task", "method", "model", "backend", "run_dir", "config_hash",
+                "started", "finished", "samples_total", "summary", "method_info")
+        print(json.dumps({k: info.get(k) for k in keys if k in info}, indent=2, default=str))
+        return
     print_summary(info)
 
 
@@ -233,19 +362,32 @@ def compare(
     out: Path = typer.Option(None, "--out", "-o",
                              help="Where comparison.{md,csv,tex} and pareto.png go (default: the one PATH, "
                                   "or the deepest folder holding all PATHs)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison table as JSON (one object per run)."),
 ):
     """Compare runs side by side: accuracy, tokens, time and cost, with paired statistics against a reference."""
     from mascompare import report
 
     try:
-        comparison = report.compare(report.collect(paths), reference, by or (), metric)
+        files = [p for p in paths if p.is_file()]
+        if files:
+            raise UserError(f"{files[0]} is a file; compare takes run directories, a results root or a multirun "
+                            f"directory, e.g. {files[0].parent}.")
+        collection = report.collect(paths)
+        for run in collection.runs:
+            missing = missing_fields(run.info)
+            if missing:
+                raise UserError(f"{run.dir / 'run.json'} lacks {', '.join(missing)}, so it is not a complete record "
+                                "of a run; run its command again, or leave that directory out.")
+        comparison = report.compare(collection, reference, by or (), metric)
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(USAGE_ERROR) from None
-    report.render(comparison, Console())
-    target = out or Path(os.path.commonpath([str((p.parent if p.is_file() else p).resolve()) for p in paths]))
+        fail(str(exc))
+    target = out or Path(os.path.commonpath([str(p.resolve()) for p in paths]))
+    if as_json:
+        print(comparison.table.drop(columns=["run"], errors="ignore").to_json(orient="records", indent=2))
+    else:
+        report.render(comparison, Console())
     written = report.write(comparison, target)
-    err.print(f"wrote {', '.join(p.name for p in written)} to {target}", highlight=False)
+    err.print(f"wrote {', '.join(p.name for p in written)} to {target}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from mascompare.backends import BACKENDS, KeptBackend, open_backend, release_bac
 from mascompare.display import Progress, print_summary
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.generation import GenerationConfig
+from mascompare.masking import mask_config
 from mascompare.methods import METHODS, build_method
 from mascompare.tasks import build_task
 
@@ -33,12 +34,11 @@ log = logging.getLogger(__name__)
 # the same run, e.g. against a server restarted on another port, or with a higher budget.
 # run.repeats is one of them: more repeats add to the same run, as a higher task.limit adds samples.
 NON_IDENTITY_KEYS = {
-    "run": ("output_root", "resume", "progress", "max_cost_usd", "dry_run", "cache", "repeats"),
+    "run": ("output_root", "resume", "progress", "max_cost_usd", "dry_run", "cache", "repeats", "on_busy"),
     "task": ("limit",),
     "backend": ("base_url", "api_key", "api_key_file", "max_concurrency", "stream", "timeout_s", "max_retries",
                 "backoff_s", "max_backoff_s"),
 }
-SECRET_KEYS = (("backend", "api_key"),)  # never written to run.json
 
 
 def run_identity(cfg: DictConfig | dict) -> dict:
@@ -118,11 +118,7 @@ def model_price(model_cfg) -> Price | None:
 
 def recorded_config(cfg) -> dict:
     """The resolved config as run.json keeps it: secrets masked."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for section, key in SECRET_KEYS:
-        if (config.get(section) or {}).get(key):
-            config[section][key] = "***"
-    return config
+    return mask_config(OmegaConf.to_container(cfg, resolve=True))
 
 
 def score_row(task, sample, output, wall_time_s: float, records) -> dict:
@@ -160,10 +156,12 @@ def error_row(sample, error: str, records, output=None) -> dict:
             "transcript": [vars(t) for t in output.transcript] if output else []}
 
 
-def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = None) -> dict:
+def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = None, on_start=None) -> dict:
     """Run (or resume) one configuration into out_dir; returns run.json's contents.
 
-    `kept` (a sweep's) holds the backend between runs, so that equal configs load the model once."""
+    `kept` (a sweep's) holds the backend between runs, so that equal configs load the model once.
+    `on_start()` is called once everything is checked and loaded, just before out_dir is first written.
+    """
     gen = GenerationConfig.from_cfg(cfg.generation)
     batch_size = _check_batch_size(cfg.run.batch_size)
     repeats = _check_repeats(cfg.run.get("repeats", 1), gen)
@@ -186,6 +184,8 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
 
     if cfg.run.get("dry_run"):
         return _dry_run(cfg, method_cls, task, gen, price, samples, Path(out_dir), batch_size, repeats)
+    if on_start is not None:
+        on_start()
     store = results.RunStore(out_dir)
     # what the last run recorded (the method's report, e.g. calibration, and the environment): kept when a
     # resumed run has nothing left to do

@@ -136,7 +136,7 @@ def test_list_shows_every_group():
         (["task=gsm9k"], "Unknown task 'gsm9k'. Did you mean 'gsm8k'?"),
         (["model=smollm2"], "Unknown model 'smollm2'. Did you mean 'smollm2-135m'?"),
         (["-m", "method=baseline,latentmas"], "Unknown method 'latentmas'."),
-        (["task.limt=3"], "Unknown config key 'task.limt'. Did you mean 'limit'?"),
+        (["task.limt=3"], "Unknown config key 'task.limt'. Did you mean 'task.limit'?"),
         (["task=arith", "task.limit=-3"], "task.limit must be a non-negative integer or null, got -3."),
         (["task=custom", "task.path=/nonexistent/file.jsonl"], "/nonexistent/file.jsonl"),
         (["task=arith", "run.batch_size=0"], "run.batch_size must be a positive integer"),
