@@ -70,8 +70,8 @@ def summary_table(info: dict) -> Table:
     s = info.get("summary") or {}
     title = f"{info.get('method')} · {info.get('task')} · {info.get('model')}"
     table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # long values wrap at 80 columns instead of being cut
     table.add_row("status", str(info.get("status")))
     if info.get("stop_reason"):
         table.add_row("stopped early", f"[yellow]{info['stop_reason']}[/]")
@@ -111,7 +111,6 @@ def summary_table(info: dict) -> Table:
         table.add_row("code sandbox", f"{sandbox['isolation']}, {sandbox['workers']} workers")
     for label, value in environment_rows(info.get("environment")):
         table.add_row(label, value)
-    table.add_row("run dir", str(info.get("run_dir")))
     return table
 
 
@@ -142,4 +141,7 @@ def environment_rows(env: dict | None) -> list[tuple[str, str]]:
 
 
 def print_summary(info: dict) -> None:
-    Console().print(summary_table(info))
+    """The table, then the run directory on a line of its own, whole, so that it can be copied at any width."""
+    out = Console()
+    out.print(summary_table(info))
+    out.print(f"run dir: {info.get('run_dir')}", soft_wrap=True, highlight=False, markup=False)

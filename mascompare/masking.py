@@ -39,11 +39,12 @@ def mask_override(text: str) -> str:
     key, sep, value = str(text).partition("=")
     if sep and is_secret_key(key):
         return f"{key}={MASK}"
-    return SECRET_IN_MAPPING.sub(lambda m: f"{m.group(1)}{MASK}", str(text))
+    return SECRET_IN_MAPPING.sub(lambda m: f"{m.group(1)}{MASK}" if is_secret_key(m.group(2)) else m.group(0),
+                                 str(text))
 
 
 # `api_key: sk-...` or `"token": "..."` inside a mapping written on the command line
-SECRET_IN_MAPPING = re.compile(r"""(['"]?([\w\-]+)['"]?\s*[:=]\s*)(?=\S)((?:'[^']*'|"[^"]*"|[^,}\s]+))""")
+SECRET_IN_MAPPING = re.compile(r"""(['"]?([\w\-]+)['"]?\s*:\s*)(?=\S)((?:'[^']*'|"[^"]*"|[^,}\s]+))""")
 
 
 def secret_values(overrides: list[str]) -> list[str]:

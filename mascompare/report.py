@@ -607,11 +607,14 @@ def render(comparison: Comparison, console: Console | None = None) -> None:
     """The comparison on the terminal: per task and model the runs, then the paired statistics, warnings and notes."""
     console = console or Console()
     for task, model, rows in comparison.groups():
-        console.print(_rich_table(f"{task} · {model}", rows, columns(rows, comparison.by, comparison.metric, "runs")))
+        for table in _fitted(console, f"{task} · {model}", rows,
+                             columns(rows, comparison.by, comparison.metric, "runs"), comparison.by):
+            console.print(table)
         if has_reference(rows):
-            console.print(_rich_table(f"{task} · {model}: paired statistics", rows,
-                                      columns(rows, comparison.by, comparison.metric, "paired"),
-                                      caption=_caption(comparison, rows)))
+            for table in _fitted(console, f"{task} · {model}: paired statistics", rows,
+                                 columns(rows, comparison.by, comparison.metric, "paired"), comparison.by,
+                                 caption=_caption(comparison, rows)):
+                console.print(table)
         for line in comparison.warnings[(task, model)]:
             console.print(f"[bold yellow]warning:[/] {line}", highlight=False)
         for line in comparison.notes[(task, model)]:
@@ -620,10 +623,32 @@ def render(comparison: Comparison, console: Console | None = None) -> None:
         console.print(f"[bold red]failed:[/] {_failure_line(failure)}", highlight=False)
 
 
+def _fitted(console: Console, title: str, rows: pd.DataFrame, spec, by, caption: str | None = None) -> list[Table]:
+    """One table, or, where it is wider than the terminal, its figures in as many tables as fit, each
+    repeating the label columns (method, setting, ...), so that no cell is cut short."""
+    from rich.measure import Measurement
+
+    unbounded = console.options.update_width(10**6)
+
+    def width(part):  # the table's natural width, every cell on one line
+        return Measurement.get(console, unbounded, _rich_table(title, rows, part)).maximum
+
+    labels = [c for c in spec if c[0] in TEXT_COLUMNS or c[0] in by]
+    figures = [c for c in spec if c not in labels]
+    parts: list[list] = [[]]
+    for column in figures:
+        if parts[-1] and width(labels + parts[-1] + [column]) > console.width:
+            parts.append([])
+        parts[-1].append(column)
+    return [_rich_table(title if i == 0 else f"{title} (continued)", rows, labels + part,
+                        caption if i == len(parts) - 1 else None) for i, part in enumerate(parts)]
+
+
 def _rich_table(title: str, rows: pd.DataFrame, spec, caption: str | None = None) -> Table:
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
     for header, _ in spec:
-        table.add_column(header, justify="left" if header in TEXT_COLUMNS else "right")
+        text = header in TEXT_COLUMNS
+        table.add_column(header, justify="left" if text else "right", no_wrap=text)
     for cells in _cells(rows, spec):
         table.add_row(*cells)
     return table

@@ -12,6 +12,11 @@ Batches are left-padded with an attention mask; transformers' generate derives e
 from the mask, so with greedy decoding a row's output does not depend on the rest of its batch.
 Sampled decoding keeps that property: each row draws its tokens from its own generator, seeded with
 that row's per-call seed (`_RowSampler`), instead of one stream shared by the batch.
+
+A prompt that, with generation.max_new_tokens, would not fit the model's context window (its
+maximum positions) fails its own row with a clear error instead of running; a text too long to fit
+however it tokenizes is refused before it is tokenized, so a huge input costs neither time nor memory.
+The latent primitives refuse a prefill beyond the window for the whole batch.
 """
 
 from __future__ import annotations
@@ -102,6 +107,17 @@ def head_input_catcher(model) -> HeadInput:
     return _head_inputs[model]
 
 
+class ContextWindowExceeded(RuntimeError):
+    """Input longer than the model's context window."""
+
+
+def context_window(config) -> int | None:
+    """The model's maximum positions (None where its config does not say)."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text_config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 class HFBackend:
     name = "hf"
     capabilities = frozenset({"chat", "hidden_states"})
@@ -155,9 +171,34 @@ class HFBackend:
         self.compile_config._compile_all_devices = compiled  # transformers compiles generate() off CUDA only when told
         self.static_latent = compiled and self.can_join_rows()  # static caches hold every position
         self._head_input = head_input_catcher(model)
+        self.context_window = context_window(model.config)
+        # no token spells more characters than the longest vocabulary entry, so a text longer than
+        # window x that is too long whatever its tokens: refused without tokenizing it
+        self.max_chars = self.context_window * max(map(len, tokenizer.get_vocab()), default=1) \
+            if self.context_window else None
+
+    def window_error(self, chars: int, tokens: int | None, max_new_tokens: int) -> str | None:
+        """Why a prompt of this many characters (and tokens, once counted) cannot run, or None."""
+        if self.context_window is None:
+            return None
+        if tokens is None:
+            if chars <= self.max_chars:
+                return None
+            size = f"{chars:,} characters (over {self.max_chars:,}, so more than {self.context_window:,} tokens)"
+        elif tokens + max_new_tokens <= self.context_window:
+            return None
+        else:
+            size = f"{tokens:,} tokens"
+        return (f"the prompt has {size}, which with generation.max_new_tokens={max_new_tokens} does not fit the "
+                f"model's context window of {self.context_window:,} positions; shorten the input or lower "
+                "generation.max_new_tokens")
 
     def encode_chat(self, conversations: list[list[Message]]) -> list[list[int]]:
         """Prompt token ids per conversation, generation prompt included, unpadded."""
+        for conversation in conversations:
+            error = self.window_error(_chars(conversation), None, 0)
+            if error:
+                raise ContextWindowExceeded(error)
         if self.plain_format:
             return [self.tokenizer(plain_prompt(c))["input_ids"] for c in conversations]
         texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True,
@@ -175,6 +216,20 @@ class HFBackend:
 
     def chat(self, conversations: list[list[Message]], gen: GenerationConfig,
              seeds: list[int] | None = None) -> list[Completion]:
+        """One completion per conversation; one whose prompt does not fit the context window carries the error."""
+        errors = [self.window_error(_chars(c), None, gen.max_new_tokens) for c in conversations]
+        counted = self.encode_chat([c for c, e in zip(conversations, errors) if e is None])
+        lengths = iter(map(len, counted))
+        errors = [e or self.window_error(0, next(lengths), gen.max_new_tokens) for e in errors]
+        fit = [e is None for e in errors]
+        fitting = iter(self._generate([c for c, ok in zip(conversations, fit) if ok], gen,
+                                      None if seeds is None else [s for s, ok in zip(seeds, fit) if ok]))
+        return [Completion("", 0, 0, error=f"{ContextWindowExceeded.__name__}: {e}", finish_reason="error") if e
+                else next(fitting)
+                for e in errors]
+
+    def _generate(self, conversations: list[list[Message]], gen: GenerationConfig,
+                  seeds: list[int] | None = None) -> list[Completion]:
         if not conversations:
             return []
         prompts = self.encode_chat(conversations)
@@ -279,6 +334,11 @@ class HFBackend:
         Returns the last layer's hidden state and the logits at each row's last token ([B, d], [B, V]).
         """
         input_ids, segment_mask = self.left_pad(prompts)
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        longest = int((state.next_position + lengths).max())
+        if self.context_window is not None and longest > self.context_window:
+            raise ContextWindowExceeded(f"latent agents' shared cache would reach {longest:,} positions, beyond the "
+                                        f"model's context window of {self.context_window:,}; shorten the input")
         offsets = (segment_mask.cumsum(dim=1) - 1).clamp(min=0)
         return self._extend(state, segment_mask, state.next_position[:, None] + offsets, visible,
                             input_ids=input_ids)
@@ -415,6 +475,10 @@ class _StopAtMarker(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - MARKER_WINDOW):].tolist()
         return torch.tensor([self.backend.ends_turn(tail) for tail in tails], device=input_ids.device)
+
+
+def _chars(conversation: list[Message]) -> int:
+    return sum(len(str(m.get("content") or "")) for m in conversation)
 
 
 class _RowSampler(LogitsProcessor):

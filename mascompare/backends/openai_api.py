@@ -95,6 +95,7 @@ class OpenAIBackend:
         if self.token_limit_param not in ("max_tokens", "max_completion_tokens"):
             raise UserError("backend.token_limit_param must be max_tokens or max_completion_tokens, "
                             f"got '{self.token_limit_param}'.")
+        self.omit_params = set(backend_cfg.get("omit_params") or ())
         # our own retries (with their accounting and logging) replace the client's
         self._client = openai.OpenAI(base_url=self.base_url, api_key=self._key or "unused",
                                      timeout=self.timeout_s, max_retries=0)
@@ -132,7 +133,7 @@ class OpenAIBackend:
             extra["chat_template_kwargs"] = self.template_kwargs
         if extra:
             params["extra_body"] = extra
-        return params
+        return {k: v for k, v in params.items() if k not in self.omit_params}
 
     def use_cache(self, cache: ResponseCache | None) -> None:
         self.cache = cache

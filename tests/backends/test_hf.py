@@ -291,3 +291,42 @@ def test_the_cache_argument_follows_the_installed_transformers(tiny_model, smoll
         results.append((state.cache.get_seq_length(), logits))
     assert results[0][0] == results[1][0] == 2 * max(len(p) for p in prompts)
     torch.testing.assert_close(results[0][1], results[1][1])
+
+
+def test_a_prompt_beyond_the_context_window_fails_its_own_row(tiny_model, smollm2_tokenizer):
+    """The tiny model has 4096 positions: a 4,031-token prompt fits with 4 tokens to generate, not with 100."""
+    backend = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", "cpu")
+    assert backend.context_window == 4096
+    gen = GenerationConfig(max_new_tokens=100)
+    long = [{"role": "user", "content": "word " * 4000}]
+    completions = backend.chat([CONVERSATIONS[1], long, CONVERSATIONS[0]], replace(gen, max_new_tokens=4))
+    assert [c.error for c in completions] == [None, None, None]  # fits with 4 new tokens
+    completions = backend.chat([CONVERSATIONS[1], long, CONVERSATIONS[0]], gen)
+    assert completions[0].error is None and completions[2].error is None
+    assert completions[1].error.startswith("ContextWindowExceeded: the prompt has 4,031 tokens")
+    assert "context window of 4,096 positions" in completions[1].error
+    # the rows that fit run as they would alone
+    assert texts(completions[::2]) == texts(backend.chat([CONVERSATIONS[1], CONVERSATIONS[0]], gen))
+
+
+def test_a_huge_text_is_refused_before_it_is_tokenized(tiny_backend, monkeypatch):
+    huge = [{"role": "user", "content": "x" * (tiny_backend.max_chars + 1)}]
+    calls = []
+    monkeypatch.setattr(tiny_backend, "encode_chat", lambda cs: calls.append(cs) or [[1] * 5 for _ in cs])
+    (completion,) = tiny_backend.chat([huge], GREEDY)
+    assert "characters" in completion.error and "more than 4,096 tokens" in completion.error
+    assert calls == [[]]  # nothing was tokenized
+    from mascompare.backends.hf import ContextWindowExceeded
+
+    monkeypatch.undo()
+    with pytest.raises(ContextWindowExceeded):  # the latent path, which tokenizes through encode_chat
+        tiny_backend.encode_chat([huge])
+
+
+def test_latent_prefill_beyond_the_window_is_refused(tiny_backend):
+    from mascompare.backends.hf import ContextWindowExceeded
+
+    state = tiny_backend.new_cache(1)
+    tiny_backend.prefill(state, [[5] * 3000])
+    with pytest.raises(ContextWindowExceeded, match="4,097 positions"):
+        tiny_backend.prefill(state, [[5] * 1097])

@@ -125,6 +125,16 @@ def test_the_apis_finish_reason_in_our_terms(monkeypatch, reason, expected):
     assert backend(monkeypatch).completion(response, []).finish_reason == expected
 
 
+def test_reasoning_model_preset_sends_only_parameters_the_model_accepts(monkeypatch):
+    from mascompare.app import compose_config
+
+    cfg = compose_config("model=gpt-5-mini", "generation.temperature=0.7", "generation.top_p=0.9")
+    b = backend(monkeypatch, **{k: cfg.backend[k] for k in ("token_limit_param", "omit_params")})
+    params = b.request_params([{"role": "user", "content": "hi"}], GenerationConfig(temperature=0.7, top_p=0.9))
+    assert "temperature" not in params and "top_p" not in params and "max_tokens" not in params
+    assert params["max_completion_tokens"] == 256
+
+
 def test_usage_from_the_response_with_cached_and_reasoning_details(monkeypatch):
     usage = {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150,
              "prompt_tokens_details": {"cached_tokens": 64}, "completion_tokens_details": {"reasoning_tokens": 12}}
