@@ -93,15 +93,15 @@ def main(cfg: DictConfig) -> float | None:
             info = execute(cfg, out_dir, kept=SWEEP_BACKEND if hydra_cfg.mode == RunMode.MULTIRUN else None,
                            on_start=lambda: save_hydra_record(cfg, hydra_cfg, out_dir))
     except UserError as exc:
-        remove_if_unused(out_dir, Path(cfg.run.output_root))
         if hydra_cfg.mode == RunMode.RUN:
+            remove_if_unused(out_dir, Path(cfg.run.output_root))
             raise StopRun(str(exc)) from exc
-        raise  # in a sweep Hydra records the failed job and names its overrides
+        raise  # in a sweep Hydra records the failed job (failed.json in its directory) and names its overrides
     except BaseException as exc:  # a fault or an interrupt during the run: run.json says it stopped, and why
         reason = fault_reason(exc, cfg)
         mark_stopped(out_dir, reason)
         if isinstance(exc, OSError) and hydra_cfg.mode == RunMode.RUN:
-            raise StopRun(reason, RUN_FAULT) from exc
+            raise StopRun(f"{reason[0].upper()}{reason[1:]}.", RUN_FAULT) from exc
         raise
     if info["status"] == "dry_run":
         remove_if_unused(out_dir, Path(cfg.run.output_root))
@@ -164,17 +164,22 @@ def save_hydra_record(cfg: DictConfig, hydra_cfg, out_dir: Path) -> None:
 
 
 def remove_if_unused(directory: Path, root: Path) -> None:
-    """Remove what Hydra created before the run was refused: the run directory (and empty parents) when
-    no run ever ran in it, with the log file a refused run may have started."""
+    """Remove what Hydra created before the run was refused: the run directory and its empty parents, up to
+    the output root (or up to the folder that existed before the command, where the command line said which),
+    with the log file a refused run may have started; nothing of a directory where a run ever ran."""
     if any((directory / name).exists() for name in (results.RUN_FILE, results.SAMPLES_FILE, RECORD_SUBDIR)):
         return
     (directory / "run.log").unlink(missing_ok=True)
-    while directory.resolve() != root.resolve().parent and directory.is_dir():
+    keep = Path(existing_before) if existing_before else root
+    while keep.resolve() in directory.resolve().parents and directory.is_dir():
         try:
             directory.rmdir()
         except OSError:
             return
         directory = directory.parent
+
+
+existing_before: str | None = None  # set by the command line: the output root's closest folder that already existed
 
 
 RUN_FAULT = 1  # exit status of a run stopped by a fault (disk full, ...), as opposed to bad input (2)

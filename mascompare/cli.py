@@ -83,8 +83,9 @@ def describe(path: Path) -> str:
             continue
         words.append(line.lstrip("# ").strip())
     text = " ".join(w for w in words if w)
-    end = re.search(r"[.;](\s|$)", text)
-    return text[: end.start() + 1].rstrip(";") if end else text
+    # the first line whole, then up to the first full stop (not "e.g." or "...": one before a capital)
+    end = re.compile(r"(?<![.])\.(?=\s+[A-Z]|$)").search(text, len(words[0]) - 1 if words else 0)
+    return text[: end.start() + 1] if end else text
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -138,7 +139,7 @@ def nearest_key(key: str, keys: list[str]) -> str | None:
     task.limit), else a key elsewhere with the same or a close last part (limit -> task.limit)."""
     parent, _, leaf = key.rpartition(".")
     siblings = [k for k in keys if k.rpartition(".")[0] == parent]
-    close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.5)
+    close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.75)
     if close:
         return f"{parent}.{close[0]}" if parent else close[0]
     shallowest = {}
@@ -178,18 +179,18 @@ def precheck(overrides: list[str], multirun: bool) -> None:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from mascompare.app import compose_config
+    from mascompare import app as hydra_app
     from mascompare.config_check import check_config, check_output_root
 
     fixed = [o for o in overrides if not o.startswith("-")]
     if multirun:
         parsed = OverridesParser.create().parse_overrides(fixed)
         fixed = [text for text, o in zip(fixed, parsed) if not o.is_sweep_override()]
-    cfg = compose_config(*fixed)
+    cfg = hydra_app.compose_config(*fixed)
     if not multirun:
         check_config(cfg)
     if isinstance(cfg.run.get("output_root"), str):
-        check_output_root(cfg.run.output_root)
+        hydra_app.existing_before = str(check_output_root(cfg.run.output_root))
 
 
 def launch_hydra(argv: list[str], multirun: bool = False, check: bool = True) -> None:

@@ -118,8 +118,11 @@ def _plain(node):
     return OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
 
 
-def check_output_root(root: str | Path) -> None:
-    """Refuse, before anything is written, an output root that is a file, cannot be written or sits on a full disk."""
+def check_output_root(root: str | Path) -> Path:
+    """Refuse, before anything is written, an output root that is a file, cannot be written or sits on a full disk.
+
+    Returns the closest folder of it that exists (the root itself, or a parent).
+    """
     root = Path(root).expanduser()
     where = f"run.output_root={root}"
     existing = root
@@ -141,3 +144,4 @@ def check_output_root(root: str | Path) -> None:
     if stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES:
         raise UserError(f"{where} is on a full disk (under 1 MB free at {existing}); free some space or set "
                         "run.output_root to another disk.")
+    return existing

@@ -144,8 +144,9 @@ def collect(paths: list[str | Path]) -> Collection:
     runs, failures = [], []
     for job_dir in sorted(dirs, key=_natural_key):
         failure_file, run_file = job_dir / FAILURE_FILE, job_dir / RUN_FILE
-        if failure_file.is_file():
-            failures.append(FailedJob(job_dir, _overrides(job_dir), json.loads(failure_file.read_text())["error"]))
+        if failure_file.is_file():  # a job refused before its run began has no .hydra/: failed.json names its overrides
+            failure = json.loads(failure_file.read_text())
+            failures.append(FailedJob(job_dir, failure.get("overrides") or _overrides(job_dir), failure["error"]))
             continue
         if not run_file.is_file():
             failures.append(FailedJob(job_dir, _overrides(job_dir), "stopped before its run began (no run.json)"))

@@ -176,3 +176,72 @@ def test_smoke_baseline_on_the_embedded_model(tmp_path):
     info = json.loads(run_json.read_text())
     assert info["summary"]["n"] == 2 and 0 < info["summary"]["mean_output_tokens"] <= 16
     assert info["summary"]["mean_input_tokens"] > 50  # a GSM8K question through the chat template
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.startswith("mascompare 0.")
+
+
+def test_list_descriptions_are_whole_sentences():
+    from mascompare.cli import conf_dir, describe
+
+    gemma = describe(conf_dir() / "model" / "gemma3-270m.yaml")
+    assert gemma.endswith("chat template: prompts use the plain \"User: ... Assistant:\" format (see "
+                          "mascompare/backends/hf.py).")
+    assert describe(conf_dir() / "method" / "latent_mas.yaml").endswith("only the last agent writes text.")
+    for group in ("method", "task", "model", "backend"):
+        for path in (conf_dir() / group).glob("*.yaml"):
+            assert describe(path).endswith("."), path
+
+
+def test_unknown_key_suggests_the_nearest_real_key(tmp_path):
+    result = runner.invoke(app, ["run", "limit=4", f"run.output_root={tmp_path}"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: Unknown config key 'limit'. Did you mean 'task.limit'?"
+    result = runner.invoke(app, ["run", "backend=openai", "backend.apikey=sk-123456", f"run.output_root={tmp_path}"])
+    assert "Did you mean 'backend.api_key'?" in result.output and "sk-123456" not in result.output
+    result = runner.invoke(app, ["run", "my_note=x", f"run.output_root={tmp_path}"])
+    assert "to add a new key, write '+my_note=...'" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def write_run_json(directory, **info):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "run.json").write_text(json.dumps(info))
+    return directory
+
+
+def test_show_and_compare_refuse_incomplete_records_and_files(tmp_path):
+    partial = write_run_json(tmp_path / "partial", status="finished", method="baseline")
+    result = invoke("show", str(partial))
+    assert result.exit_code == 2 and "lacks task, model, config, summary" in result.output
+    result = invoke("compare", str(partial))
+    assert result.exit_code == 2 and "lacks task, model, config, summary" in result.output
+    result = invoke("compare", str(partial / "run.json"))
+    assert result.exit_code == 2 and "is a file; compare takes run directories" in result.output
+    assert sorted(p.name for p in partial.iterdir()) == ["run.json"]  # nothing written next to it
+    result = invoke("show", str(partial / "run.json"))
+    assert result.exit_code == 2 and "is a file; give the run directory" in result.output
+
+
+def test_show_and_compare_at_80_columns_and_as_json(tiny_model_dir, tmp_path):
+    for method in ("baseline", "text_mas"):
+        args = tiny_run_args(tiny_model_dir, tmp_path, "task.limit=2", "generation.max_new_tokens=2")
+        assert invoke(*[a if a != "method=baseline" else f"method={method}" for a in args]).exit_code == 0
+    (run_dir,) = list((tmp_path / "arith" / "baseline" / "tiny").iterdir())
+    narrow = CliRunner(env={"COLUMNS": "80"})
+    shown = narrow.invoke(app, ["show", str(run_dir)])
+    assert f"run dir: {run_dir}" in shown.output  # whole, on its own line, to copy
+    assert max(map(len, shown.output.splitlines()[:-1])) <= 80
+    compared = narrow.invoke(app, ["compare", str(tmp_path / "arith")])
+    assert compared.exit_code == 0, compared.output
+    table = [line for line in compared.output.splitlines() if line.startswith("│")]
+    assert any("│ baseline " in line for line in table) and any("│ text_mas " in line for line in table)
+    assert all(len(line) <= 80 for line in table) and "…" not in compared.output
+
+    as_json = json.loads(invoke("show", str(run_dir), "--json").output)
+    assert as_json["status"] == "finished" and as_json["summary"]["n"] == 2
+    rows = json.loads(runner.invoke(app, ["compare", str(tmp_path / "arith"), "--json"]).stdout)
+    assert sorted(r["method"] for r in rows) == ["baseline", "text_mas"]
+    assert all("accuracy_flexible" in r for r in rows)
