@@ -68,7 +68,7 @@ def check_generation(cfg) -> None:
 
 
 def check_run(cfg) -> None:
-    for key in ("resume", "progress", "dry_run"):
+    for key in ("resume", "progress", "dry_run", "cache"):
         _require(cfg, f"run.{key}", lambda v: isinstance(v, bool), "true or false")
     _require(cfg, "run.output_root", lambda v: isinstance(v, str) and v.strip() != "", "a directory path")
     _require(cfg, "run.primary_metric", _in(PRIMARY_METRICS), _choices(PRIMARY_METRICS))
