@@ -87,6 +87,7 @@ def check_backend(cfg) -> None:
         _require(cfg, "backend.base_url", lambda v: isinstance(v, str), "a URL such as http://127.0.0.1:8000/v1",
                  optional=True)
         _require(cfg, "backend.api_key", lambda v: isinstance(v, str), "a string", optional=True)
+        _require(cfg, "backend.api_key_file", lambda v: isinstance(v, str), "a file path", optional=True)
         _require(cfg, "backend.max_concurrency", lambda v: is_int_at_least(v, 1), "an integer of at least 1")
         _require(cfg, "backend.max_retries", lambda v: is_int_at_least(v, 0), "an integer of at least 0")
         for key in ("timeout_s", "backoff_s", "max_backoff_s"):

@@ -15,11 +15,14 @@ MASK = "***"
 SECRET_WORDS = {"apikey", "secret", "password", "passwd", "passphrase", "credential", "credentials", "auth",
                 "authorization", "bearer"}
 KEY_PAIRS = {("api", "key"), ("private", "key"), ("secret", "key"), ("access", "key")}
+WHERE_WORDS = {"file", "path", "dir", "env", "var"}
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary text
 
 
 def is_secret_key(key: str) -> bool:
     words = re.split(r"[_\-]", str(key).lower().rsplit(".", 1)[-1].lstrip("+~"))
+    if words[-1] in WHERE_WORDS:  # backend.api_key_file names where the secret is, not the secret
+        return False
     if SECRET_WORDS & set(words) or words[-1] == "token" or words == ["key"]:
         return True
     return any(pair in KEY_PAIRS for pair in zip(words, words[1:]))

@@ -14,7 +14,7 @@ def test_secret_keys(key):
 
 
 @pytest.mark.parametrize("key", ["max_new_tokens", "eos_token_id", "token_limit_param", "tokenizer", "input",
-                                 "keys", "author", "monkey"])
+                                 "keys", "author", "monkey", "api_key_file", "token_path"])
 def test_ordinary_keys(key):
     assert not is_secret_key(key)
 
