@@ -161,7 +161,7 @@ def test_a_ten_megabyte_question_fails_its_sample_without_exhausting_memory(tiny
     result = run(tiny_model_dir, tmp_path / "out", "task=custom", f"task.path={data}")
     assert result.exit_code == 0, result.output
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    rows = results.latest_rows(only_run_dir(tmp_path / "out") / "samples.jsonl")
+    rows = {key[0]: row for key, row in results.latest_rows(only_run_dir(tmp_path / "out") / "samples.jsonl").items()}
     assert rows["short"]["error"] is None
     assert rows["huge"]["error"].startswith("ContextWindowExceeded: the prompt has 10,")
     assert "context window of 4,096 positions" in rows["huge"]["error"]
