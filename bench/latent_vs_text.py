@@ -1,9 +1,10 @@
 """baseline vs text_mas vs latent_mas on the same questions, same model, same settings, one process.
 
-Prints per method: accuracy, decoded and input tokens per sample, latent steps, wall time per
-sample (model loading excluded), and the latent/text ratios; then latent_mas throughput at
-batch 1 vs batch 8. Ratios are measured side by side in one run; absolute seconds on a shared
-machine are not stable, ratios are.
+Prints per method: accuracy, decoded and input tokens per sample, latent steps, time per sample
+(model loading excluded), and the latent/text ratios, for one structure or both (`--structure both`);
+then latent_mas throughput at batch 1 vs batch 8. Times are process CPU time with one thread on a CPU
+(other work on a shared machine does not count) and synchronised wall time on CUDA. Ratios are measured
+side by side in one run; absolute seconds are not stable, ratios are.
 
     .venv/bin/python bench/latent_vs_text.py                     # embedded SmolLM2 on CPU
     .venv/bin/python bench/latent_vs_text.py --random-shape qwen3-4b --device cuda   # GPU, random weights
@@ -57,18 +58,23 @@ def random_backend(shape: str, device: str, base: HFBackend) -> HFBackend:
     return HFBackend.from_loaded(model, base.tokenizer, f"random-{shape}", device)
 
 
+def clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
+
+
 def run_method(method_name, backend, task, samples, batch_size, args) -> dict:
     cfg = compose_cfg(method_name, args)
     accountant = Accountant()
     method = build_method(cfg.method, backend, task, GenerationConfig.from_cfg(cfg.generation), accountant)
-    correct, start = 0, time.perf_counter()
+    correct, start = 0, clock(backend.device)
     for i in range(0, len(samples), batch_size):
         batch = samples[i:i + batch_size]
         for sample, output in zip(batch, method.run(batch)):
             correct += task.score(task.extract(output.final_text).flexible, sample.target)
-    if backend.device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
+    elapsed = clock(backend.device) - start
     usage = summed([r for s in samples for r in accountant.take(s.id)])
     n = len(samples)
     return {"accuracy": correct / n, "decoded": usage["output_tokens"] / n, "input": usage["input_tokens"] / n,
@@ -82,10 +88,12 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--latent-steps", type=int, default=10)
-    parser.add_argument("--structure", default="sequential", choices=("sequential", "hierarchical"))
+    parser.add_argument("--structure", default="sequential", choices=("sequential", "hierarchical", "both"))
+    parser.add_argument("--skip-batch-1", action="store_true", help="leave out latent_mas at batch 1")
     parser.add_argument("--random-shape", choices=sorted(SHAPES), help="random weights of this shape (speed only)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    torch.set_num_threads(1)
 
     cfg = compose_cfg("baseline", args)
     cfg.backend.device = args.device
@@ -95,16 +103,26 @@ def main():
     task = build_task(cfg.task)
     samples = task.load()
     console = Console()
-    console.print(f"{len(samples)} {args.task} questions · {backend.model_name} on {backend.device} "
-                  f"({backend.dtype}) · max_new_tokens {args.max_new_tokens} · batch {args.batch_size} · "
-                  f"{args.structure} · m={args.latent_steps} · greedy")
+    for structure in ("sequential", "hierarchical") if args.structure == "both" else (args.structure,):
+        args.structure = structure
+        latent = compare_methods(console, backend, task, samples, args)
+    if not args.skip_batch_1:
+        batch1 = run_method("latent_mas", backend, task, samples, 1, args)["seconds"]
+        console.print(f"latent_mas throughput, batch {args.batch_size} vs batch 1: {batch1 / latent['seconds']:.2f}x "
+                      f"({1 / batch1:.2f} vs {1 / latent['seconds']:.2f} samples/s)")
 
+
+def compare_methods(console, backend, task, samples, args) -> dict:
+    """Every method on the same questions: the table and the latent/text ratios. Returns latent_mas's figures."""
+    console.print(f"{len(samples)} {args.task} questions · {backend.model_name} on {backend.device} "
+                  f"({backend.dtype}, {torch.get_num_threads()} thread(s)) · max_new_tokens {args.max_new_tokens} · "
+                  f"batch {args.batch_size} · {args.structure} · m={args.latent_steps} · greedy")
     for name in METHODS:  # warm-up: the first forward passes of a process are slow
         run_method(name, backend, task, samples[:2], 2, args)
     results = {name: run_method(name, backend, task, samples, args.batch_size, args) for name in METHODS}
 
     table = Table(title="per sample, same questions and settings")
-    for column in ("method", "accuracy", "decoded tokens", "input tokens", "latent steps", "wall time (s)"):
+    for column in ("method", "accuracy", "decoded tokens", "input tokens", "latent steps", "time (s)"):
         table.add_column(column, justify="right")
     for name, r in results.items():
         table.add_row(name, f"{r['accuracy']:.0%}", f"{r['decoded']:.1f}", f"{r['input']:.1f}", f"{r['latent']:.0f}",
@@ -114,11 +132,9 @@ def main():
     console.print(f"latent/text decoded tokens: {latent['decoded'] / text['decoded']:.3f} "
                   f"({1 - latent['decoded'] / text['decoded']:.1%} fewer; paper: 70.8-83.7% fewer)")
     console.print(f"latent/text input tokens:   {latent['input'] / text['input']:.3f}")
-    console.print(f"text/latent wall time:      {text['seconds'] / latent['seconds']:.2f}x speed-up (paper: 4.0-4.3x)")
-
-    batch1 = run_method("latent_mas", backend, task, samples, 1, args)["seconds"]
-    console.print(f"latent_mas throughput, batch {args.batch_size} vs batch 1: {batch1 / latent['seconds']:.2f}x "
-                  f"({1 / batch1:.2f} vs {1 / latent['seconds']:.2f} samples/s)")
+    console.print(f"text/latent time ({args.structure}): {text['seconds'] / latent['seconds']:.2f}x speed-up "
+                  "(paper: 4.0-4.3x)")
+    return latent
 
 
 if __name__ == "__main__":

@@ -63,10 +63,18 @@ def default_run_dir(cfg) -> Path:
     )
 
 
-def _check_batch_size(value) -> int:
-    if not is_int_at_least(value, 1):
-        raise UserError(f"run.batch_size must be a positive integer, got {value!r}.")
+def _check_batch_size(value) -> int | str:
+    if value != "auto" and not is_int_at_least(value, 1):
+        raise UserError(f"run.batch_size must be a positive integer or auto, got {value!r}.")
     return value
+
+
+def _resolve_batch_size(batch_size, backend, samples, gen) -> int:
+    """run.batch_size=auto: the backend's choice for these samples (8 where it has none)."""
+    if batch_size != "auto":
+        return batch_size
+    choose = getattr(backend, "auto_batch_size", None)
+    return choose([s.question for s in samples], gen) if choose else 8
 
 
 def _check_repeats(value, gen: GenerationConfig) -> int:
@@ -183,7 +191,8 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
     samples = select_samples(task, cfg.task)
 
     if cfg.run.get("dry_run"):
-        return _dry_run(cfg, method_cls, task, gen, price, samples, Path(out_dir), batch_size, repeats)
+        return _dry_run(cfg, method_cls, task, gen, price, samples, Path(out_dir), _resolve_batch_size(
+            batch_size, None, samples, gen), repeats)
     if on_start is not None:
         on_start()
     store = results.RunStore(out_dir)
@@ -221,6 +230,7 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
         backend, info["backend_reused"] = open_backend(cfg.run, cfg.backend, cfg.model, kept)
         info["model_load_s"] = round(time.perf_counter() - load_start, 3)
         info["environment"] = environment.describe(backend, samples)
+        info["batch_size"] = batch_size = _resolve_batch_size(batch_size, backend, samples, gen)
         accountant = Accountant(price)
         method = build_method(cfg.method, backend, task, gen, accountant)
         if hasattr(method, "prepare"):  # optional hook: once-per-run work before evaluation (e.g. calibration)
@@ -233,7 +243,8 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
         try:
             stop_reason = _run_batches(method, task, todo, batch_size, store, accountant, cfg, gen,
                                        already=total - len(todo), budget=budget,
-                                       sample_workers=getattr(backend, "sample_workers", None))
+                                       sample_workers=getattr(backend, "sample_workers", None),
+                                       by_length=cfg.run.batch_size == "auto")
         finally:
             release_backend(backend, kept)
         info["stop_reason"] = stop_reason
@@ -324,7 +335,7 @@ class Budget:
 
 
 def _run_batches(method, task, todo, batch_size, store, accountant, cfg, gen, already: int, budget=None,
-                 sample_workers: int | None = None) -> str | None:
+                 sample_workers: int | None = None, by_length: bool = False) -> str | None:
     """Run the (repeat, sample) pairs one repeat at a time: batch by batch, or each sample as its own task
     with `sample_workers` at once (the backend's choice); returns why it stopped early, or None when every
     sample ran. Each line records its repeat and the number of the batch (or task) it ran in."""
@@ -349,6 +360,9 @@ def _run_batches(method, task, todo, batch_size, store, accountant, cfg, gen, al
         for repeat in sorted({r for r, _ in todo}):
             method.gen = replace(gen, repeat=repeat)  # every call's seed includes the repeat
             mine = [s for r, s in todo if r == repeat]  # a sample id appears once in a repeat's batches
+            if by_length and budget is None:  # (a run its budget stops keeps the task's order: no bias)
+                # longest first: rows of a batch pad less, and a batch too large for memory fails at once
+                mine.sort(key=lambda s: len(s.question), reverse=True)
             if sample_workers:
                 if stop := _stream_samples(method, task, mine, sample_workers, budget, partial(write, repeat)):
                     return stop

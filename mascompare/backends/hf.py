@@ -41,6 +41,14 @@ from mascompare.generation import GenerationConfig
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MARKER_WINDOW = 8  # tokens decoded to look for a turn marker: more than a short ASCII marker can span
 MIN_STATIC_COLUMNS = 256  # static caches come in powers of two from here, so that few shapes are ever compiled
+# run.batch_size=auto. Off CUDA a step's cost grows about linearly with the batch beyond a few rows, so a larger
+# batch gains little there: 8. On CUDA, the largest batch whose KV cache fits in half the free memory (the rest
+# for activations, logits and the allocator), for rows as long as four agents' contexts: the longest question
+# with PROMPT_ALLOWANCE tokens of template and instructions, and max_new_tokens of text, per agent.
+AUTO_BATCH_OFF_CUDA = 8
+AUTO_BATCH_MAX = 256
+CONTEXTS_PER_ROW = 4  # latent_mas's shared cache holds four agents' prompts; text_mas's last prompt three hand-offs
+PROMPT_ALLOWANCE = 256
 
 
 def pick_device(spec: str) -> torch.device:
@@ -253,6 +261,19 @@ class HFBackend:
         """One random stream per row, seeded with its call's seed (gen.seed for every row when none are given)."""
         seeds = seeds if seeds is not None else [gen.seed] * rows
         return [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
+
+    def auto_batch_size(self, questions: list[str], gen: GenerationConfig) -> int:
+        """run.batch_size=auto: see AUTO_BATCH_OFF_CUDA above."""
+        if self.device.type != "cuda" or not questions:
+            return AUTO_BATCH_OFF_CUDA
+        longest = max(self.count_tokens([{"role": "user", "content": q}]) for q in questions)
+        positions = CONTEXTS_PER_ROW * (longest + PROMPT_ALLOWANCE + gen.max_new_tokens)
+        config = self.model.config.get_text_config(decoder=True)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        bytes_per_position = 2 * config.num_hidden_layers * kv_heads * head_dim * self.dtype.itemsize
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, min(AUTO_BATCH_MAX, int(free / 2 // (positions * bytes_per_position))))
 
     def left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask [B, longest], real tokens right-aligned."""
