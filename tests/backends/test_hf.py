@@ -82,7 +82,9 @@ def test_token_counts_stop_at_first_eos_and_exclude_padding(tiny_model, smollm2_
         assert completion.prompt_tokens == len(prompt)
         assert completion.completion_tokens == end
         assert completion.text == smollm2_tokenizer.decode(expected[:end], skip_special_tokens=True)
+        assert completion.finish_reason == ("eos" if first[4] in expected else "length")
     assert completions[0].completion_tokens <= 5 < completions[1].completion_tokens
+    assert completions[0].finish_reason == "eos"
 
 
 def test_sampling_is_reproducible_and_leaves_the_global_rng_alone(tiny_backend):
@@ -149,6 +151,7 @@ def test_plain_text_completion_ends_at_the_next_turn_marker(base_backend):
     batch = base_backend.chat(CONVERSATIONS, GREEDY)
     assert batch[0].completion_tokens == end <= 6
     assert batch[0].text == tokenizer.decode(expected[:end]).split(marker)[0]
+    assert batch[0].finish_reason == "stop"
     assert batch == [base_backend.chat([conversation], GREEDY)[0] for conversation in CONVERSATIONS]
 
 
