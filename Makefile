@@ -33,7 +33,7 @@ $(VENV)/.installed-server: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[dev,server,joblib,optuna,ray]"
 	touch $@
 
-# The point of the project in about three minutes on a CPU: the four methods on 8 arith questions with the
+# The point of the project in a few minutes on a CPU: every method on 8 arith questions with the
 # embedded model (+experiment=smoke), then their comparison table and where its files and plot are.
 # Running it again resumes the same sweep (nothing left to do) and prints the table again.
 run: install
