@@ -48,11 +48,21 @@ class CustomJSONL:
         self.extractor_version = EXTRACTOR_VERSION if self.numeric else TEXT_EXTRACTOR_VERSION
         self.limit = check_limit(cfg.get("limit"))
 
+    def check_available(self) -> None:
+        """A missing or unreadable file fails before the run imports torch and transformers."""
+        try:
+            self.path.open("rb").close()
+        except OSError as error:
+            raise self.unreadable(error) from error
+
+    def unreadable(self, error: OSError) -> UserError:
+        return UserError(f"Cannot read the task file '{self.path}' ({error.strerror or error}).")
+
     def load(self) -> list[Sample]:
         try:
             text = self.path.read_text(encoding="utf-8")
         except OSError as error:
-            raise UserError(f"Cannot read the task file '{self.path}' ({error.strerror or error}).") from error
+            raise self.unreadable(error) from error
         except UnicodeDecodeError as error:
             raise UserError(f"Cannot read the task file '{self.path}': it is not UTF-8 text.") from error
 

@@ -105,6 +105,8 @@ def test_missing_file_names_the_path(tmp_path):
     expected = f"Cannot read the task file '{missing}' (No such file or directory)."
     with pytest.raises(UserError, match=re.escape(expected)):
         make(missing).load()
+    with pytest.raises(UserError, match=re.escape(expected)):  # checked before the run loads anything
+        make(missing).check_available()
 
 
 def test_empty_file_and_missing_path_are_user_errors(tmp_path):
