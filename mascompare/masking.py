@@ -69,21 +69,26 @@ def redact(text: str, values: list[str]) -> str:
     return text
 
 
+_logged_secrets: set[str] = set()
+
+
 def redact_logs(values: list[str]) -> None:
     """Mask these values in every log record from now on, whichever handler (console, run.log) writes it.
 
     A record factory, unlike a handler filter, survives Hydra configuring the handlers afresh for each job.
+    It is installed once; later calls add values to it.
     """
-    values = [v for v in values if len(v) >= MIN_SECRET_LENGTH]
-    if not values:
+    first = not _logged_secrets
+    _logged_secrets.update(v for v in values if len(v) >= MIN_SECRET_LENGTH)
+    if not first or not _logged_secrets:
         return
     make_record = logging.getLogRecordFactory()
 
     def factory(*args, **kwargs):
         record = make_record(*args, **kwargs)
         message = record.getMessage()
-        if any(v in message for v in values):
-            record.msg, record.args = redact(message, values), ()
+        if any(v in message for v in _logged_secrets):
+            record.msg, record.args = redact(message, list(_logged_secrets)), ()
         return record
 
     logging.setLogRecordFactory(factory)

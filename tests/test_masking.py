@@ -36,12 +36,17 @@ def test_secret_values_and_redaction():
     assert redact("bad key sk-abc123 and sk-xyz789", values) == "bad key *** and ***"
 
 
-def test_log_records_are_redacted(caplog):
+def test_log_records_are_redacted(caplog, monkeypatch):
+    from mascompare import masking
+
+    monkeypatch.setattr(masking, "_logged_secrets", set())
     factory = logging.getLogRecordFactory()
     try:
         redact_logs(["sk-logged-secret"])
+        redact_logs(["sk-second-secret"])  # added to the same factory
+        assert logging.getLogRecordFactory().__name__ == "factory"
         with caplog.at_level(logging.INFO):
-            logging.getLogger("any").info("request with %s", "sk-logged-secret")
-        assert "sk-logged-secret" not in caplog.text and "request with ***" in caplog.text
+            logging.getLogger("any").info("request with %s and %s", "sk-logged-secret", "sk-second-secret")
+        assert "secret" not in caplog.text and "request with *** and ***" in caplog.text
     finally:
         logging.setLogRecordFactory(factory)
