@@ -331,7 +331,8 @@ class HFBackend:
                            state.next_position.unflatten(0, (groups, -1))[-1])
 
     def _cache_holding(self, contents: list[tuple[torch.Tensor, torch.Tensor]], room: int):
-        """A KV cache holding `contents` (keys and values per layer), static with `room` more columns on the fast path."""
+        """A KV cache holding `contents` (keys and values per layer); on the fast path a static one, with room
+        for `room` more columns."""
         length = contents[0][0].shape[-2] if contents else 0
         if self.static_latent:
             cache = StaticCache(config=self.model.config, max_cache_len=static_columns(length + room))
@@ -381,7 +382,8 @@ class HFBackend:
         self._make_room(state, segment_mask.shape[1])
         if isinstance(state.cache, StaticCache):
             # the mask spans the whole static cache (its unused columns hidden), so one-token steps keep one shape
-            attention_mask = torch.nn.functional.pad(attention_mask, (0, state.cache.get_max_length() - attention_mask.shape[1]))
+            unused = state.cache.get_max_length() - attention_mask.shape[1]
+            attention_mask = torch.nn.functional.pad(attention_mask, (0, unused))
             if segment_mask.shape[1] == 1:
                 forward = self.model.get_compiled_call(self.compile_config)
                 if "input_ids" in inputs:  # one compiled graph for tokens and latent thoughts alike

@@ -32,7 +32,7 @@ def static_backend(tiny_model, smollm2_tokenizer, monkeypatch):
 
 
 def latent_run(backend, long_text):
-    """Two segments (the second outgrowing the first static cache), two latent steps, a join, a final segment, decoding."""
+    """Two row blocks, two latent steps, a join, a final segment outgrowing the first static cache, decoding."""
     encode = backend.encode_chat
     first = encode([[{"role": "user", "content": text}] for text in ("Hi", "What is 12 + 30?", "Two", "Four")])
     state = backend.new_cache(4, [0, 0, len(first[0]), len(first[1])])

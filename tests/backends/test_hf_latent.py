@@ -8,8 +8,8 @@ from mascompare.backends.hf import HFBackend
 def test_prefill_returns_the_last_layers_state_without_asking_for_every_layer(tiny_model, smollm2_tokenizer):
     backend = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", device="cpu")
     asked = []
-    hook = tiny_model.register_forward_pre_hook(lambda _, args, kwargs: asked.append(kwargs.get("output_hidden_states")),
-                                                with_kwargs=True)
+    hook = tiny_model.register_forward_pre_hook(
+        lambda _, args, kwargs: asked.append(kwargs.get("output_hidden_states")), with_kwargs=True)
     try:
         prompts = backend.encode_chat([[{"role": "user", "content": "What is 2 + 3?"}]])
         state = backend.new_cache(1)
