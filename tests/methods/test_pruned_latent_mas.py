@@ -267,3 +267,17 @@ def test_smoke_on_the_embedded_model(tmp_path):
     assert len(rows) == 2 and all(r["error"] is None and r["final_text"].strip() for r in rows)
     assert all(r["usage"]["latent_steps"] == 40 and 1 <= r["usage"]["output_tokens"] <= 16 for r in rows)
     assert info["method_info"]["graph"]["edges_kept"] == 3 and (run_dir / MASKS_PICTURE).is_file()
+
+
+def test_saved_masks_are_refused_where_the_run_would_evaluate_their_calibration_questions(tiny_backend, tmp_path):
+    limited = Arith(OmegaConf.create({"name": "arith", "seed": 0, "levels": [1, 2], "limit": 4}))
+    everything = Arith(OmegaConf.create({"name": "arith", "seed": 0, "levels": [1, 2], "limit": None}))
+    tail = ["method.calibration.split=tail", "method.calibration.size=2", "method.calibration.iterations=1",
+            "method.calibration.batch_size=2"]
+    make_method(tiny_backend, *tail, task=limited, max_new_tokens=1).prepare(tmp_path, limited.load())
+    reuse = make_method(tiny_backend, f"method.masks={tmp_path / MASKS_FILE}", task=everything)
+    with pytest.raises(UserError, match="were calibrated on 2 of the questions this run evaluates"):
+        reuse.prepare(None, everything.load())
+    resumed = make_method(tiny_backend, *tail, task=everything)  # task.limit raised, same run directory
+    with pytest.raises(UserError, match="were calibrated on 2 of the questions this run evaluates"):
+        resumed.prepare(tmp_path, everything.load(), resume=True)
