@@ -411,7 +411,8 @@ def _paired(samples: pd.DataFrame, run: int, ref: int, metric: str) -> dict:
         return {"n_paired": 0}
     ours, theirs = ours[ours.pair.isin(shared)], theirs[theirs.pair.isin(shared)]
     columns = [f"correct_{metric}", "output_tokens", "input_tokens", "context_tokens"]
-    both = ours.groupby("pair")[columns].mean().join(theirs.groupby("pair")[columns].mean(), rsuffix="_ref")
+    both = ours.groupby("pair")[columns].mean().merge(theirs.groupby("pair")[columns].mean(), how="left",
+                                                      left_index=True, right_index=True, suffixes=("", "_ref"))
     x, y = both[f"correct_{metric}"].to_numpy(), both[f"correct_{metric}_ref"].to_numpy()
     low, high = paired_bootstrap_interval(x, y)
     one_answer_each = ours.pair.is_unique and theirs.pair.is_unique
