@@ -1,7 +1,10 @@
 """Method registry and the method contract.
 
 A method gets a batch of samples and returns one final text per sample plus a transcript;
-every model call it makes is recorded with the accountant. Methods never score.
+every model call it makes is recorded with the accountant (with the messages it sent, why its
+decoding ended and its seed). Methods never score. A method decodes with `self.gen`, which the
+runner replaces for each of `run.repeats`, and seeds each sampled call with
+`self.gen.call_seeds((sample id, agent, round))`.
 Each method lives in one file, `mascompare/methods/<name>.py`, which defines `Method`.
 """
 
