@@ -1,9 +1,10 @@
 """A fault-injecting HTTP proxy on loopback, in front of a real OpenAI-compatible server.
 
 Requests pass through to the upstream server unless a fault is queued: a status with headers
-(429 with Retry-After, 503, 400, 401), a delay (to hit the client's timeout), a body that is not
-JSON, a response without `usage`, or the upstream process being killed after N requests. Every
-request is logged with its arrival time, so tests can check retries and their spacing.
+(429 with Retry-After, 503, 400, 401), a delay (to hit the client's timeout), a hold (until other
+requests have been answered), a body that is not JSON, a response without `usage`, or the upstream
+process being killed after N requests. Every request is logged with its arrival time, so tests can
+check retries and their spacing.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 @dataclass
 class Fault:
-    kind: str  # "status" | "delay" | "malformed" | "no_usage"
+    kind: str  # "status" | "delay" | "hold" | "malformed" | "no_usage"
     status: int = 200
     headers: dict = field(default_factory=dict)
     message: str = ""
-    delay_s: float = 0.0
+    delay_s: float = 0.0  # "delay": how long; "hold": the longest it waits
+    hold_for: int = 0  # "hold": forwarded once this many later requests have been answered
 
 
 class FaultProxy:
@@ -32,9 +34,10 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.arrivals: list[float] = []
         self.bodies: list[dict] = []
-        self.in_flight = self.max_in_flight = 0
+        self.in_flight = self.max_in_flight = self.answered = 0
         self.kill_after: tuple[int, callable] | None = None
         self._lock = threading.Lock()
+        self._answer = threading.Condition(self._lock)  # notified whenever a request has been answered
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -88,10 +91,16 @@ class FaultProxy:
                         return self._reply(200, b'{"id": "x", "choices": [ this is not json', {})
                     if fault and fault.kind == "delay":
                         time.sleep(fault.delay_s)
+                    if fault and fault.kind == "hold":
+                        with proxy._answer:
+                            target = proxy.answered + fault.hold_for
+                            proxy._answer.wait_for(lambda: proxy.answered >= target, timeout=fault.delay_s)
                     self._forward(body, strip_usage=bool(fault and fault.kind == "no_usage"))
                 finally:
-                    with proxy._lock:
+                    with proxy._answer:
                         proxy.in_flight -= 1
+                        proxy.answered += 1
+                        proxy._answer.notify_all()
                     if proxy.kill_after and count == proxy.kill_after[0]:
                         proxy.kill_after[1]()
 
