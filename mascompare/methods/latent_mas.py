@@ -111,9 +111,35 @@ class Method:
     # -- the algorithm -------------------------------------------------------------------------------
 
     def run(self, samples) -> list[MethodOutput]:
+        errors = [self.window_error(sample) for sample in samples]
+        if not any(errors):
+            return self.run_fitting(samples)
+        # a sample whose shared cache would outgrow the context window fails alone; the others still run
+        fitting = iter(self.run_fitting([s for s, e in zip(samples, errors) if e is None]) if not all(errors) else [])
+        return [MethodOutput("", error=f"ContextWindowExceeded: {e}") if e else next(fitting) for e in errors]
+
+    def window_error(self, sample) -> str | None:
+        """Why this sample's shared cache (every prompt, every thought, then the answer) cannot fit the
+        model's context window, or None."""
+        window = getattr(self.backend, "context_window", None)
+        if window is None:
+            return None
+        conversations = [self.messages(agent, [sample])[0] for agent in self.agents]
+        for conversation in conversations:
+            error = self.backend.window_error(sum(len(str(m["content"])) for m in conversation), None, 0)
+            if error:
+                return error
+        positions = sum(map(len, self.backend.encode_chat(conversations))) + self.steps * (len(self.agents) - 1)
+        if positions + self.gen.max_new_tokens <= window:
+            return None
+        return (f"the agents' shared cache needs {positions:,} positions plus generation.max_new_tokens="
+                f"{self.gen.max_new_tokens}, beyond the model's context window of {window:,}; shorten the input, "
+                "lower method.latent_steps or generation.max_new_tokens")
+
+    def run_fitting(self, samples) -> list[MethodOutput]:
         if len(samples) > 1 and self.padding_could_pass_window(samples):
             # a sliding window counts padding columns too: one sample at a time keeps every row exact
-            return [output for sample in samples for output in self.run([sample])]
+            return [output for sample in samples for output in self.run_fitting([sample])]
         state, turns, diagnostics = self.think_together(samples)
         tokens = self.answer(state, samples)
         texts = [self.backend.completion_text(row) for row in tokens]

@@ -383,3 +383,21 @@ def test_records_keep_each_agents_messages_and_the_final_agents_finish_reason(ti
         assert [r.finish_reason for r in records[:-1]] == [None] * 3  # latent thoughts decode nothing
         ended = "eos" if row[-1] in tiny_backend.eos_token_ids else "length"
         assert records[-1].finish_reason == ended and (ended == "eos" or len(row) == 3)
+
+
+def test_a_sample_whose_shared_cache_outgrows_the_window_fails_alone(tiny_backend, task, samples):
+    """Four agents each re-read the question: ~1,000 tokens of it fit one prompt but not the shared cache."""
+    from dataclasses import replace
+
+    accountant = Accountant()
+    method = make_method(tiny_backend, task, "method.latent_steps=3", accountant=accountant)
+    long = replace(samples[1], question="word " * 1000)
+    huge = replace(samples[2], question="x" * (tiny_backend.max_chars + 1))
+    outputs = method.run([samples[0], long, huge, samples[3]])
+    assert outputs[1].error.startswith("ContextWindowExceeded: the agents' shared cache needs")
+    assert "context window of 4,096" in outputs[1].error
+    assert "characters" in outputs[2].error
+    assert outputs[0].error is None and outputs[3].error is None
+    # the samples that fit ran as they would without the others, and only they were recorded
+    assert [outputs[0].final_text, outputs[3].final_text] == [o.final_text for o in method.run([samples[0], samples[3]])]
+    assert accountant.take(long.id) == [] and accountant.take(huge.id) == []
