@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from omegaconf import OmegaConf
+from recording_backend import ThoughtRecorder
 from typer.testing import CliRunner
 
 from mascompare import runner as run_module
@@ -275,20 +276,6 @@ def test_sliding_window_batches_give_the_same_texts_as_one_at_a_time(tiny_slidin
     batched = [o.final_text for o in method.run(samples)]
     assert batched == [method.run([s])[0].final_text for s in samples]
     assert len(set(batched)) > 1
-
-
-class ThoughtRecorder:
-    """The real backend, keeping every latent input it is given."""
-
-    def __init__(self, backend):
-        self.backend, self.thoughts = backend, []
-
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
-
-    def step_embeds(self, state, embeds, visible=None):
-        self.thoughts.append(embeds.clone())
-        return self.backend.step_embeds(state, embeds, visible)
 
 
 def expert_thoughts(backend, task, samples, structure, first_instruction):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from recording_backend import ThoughtRecorder
 from typer.testing import CliRunner
 
 from mascompare import runner as run_module
@@ -42,20 +43,6 @@ def graph_with(n, edges) -> Graph:
     for i, j in edges:
         spatial[i, j] = 1
     return Graph(spatial, np.zeros_like(spatial))
-
-
-class ThoughtRecorder:
-    """The real backend, keeping every latent input it is given."""
-
-    def __init__(self, backend):
-        self.backend, self.thoughts = backend, []
-
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
-
-    def step_embeds(self, state, embeds, visible=None):
-        self.thoughts.append(embeds.clone())
-        return self.backend.step_embeds(state, embeds, visible)
 
 
 def third_agents_thoughts(backend, edges, first_instruction):
