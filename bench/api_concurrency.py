@@ -5,7 +5,7 @@ same tokens) are sent through `OpenAIBackend.chat` with backend.max_concurrency=
 alternating passes, and the throughput ratio is printed.
 
 llama-cpp-python's server decodes one request at a time, so parallel slots come from replicas:
-`--replicas N` starts N single-threaded servers behind one round-robin port (the same as
+`--replicas N` starts N single-threaded servers behind one port, each request going to an idle one (as
 `make serve REPLICAS=N`). With one replica the ratio shows what concurrency buys with a server
 that queues (only the HTTP and prompt round trips overlap); with N replicas it shows requests
 decoded in parallel, as on a vLLM server with several slots.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import threading
 
 import aiohttp
@@ -73,7 +74,7 @@ class IdleReplicaBalancer:
             finally:
                 self.waiting -= 1
             if not self._idle:
-                raise web.HTTPBadGateway(text="Every llama.cpp replica behind this port has stopped.")
+                raise bad_gateway("Every llama.cpp replica behind this port has stopped.")
             return self._idle.popleft()
 
     async def _release(self, port: int, alive: bool = True) -> None:
@@ -100,8 +101,8 @@ class IdleReplicaBalancer:
                 continue
             except aiohttp.ClientError as exc:
                 await self._release(port)
-                raise web.HTTPBadGateway(text=f"The llama.cpp replica on port {port} dropped the request "
-                                              f"({type(exc).__name__}: {exc}).") from None
+                raise bad_gateway(f"The llama.cpp replica on port {port} dropped the request "
+                                  f"({type(exc).__name__}: {exc}).") from None
             try:
                 return await self._relay(request, upstream)
             finally:
@@ -126,3 +127,9 @@ class IdleReplicaBalancer:
         except aiohttp.ClientError:  # the replica died mid-response: cut the client's connection so that
             request.transport.close()  # it sees an incomplete response, not a short complete one
         return response
+
+
+def bad_gateway(message: str) -> web.HTTPBadGateway:
+    """A 502 in the error shape of the OpenAI API, so that clients show its message."""
+    return web.HTTPBadGateway(text=json.dumps({"error": {"message": message, "type": "server_error", "code": 502}}),
+                              content_type="application/json")

@@ -6,9 +6,11 @@ JSON, a response without usage, client errors. In each, nothing already written 
 """
 
 import json
+import socket
 import time
 from pathlib import Path
 
+import openai
 import pytest
 from typer.testing import CliRunner
 
@@ -188,6 +190,27 @@ def test_server_killed_mid_run_then_resume_completes(tmp_path):
         proxy.close()
     assert len(rows) == 8 and [r["id"] for r in rows[:2]] == [s.id for s in _arith_samples(2)]
     assert info["summary"]["n"] == 5 and info["summary"]["errors"] == 0 and info["samples_resumed"] == 2
+
+
+def test_two_replicas_behind_one_port_answer_runs_and_streams_then_stop_cleanly(tmp_path):
+    with llama_server.start(replicas=2, threads=1) as served:
+        info = execute(compose_config("model=smollm2-135m-server", f"backend.base_url={served.base_url}", "task=arith",
+                                      "task.limit=4", "generation.max_new_tokens=8", "run.progress=false",
+                                      f"run.output_root={tmp_path}"), tmp_path / "run")
+        assert info["summary"]["n"] == 4 and info["summary"]["errors"] == 0
+        client = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0)
+        request = dict(model=llama_server.ALIAS, messages=[{"role": "user", "content": "Say hello."}],
+                       max_tokens=8, temperature=0)
+        chunks = list(client.chat.completions.create(**request, stream=True))
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+        assert len(chunks) > 3 and streamed == client.chat.completions.create(**request).choices[0].message.content
+        for process in served.processes:
+            process.kill()
+            process.wait()
+        with pytest.raises(openai.InternalServerError, match="Every llama.cpp replica behind this port has stopped"):
+            client.chat.completions.create(**request)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", served.port), timeout=5)
 
 
 def test_429_waits_as_long_as_retry_after_says(proxy, tmp_path):
