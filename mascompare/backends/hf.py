@@ -31,6 +31,9 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, CompileConfig, Dy
                           LogitsProcessorList, StaticCache,
                           StoppingCriteria, StoppingCriteriaList)
 from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import AttentionInterface
 from transformers import GenerationConfig as HFGenerationConfig
 
 from mascompare.backends.base import Completion, Message, chat_template_kwargs, plain_prompt
@@ -40,7 +43,7 @@ from mascompare.generation import GenerationConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MARKER_WINDOW = 8  # tokens decoded to look for a turn marker: more than a short ASCII marker can span
-MIN_STATIC_COLUMNS = 256  # static caches come in powers of two from here, so that few shapes are ever compiled
+MIN_STATIC_COLUMNS = 64  # static caches come in powers of two from here, so that few shapes are ever compiled
 # run.batch_size=auto. Off CUDA a step's cost grows about linearly with the batch beyond a few rows, so a larger
 # batch gains little there: 8. On CUDA, the largest batch whose KV cache fits in half the free memory (the rest
 # for activations, logits and the allocator), for rows as long as four agents' contexts: the longest question
@@ -115,6 +118,33 @@ def head_input_catcher(model) -> HeadInput:
     return _head_inputs[model]
 
 
+STEP_ATTENTION = "sdpa_grouped_steps"
+
+
+def sdpa_grouped_steps(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """transformers' sdpa attention, except that in a compiled one-token step, a model whose query heads
+    share key/value heads attends to the shared heads in place, as eager transformers does. (A compiled
+    graph otherwise copies every key/value head once per query head sharing it: the whole static cache,
+    at every step; on a CPU that copy took longer than the rest of the step's attention.)"""
+    groups = getattr(module, "num_key_value_groups", 1)
+    changes_the_scores = any(kwargs.get(name) is not None for name in ("position_bias", "softcap", "s_aux"))
+    if not torch.compiler.is_compiling() or query.shape[2] != 1 or groups == 1 or changes_the_scores:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    batch, heads, _, head_dim = query.shape
+    # the query heads of one group become that key/value head's query rows; a mask shared by the heads
+    # ([B, 1, 1, columns]) applies to every row
+    grouped = query.reshape(batch, heads // groups, groups, head_dim)
+    if attention_mask is not None and attention_mask.shape[1] != 1:
+        attention_mask = attention_mask.reshape(batch, heads // groups, groups, -1)
+    output = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask,
+                                                              scale=scaling)
+    return output.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(STEP_ATTENTION, sdpa_grouped_steps)
+AttentionMaskInterface.register(STEP_ATTENTION, sdpa_mask)
+
+
 class ContextWindowExceeded(RuntimeError):
     """Input longer than the model's context window."""
 
@@ -175,6 +205,8 @@ class HFBackend:
         # The fast path: a static KV cache, and one-token steps through transformers' compiled forward
         # (CUDA graphs on CUDA). Prefills stay eager: their shapes change with every batch.
         self.compiled = compiled
+        if compiled and model.config._attn_implementation == "sdpa":
+            model.set_attn_implementation(STEP_ATTENTION)  # the same as sdpa outside compiled steps
         self.compile_config = CompileConfig()
         self.compile_config._compile_all_devices = compiled  # transformers compiles generate() off CUDA only when told
         self.static_latent = compiled and self.can_join_rows()  # static caches hold every position

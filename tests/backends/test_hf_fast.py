@@ -1,12 +1,16 @@
 """The hf backend's fast path (static KV cache, compiled one-token steps) against the eager path, on tiny models."""
 
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
+import transformers.integrations.sdpa_attention as transformers_sdpa
 from omegaconf import OmegaConf
 
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
-from mascompare.backends.hf import HFBackend, pick_compile, static_columns
+from mascompare.backends.hf import STEP_ATTENTION, HFBackend, pick_compile, sdpa_grouped_steps, static_columns
 from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
 from mascompare.methods import build_method
@@ -21,7 +25,34 @@ def test_compile_setting():
     assert pick_compile(True, torch.device("cpu")) is True and pick_compile(False, torch.device("cuda")) is False
     with pytest.raises(UserError, match="backend.compile must be auto, true or false, got 'yes'"):
         pick_compile("yes", torch.device("cpu"))
-    assert [static_columns(n) for n in (1, 256, 257, 1000)] == [256, 256, 512, 1024]
+    assert [static_columns(n) for n in (1, 64, 65, 257, 1000)] == [64, 64, 128, 512, 1024]
+
+
+def test_compiled_one_token_steps_read_shared_key_value_heads_in_place(monkeypatch):
+    """transformers copies each key/value head per query head sharing it (repeat_kv) in compiled steps; the
+    fast path's attention reads them in place, with the same result."""
+    generator = torch.Generator().manual_seed(0)
+    query, keys, values = (torch.randn(shape, generator=generator) for shape in ((3, 4, 1, 8), (3, 2, 10, 8),
+                                                                                  (3, 2, 10, 8)))
+    mask = torch.rand((3, 1, 1, 10), generator=generator) > 0.3
+    mask[:, :, :, -1] = True
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, transformers_sdpa.repeat_kv(keys, 2), transformers_sdpa.repeat_kv(values, 2), attn_mask=mask)
+
+    def no_copies(*args):
+        raise AssertionError("the key/value heads were copied")
+    monkeypatch.setattr(transformers_sdpa, "repeat_kv", no_copies)
+    step = torch.compile(sdpa_grouped_steps, backend="eager", fullgraph=True)
+    output, _ = step(SimpleNamespace(num_key_value_groups=2), query, keys, values, mask)
+    assert torch.allclose(output, expected.transpose(1, 2), atol=1e-6)
+
+
+def test_only_the_fast_path_changes_the_attention_function(tiny_model, smollm2_tokenizer):
+    model = type(tiny_model)(copy.deepcopy(tiny_model.config))
+    HFBackend.from_loaded(model, smollm2_tokenizer, "tiny", device="cpu")
+    assert model.config._attn_implementation == "sdpa"
+    HFBackend.from_loaded(model, smollm2_tokenizer, "tiny", device="cpu", compiled=True)
+    assert model.config._attn_implementation == STEP_ATTENTION
 
 
 @pytest.fixture
@@ -46,7 +77,7 @@ def latent_run(backend, long_text):
 
 
 def test_static_cache_gives_the_dynamic_caches_results(tiny_backend, static_backend):
-    long_text = "word " * 300  # past the first static cache's 256 columns: it is copied into a larger one
+    long_text = "word " * 300  # past the first static cache's columns: it is copied into a larger one
     eager, eager_tokens, _ = latent_run(tiny_backend, long_text)
     static, static_tokens, state = latent_run(static_backend, long_text)
     assert state.cache.get_max_length() == static_columns(state.length) == 512
