@@ -1,13 +1,16 @@
 """baseline vs text_mas vs latent_mas on the same questions, same model, same settings, one process.
 
-Prints per method: accuracy, decoded and input tokens per sample, latent steps, time per sample
-(model loading excluded), and the latent/text ratios, for one structure or both (`--structure both`);
+Prints per method: accuracy, decoded and input tokens per sample, latent steps, forward passes per
+batch (one after another: on a GPU, where a pass costs about the same at any batch, time follows them),
+time per sample (model loading excluded), and the latent/text ratios, for one structure or both (`--structure both`);
 then latent_mas throughput at batch 1 vs batch 8. Times are process CPU time with one thread on a CPU
 (other work on a shared machine does not count) and synchronised wall time on CUDA. Ratios are measured
 side by side in one run; absolute seconds are not stable, ratios are.
 
     .venv/bin/python bench/latent_vs_text.py                     # embedded SmolLM2 on CPU
     .venv/bin/python bench/latent_vs_text.py --random-shape qwen3-4b --device cuda   # GPU, random weights
+    .venv/bin/python bench/latent_vs_text.py --random-shape smollm2-135m --structure both   # CPU: every agent
+        # of a random-weight model decodes max_new_tokens, so both methods run at exactly equal settings
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ METHODS = ("baseline", "text_mas", "latent_mas")
 SHAPES = {
     "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
                      num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, head_dim=64, tie_word_embeddings=True),  # small enough for a CPU
     "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                      num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
 }
@@ -69,16 +74,22 @@ def run_method(method_name, backend, task, samples, batch_size, args) -> dict:
     cfg = compose_cfg(method_name, args)
     accountant = Accountant()
     method = build_method(cfg.method, backend, task, GenerationConfig.from_cfg(cfg.generation), accountant)
+    passes = [0]  # forward passes of the model, one after another: the method's critical path
+    counter = backend.model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
     correct, start = 0, clock(backend.device)
-    for i in range(0, len(samples), batch_size):
-        batch = samples[i:i + batch_size]
-        for sample, output in zip(batch, method.run(batch)):
-            correct += task.score(task.extract(output.final_text).flexible, sample.target)
+    try:
+        for i in range(0, len(samples), batch_size):
+            batch = samples[i:i + batch_size]
+            for sample, output in zip(batch, method.run(batch)):
+                correct += task.score(task.extract(output.final_text).flexible, sample.target)
+    finally:
+        counter.remove()
     elapsed = clock(backend.device) - start
     usage = summed([r for s in samples for r in accountant.take(s.id)])
     n = len(samples)
     return {"accuracy": correct / n, "decoded": usage["output_tokens"] / n, "input": usage["input_tokens"] / n,
-            "latent": usage["latent_steps"] / n, "seconds": elapsed / n}
+            "latent": usage["latent_steps"] / n, "seconds": elapsed / n,
+            "passes": None if backend.compiled else passes[0] / -(-n // batch_size)}
 
 
 def main():
@@ -122,11 +133,12 @@ def compare_methods(console, backend, task, samples, args) -> dict:
     results = {name: run_method(name, backend, task, samples, args.batch_size, args) for name in METHODS}
 
     table = Table(title="per sample, same questions and settings")
-    for column in ("method", "accuracy", "decoded tokens", "input tokens", "latent steps", "time (s)"):
+    for column in ("method", "accuracy", "decoded tokens", "input tokens", "latent steps", "passes/batch",
+                   "time (s)"):
         table.add_column(column, justify="right")
     for name, r in results.items():
         table.add_row(name, f"{r['accuracy']:.0%}", f"{r['decoded']:.1f}", f"{r['input']:.1f}", f"{r['latent']:.0f}",
-                      f"{r['seconds']:.2f}")
+                      "—" if r["passes"] is None else f"{r['passes']:.0f}", f"{r['seconds']:.2f}")
     console.print(table)
     text, latent = results["text_mas"], results["latent_mas"]
     console.print(f"latent/text decoded tokens: {latent['decoded'] / text['decoded']:.3f} "
@@ -134,6 +146,9 @@ def compare_methods(console, backend, task, samples, args) -> dict:
     console.print(f"latent/text input tokens:   {latent['input'] / text['input']:.3f}")
     console.print(f"text/latent time ({args.structure}): {text['seconds'] / latent['seconds']:.2f}x speed-up "
                   "(paper: 4.0-4.3x)")
+    if latent["passes"]:  # where a pass costs about the same at any batch (a GPU), time follows this ratio
+        console.print(f"text/latent forward passes per batch ({args.structure}): "
+                      f"{text['passes'] / latent['passes']:.2f}x")
     return latent
 
 
