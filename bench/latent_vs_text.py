@@ -113,7 +113,7 @@ def main():
         backend = random_backend(args.random_shape, str(backend.device), backend)
     task = build_task(cfg.task)
     samples = task.load()
-    console = Console()
+    console = Console(width=100)  # room for every column
     for structure in ("sequential", "hierarchical") if args.structure == "both" else (args.structure,):
         args.structure = structure
         latent = compare_methods(console, backend, task, samples, args)
@@ -133,7 +133,7 @@ def compare_methods(console, backend, task, samples, args) -> dict:
     results = {name: run_method(name, backend, task, samples, args.batch_size, args) for name in METHODS}
 
     table = Table(title="per sample, same questions and settings")
-    for column in ("method", "accuracy", "decoded tokens", "input tokens", "latent steps", "passes/batch",
+    for column in ("method", "accuracy", "decoded tokens", "input tokens", "latent steps", "passes per batch",
                    "time (s)"):
         table.add_column(column, justify="right")
     for name, r in results.items():
