@@ -8,10 +8,12 @@ tokenizer adds its usual special tokens (e.g. BOS) to that text. A base model ra
 on to write the user's next turn, so in this format a row also ends where its text first contains
 "\nUser:"; the completion's text stops before that marker, its token count includes it (as with EOS).
 
-Batches are left-padded with an attention mask; transformers' generate derives each row's positions
-from the mask, so with greedy decoding a row's output does not depend on the rest of its batch.
-Sampled decoding keeps that property: each row draws its tokens from its own generator, seeded with
-that row's per-call seed (`_RowSampler`), instead of one stream shared by the batch.
+`chat` and the latent path decode with one loop (`HFBackend.decode`) on one KV cache per batch, kept
+exact by a per-row attention mask and per-row positions (`SharedCache`): with greedy decoding a row's
+output does not depend on the rest of its batch. Sampled decoding keeps that property: each sample draws
+its tokens from its own generator, seeded with its per-call seed, instead of one stream shared by the
+batch. A row that finishes takes the next waiting conversation of its `chat` call (continuous batching,
+`backend.decode_rows`), and a row that finishes with nothing waiting leaves the batch.
 
 A prompt that, with generation.max_new_tokens, would not fit the model's context window (its
 maximum positions) fails its own row with a clear error instead of running; a text too long to fit
@@ -24,17 +26,16 @@ from __future__ import annotations
 import inspect
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass
+from itertools import repeat
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, CompileConfig, DynamicCache, LogitsProcessor,
-                          LogitsProcessorList, StaticCache,
-                          StoppingCriteria, StoppingCriteriaList)
+from transformers import AutoModelForCausalLM, AutoTokenizer, CompileConfig, DynamicCache, StaticCache
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
-from transformers import GenerationConfig as HFGenerationConfig
 
 from mascompare.backends.base import Completion, Message, chat_template_kwargs, plain_prompt
 from mascompare.backends.models import ModelSource, resolve
@@ -169,21 +170,22 @@ class HFBackend:
         source = resolve(model_cfg)
         compiled = pick_compile(backend_cfg.get("compile", "auto"), device)
         model, tokenizer = _load(source, device, dtype)
-        self._setup(model, tokenizer, source.name, device, template_kwargs, compiled)
+        self._setup(model, tokenizer, source.name, device, template_kwargs, compiled, backend_cfg.get("decode_rows"))
         self.load_seconds = time.perf_counter() - start
 
     @classmethod
     def from_loaded(cls, model, tokenizer, model_name: str, device: str | torch.device | None = None,
-                    template_kwargs: dict | None = None, compiled: bool = False) -> "HFBackend":
+                    template_kwargs: dict | None = None, compiled: bool = False,
+                    decode_rows: int | None = None) -> "HFBackend":
         """A backend around a model and tokenizer already in memory (tests, notebooks)."""
         backend = cls.__new__(cls)
         backend._setup(model, tokenizer, model_name, torch.device(device) if device is not None else model.device,
-                       template_kwargs or {}, compiled)
+                       template_kwargs or {}, compiled, decode_rows)
         backend.load_seconds = 0.0
         return backend
 
     def _setup(self, model, tokenizer, model_name: str, device: torch.device, template_kwargs: dict,
-               compiled: bool = False) -> None:
+               compiled: bool = False, decode_rows: int | None = None) -> None:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.template_kwargs = template_kwargs  # model.chat_template_kwargs, for every prompt
@@ -197,18 +199,13 @@ class HFBackend:
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos or [])
         pad = next((p for p in (tokenizer.pad_token_id, defaults.pad_token_id) if p is not None), None)
         self.pad_token_id = pad if pad is not None else (self.eos_token_ids or [0])[0]
-        # generate() fills every setting a call leaves unset from model.generation_config, i.e. from the
-        # model's files (e.g. Qwen3 ships temperature 0.6, top_k 20). Keep only the token ids there, so that
-        # our GenerationConfig alone decides decoding.
-        model.generation_config = HFGenerationConfig(
-            bos_token_id=defaults.bos_token_id, eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id)
+        self.decode_rows = decode_rows  # rows a chat call decodes at once (None: all its conversations)
         # The fast path: a static KV cache, and one-token steps through transformers' compiled forward
         # (CUDA graphs on CUDA). Prefills stay eager: their shapes change with every batch.
         self.compiled = compiled
         if compiled and model.config._attn_implementation == "sdpa":
             model.set_attn_implementation(STEP_ATTENTION)  # the same as sdpa outside compiled steps
         self.compile_config = CompileConfig()
-        self.compile_config._compile_all_devices = compiled  # transformers compiles generate() off CUDA only when told
         self.static_latent = compiled and self.can_join_rows()  # static caches hold every position
         self._head_input = head_input_catcher(model)
         self.context_window = context_window(model.config)
@@ -273,21 +270,12 @@ class HFBackend:
         if not conversations:
             return []
         prompts = self.encode_chat(conversations)
-        input_ids, attention_mask = self.left_pad(prompts)
-        # generate() decodes greedily; a sampled run's tokens are drawn per row by _RowSampler, whose
-        # scores leave only the drawn token, so greedy selection takes it
-        fast = dict(cache_implementation="static", compile_config=self.compile_config,
-                    max_cache_len=static_columns(input_ids.shape[1] + gen.max_new_tokens)) if self.compiled else {}
-        config = HFGenerationConfig(max_new_tokens=gen.max_new_tokens, do_sample=False,
-                                    eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, **fast)
-        sampler = None if gen.greedy else LogitsProcessorList(
-            [_RowSampler(self.row_generators(gen, seeds, len(prompts)), gen)])
-        stop = StoppingCriteriaList([_StopAtMarker(self, input_ids.shape[1])]) if self.plain_format else None
-        with torch.inference_mode():
-            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                         logits_processor=sampler, stopping_criteria=stop)
-        generated = output[:, input_ids.shape[1]:].tolist()
-        return [self._completion(prompt, row) for prompt, row in zip(prompts, generated)]
+        rows = min(len(prompts), self.decode_rows or len(prompts))
+        state = self.new_cache(rows)
+        _, logits = self.prefill(state, prompts[:rows])
+        generated = self._decode(state, logits, gen, self.row_generators(gen, seeds, len(prompts)),
+                                 waiting=prompts[rows:])
+        return [self._completion(prompt, tokens) for prompt, tokens in zip(prompts, generated)]
 
     def row_generators(self, gen: GenerationConfig, seeds: list[int] | None, rows: int) -> list[torch.Generator]:
         """One random stream per row, seeded with its call's seed (gen.seed for every row when none are given)."""
@@ -427,32 +415,122 @@ class HFBackend:
         # copies: a CUDA graph overwrites its outputs at its next replay
         return self._head_input.value[:, -1].clone(), out.logits[:, -1].float().clone()
 
-    @torch.inference_mode()
     def decode(self, state: SharedCache, first_logits: torch.Tensor, gen: GenerationConfig,
                visible: torch.Tensor | None = None, seeds: list[int] | None = None) -> list[list[int]]:
         """Generate from the cache: up to gen.max_new_tokens per row, each row up to and including EOS (or, in
         the plain-text format, the turn marker: the same stop rule as `chat`; `completion_text` reads a row).
         Sampled rows draw from their own seeded generators (see `chat`). `visible` hides cache columns as in
-        `prefill` (pass the mask the prompt was prefilled with)."""
-        generators = self.row_generators(gen, seeds, first_logits.shape[0])
-        eos = torch.tensor(self.eos_token_ids or [-1], device=self.device)
-        logits = first_logits
-        rows: list[list[int]] = [[] for _ in range(logits.shape[0])]
-        finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=self.device)
-        self._make_room(state, gen.max_new_tokens)  # at once, rather than a larger cache (and shape) midway
-        for step in range(gen.max_new_tokens):
-            tokens = logits.argmax(dim=-1) if gen.greedy else sample_rows(logits, gen, generators)
-            ended = torch.isin(tokens, eos)
-            for row, token in enumerate(tokens.tolist()):
-                if not finished[row]:
-                    rows[row].append(token)
-                    ended[row] |= self.plain_format and self.ends_turn(rows[row])
-            finished |= ended
-            if bool(finished.all()) or step == gen.max_new_tokens - 1:
-                break
+        `prefill` (pass the mask the prompt was prefilled with). Uses the state up: finished rows leave it."""
+        return self._decode(state, first_logits, gen, self.row_generators(gen, seeds, first_logits.shape[0]), visible)
+
+    @torch.inference_mode()
+    def _decode(self, state: SharedCache, logits: torch.Tensor, gen: GenerationConfig,
+                generators: list[torch.Generator], visible: torch.Tensor | None = None,
+                waiting: list[list[int]] = ()) -> list[list[int]]:
+        """The decoding loop of `decode` and `chat`: the tokens of every sample, in sample order.
+
+        Row r starts with sample r; the `waiting` prompts are the samples after those. A row that finishes
+        takes the next waiting prompt (continuous batching): its keys and values replace the row's,
+        right-aligned at the cache's end with hidden columns before them, so that its tokens stay contiguous
+        and its positions count from 0, as at batch 1 (a sliding window sees the same tokens). A sample keeps
+        its own generator wherever it runs. With nothing waiting, finished rows leave the batch, except on a
+        static cache, whose compiled steps keep one batch shape.
+        """
+        rows: list[int | None] = list(range(logits.shape[0]))  # the sample each row decodes; None once it ended
+        outputs: list[list[int]] = [[] for _ in range(len(rows) + len(waiting))]
+        queue = deque(zip(range(len(rows), len(outputs)), waiting))
+        static = isinstance(state.cache, StaticCache)
+        # room for the longest prompt and all its tokens, so that dropping hidden columns always makes enough
+        self._make_room(state, max([state.length, *map(len, waiting)]) - state.length + gen.max_new_tokens)
+        unread = list(range(len(rows)))  # rows whose logits have not been decoded from yet
+        while True:
+            self._next_tokens(logits, gen, generators, rows, unread, outputs)
+            free = [row for row, sample in enumerate(rows) if sample is None]
+            if free and queue:
+                arriving = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+                unread = free[:len(arriving)]
+                for row, (sample, _) in zip(unread, arriving):
+                    rows[row] = sample
+                logits[unread] = self._admit(state, rows, unread, [prompt for _, prompt in arriving])
+                continue
+            live = [row for row, sample in enumerate(rows) if sample is not None]
+            if not live:
+                return outputs
+            if len(live) < len(rows) and not static:
+                visible = self._relayout(state, live, [True] * len(live), visible=visible)
+                rows = [rows[row] for row in live]
+            elif static and state.length == state.cache.get_max_length():
+                visible = self._relayout(state, list(range(len(rows))), [s is not None for s in rows],
+                                         visible=visible)
+            tokens = torch.tensor([outputs[s][-1] if s is not None else self.pad_token_id for s in rows],
+                                  device=self.device)
             ones = torch.ones((len(rows), 1), dtype=torch.long, device=self.device)
             _, logits = self._extend(state, ones, state.next_position[:, None], visible, input_ids=tokens[:, None])
-        return rows
+            unread = list(range(len(rows)))
+
+    def _next_tokens(self, logits: torch.Tensor, gen: GenerationConfig, generators: list[torch.Generator],
+                     rows: list[int | None], unread: list[int], outputs: list[list[int]]) -> None:
+        """Each live unread row's next token, appended to its sample's tokens; a row whose sample ends is freed."""
+        picking = [row for row in unread if rows[row] is not None]
+        if not picking:
+            return
+        chosen = logits[picking]
+        tokens = chosen.argmax(dim=-1) if gen.greedy else sample_rows(chosen, gen, [generators[rows[r]] for r in picking])
+        for row, token in zip(picking, tokens.tolist()):
+            generated = outputs[rows[row]]
+            generated.append(token)
+            if (len(generated) == gen.max_new_tokens or token in self.eos_token_ids
+                    or (self.plain_format and self.ends_turn(generated))):
+                rows[row] = None
+
+    def _admit(self, state: SharedCache, rows: list[int | None], slots: list[int],
+               prompts: list[list[int]]) -> torch.Tensor:
+        """Prefill `prompts` (left-padded among themselves) and splice them into rows `slots` of the state;
+        returns their logits. Arrivals are prefilled on a dynamic cache, eagerly, then copied across."""
+        empty = torch.zeros((len(prompts), 0), dtype=torch.long, device=self.device)
+        arrivals = SharedCache(DynamicCache(config=self.model.config), empty, empty.new_zeros(len(prompts)))
+        _, logits = self.prefill(arrivals, prompts)
+        self._relayout(state, list(range(len(rows))), [s is not None for s in rows], arrivals, slots)
+        return logits
+
+    def _relayout(self, state: SharedCache, keep: list[int], live: list[bool], arrivals: SharedCache | None = None,
+                  slots: list[int] = (), visible: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Lay the state out anew: rows `keep` of it, in that order; the rows of `arrivals` in place of rows
+        `slots` (of the new order), right-aligned at the end, with hidden columns before them (columns are
+        added before every row where an arrival is longer than the cache); then the leading columns that no
+        `live` row attends to are dropped, so the cache does not grow without bound. A static cache is
+        rewritten in place (its compiled steps keep their inputs' addresses). Returns `visible` laid out alike."""
+        width = max(state.length, arrivals.length if arrivals else 0)
+        added = width - state.length
+        mask = torch.nn.functional.pad(state.mask[keep], (added, 0))
+        positions = state.next_position[keep]
+        if arrivals:
+            mask[slots] = torch.nn.functional.pad(arrivals.mask, (width - arrivals.length, 0))
+            positions[slots] = arrivals.next_position
+        attended = mask[torch.tensor(live, device=self.device)].any(dim=0)
+        start = int(attended.int().argmax())  # the first column a live row attends to
+
+        def laid_out(old: torch.Tensor, new: torch.Tensor | None) -> torch.Tensor:
+            tensor = right_aligned(old[keep], width)  # a sliding-window layer holds only its window's columns
+            if new is not None:
+                tensor[slots] = right_aligned(new, width)
+            return tensor[:, :, start:]
+
+        incoming = arrivals.contents() if arrivals else repeat((None, None))
+        contents = ((laid_out(keys, new_keys), laid_out(values, new_values))
+                    for (keys, values), (new_keys, new_values) in zip(state.contents(), incoming))
+        length = width - start
+        if isinstance(state.cache, StaticCache):
+            for layer, (keys, values) in zip(state.cache.layers, contents):
+                layer.keys[:, :, :length].copy_(keys)
+                layer.values[:, :, :length].copy_(values)
+                layer.cumulative_length.fill_(length)  # where the next step writes
+        else:
+            state.cache = self._cache_holding(list(contents), 0)
+        state.mask, state.next_position = mask[:, start:], positions
+        if visible is None:
+            return None
+        return torch.nn.functional.pad(visible[keep], (added, 0))[:, start:]
 
     def ends_turn(self, tail: list[int]) -> bool:
         """Whether the last tokens of a row's plain-format completion contain the turn marker."""
@@ -521,32 +599,13 @@ class SharedCache:
         return mask.sum(dim=1).tolist()
 
 
-class _StopAtMarker(StoppingCriteria):
-    """Ends each row whose completion (the tokens after the prompt) has just written the turn marker."""
-
-    def __init__(self, backend: HFBackend, prompt_width: int):
-        self.backend, self.prompt_width = backend, prompt_width
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - MARKER_WINDOW):].tolist()
-        return torch.tensor([self.backend.ends_turn(tail) for tail in tails], device=input_ids.device)
-
-
 def _chars(conversation: list[Message]) -> int:
     return sum(len(str(m.get("content") or "")) for m in conversation)
 
 
-class _RowSampler(LogitsProcessor):
-    """Draws each row's next token from that row's own generator; the returned scores keep only the
-    drawn token, which generate()'s greedy selection then takes."""
-
-    def __init__(self, generators: list[torch.Generator], gen: GenerationConfig):
-        self.generators, self.gen = generators, gen
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        tokens = sample_rows(scores.float(), self.gen, self.generators)
-        chosen = torch.full_like(scores, float("-inf"))
-        return chosen.scatter(-1, tokens[:, None], 0.0)
+def right_aligned(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """Keys or values [B, heads, columns, head_dim] padded with zeros on the left to `width` columns."""
+    return torch.nn.functional.pad(tensor, (0, 0, width - tensor.shape[-2], 0))
 
 
 def sample_rows(logits: torch.Tensor, gen: GenerationConfig, generators: list[torch.Generator]) -> torch.Tensor:
