@@ -83,6 +83,8 @@ def check_backend(cfg) -> None:
         _require(cfg, "backend.device", lambda v: isinstance(v, str) and HF_DEVICE.match(v),
                  "auto, cpu, cuda, cuda:N or mps")
         _require(cfg, "backend.dtype", _in(HF_DTYPES), _choices(HF_DTYPES))
+        _require(cfg, "backend.decode_rows", lambda v: is_int_at_least(v, 1), "an integer of at least 1",
+                 optional=True)
     elif name == "openai":
         _require(cfg, "backend.base_url", lambda v: isinstance(v, str), "a URL such as http://127.0.0.1:8000/v1",
                  optional=True)

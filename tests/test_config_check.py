@@ -29,6 +29,9 @@ from mascompare.errors import UserError
     ("+model.price={input: 1, output: 2, extra: 3}", "model.price must be null or {input: X, output: Y}"),
     ("backend.device=gpu", "backend.device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'."),
     ("backend.dtype=int8", "backend.dtype must be one of auto, float32, bfloat16, float16, got 'int8'."),
+    ("backend.decode_rows=0", "backend.decode_rows must be an integer of at least 1 or null, got 0."),
+    ("backend.decode_rows=2.5", "backend.decode_rows must be an integer of at least 1 or null, got 2.5."),
+    ("backend.decode_rows=true", "backend.decode_rows must be an integer of at least 1 or null, got True."),
 ])
 def test_bad_values_are_refused_in_one_sentence(override, message):
     with pytest.raises(UserError) as caught:
@@ -50,7 +53,8 @@ def test_openai_backend_values(override, message):
 
 def test_the_shipped_presets_pass():
     for overrides in [(), ("model=gpt-5-mini",), ("model=smollm2-135m-server",), ("+model.price={input: 0, output: 0}",),
-                      ("generation.temperature=0.7", "generation.seed=0", "run.max_cost_usd=2")]:
+                      ("generation.temperature=0.7", "generation.seed=0", "run.max_cost_usd=2"),
+                      ("backend.decode_rows=4",)]:
         check_config(compose_config(*overrides))
 
 
