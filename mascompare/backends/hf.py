@@ -456,7 +456,7 @@ class HFBackend:
             live = [row for row, sample in enumerate(rows) if sample is not None]
             if not live:
                 return outputs
-            if len(live) < len(rows) and not static:
+            if len(live) < len(rows) and not self.keeps_finished_rows(state):
                 visible = self._relayout(state, live, [True] * len(live), visible=visible)
                 rows = [rows[row] for row in live]
             elif static and state.length == state.cache.get_max_length():
@@ -467,6 +467,12 @@ class HFBackend:
             ones = torch.ones((len(rows), 1), dtype=torch.long, device=self.device)
             _, logits = self._extend(state, ones, state.next_position[:, None], visible, input_ids=tokens[:, None])
             unread = list(range(len(rows)))
+
+    def keeps_finished_rows(self, state: SharedCache) -> bool:
+        """Whether finished rows stay in the batch: on a static cache, whose compiled steps keep one batch shape
+        (a new shape compiles anew). Elsewhere they leave, since a step's cost grows with its rows
+        (bench/continuous_batching.py measures both)."""
+        return isinstance(state.cache, StaticCache)
 
     def _next_tokens(self, logits: torch.Tensor, gen: GenerationConfig, generators: list[torch.Generator],
                      rows: list[int | None], unread: list[int], outputs: list[list[int]]) -> None:
