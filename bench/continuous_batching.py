@@ -1,15 +1,12 @@
 """Static vs continuous batching of the hf backend's chat, on completions of mixed lengths, one process.
 
-`baseline` (one chat call per batch of questions) answers the same questions three ways:
+`baseline` (one chat call per batch of questions) answers the same questions two ways:
 
-- static, rows kept: batches of R questions; every row stays in the batch until the batch's longest answer
-  ends (what a fixed batch shape does: compiled steps on a static cache);
-- static, rows leave: batches of R questions; a row that finishes leaves the batch (the default off a static
-  cache);
+- static: batches of R questions; every row stays in the batch until the batch's longest answer ends;
 - continuous: one call with every question and `backend.decode_rows=R`: a row that finishes takes the next
   waiting question.
 
-The arms alternate (A, B, C, A, B, C, ...) so that a change of load on a shared machine hits them alike; times
+The arms alternate (A, B, A, B, ...) so that a change of load on a shared machine hits them alike; times
 are process CPU time with one thread. Prints the answers' lengths, each arm's time per question, the ratios,
 and checks that every arm gives the same texts (greedy decoding: batching changes speed, not answers).
 
@@ -31,15 +28,12 @@ from mascompare.generation import GenerationConfig
 from mascompare.methods import build_method
 from mascompare.tasks import build_task
 
-ARMS = ("static, rows kept", "static, rows leave", "continuous")
+ARMS = ("static", "continuous")
 
 
 def run_arm(arm: str, backend, method, samples, rows: int) -> tuple[float, list[str]]:
     """Process CPU seconds and final texts of one pass over the questions."""
     backend.decode_rows = rows if arm == "continuous" else None
-    vars(backend).pop("keeps_finished_rows", None)  # the backend's own rule: rows leave off a static cache
-    if arm == "static, rows kept":
-        backend.keeps_finished_rows = lambda state: True
     batches = [samples] if arm == "continuous" else [samples[i:i + rows] for i in range(0, len(samples), rows)]
     start = time.process_time()
     texts = [output.final_text for batch in batches for output in method.run(batch)]
@@ -63,7 +57,7 @@ def main():
     samples = task.load()
     accountant = Accountant()
     method = build_method(cfg.method, backend, task, GenerationConfig.from_cfg(cfg.generation), accountant)
-    run_arm("static, rows leave", backend, method, samples[:2], 2)  # warm-up: a process's first passes are slow
+    run_arm("static", backend, method, samples[:2], 2)  # warm-up: a process's first passes are slow
     for sample in samples[:2]:
         accountant.take(sample.id)
 
@@ -81,12 +75,10 @@ def main():
           f"{sum(n == args.max_new_tokens for n in lengths)} at max_new_tokens)")
     for arm in ARMS:
         per_question = [t / len(samples) for t in seconds[arm]]
-        print(f"{arm:<20} {statistics.median(per_question):.3f} s per question (median; passes: "
+        print(f"{arm:<11} {statistics.median(per_question):.3f} s per question (median; passes: "
               f"{', '.join(f'{t:.3f}' for t in per_question)})")
     median = {arm: statistics.median(seconds[arm]) for arm in ARMS}
-    print(f"static rows kept / continuous:  {median['static, rows kept'] / median['continuous']:.2f}x")
-    print(f"static rows leave / continuous: {median['static, rows leave'] / median['continuous']:.2f}x")
-    print(f"static rows kept / rows leave:  {median['static, rows kept'] / median['static, rows leave']:.2f}x")
+    print(f"static / continuous: {median['static'] / median['continuous']:.2f}x CPU time")
     same = all(texts[arm] == texts[ARMS[0]] for arm in ARMS)
     print(f"same texts in every arm: {same}")
     if not same:

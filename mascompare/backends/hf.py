@@ -13,7 +13,7 @@ exact by a per-row attention mask and per-row positions (`SharedCache`): with gr
 output does not depend on the rest of its batch. Sampled decoding keeps that property: each sample draws
 its tokens from its own generator, seeded with its per-call seed, instead of one stream shared by the
 batch. A row that finishes takes the next waiting conversation of its `chat` call (continuous batching,
-`backend.decode_rows`), and a row that finishes with nothing waiting leaves the batch.
+`backend.decode_rows`).
 
 A prompt that, with generation.max_new_tokens, would not fit the model's context window (its
 maximum positions) fails its own row with a clear error instead of running; a text too long to fit
@@ -420,7 +420,7 @@ class HFBackend:
         """Generate from the cache: up to gen.max_new_tokens per row, each row up to and including EOS (or, in
         the plain-text format, the turn marker: the same stop rule as `chat`; `completion_text` reads a row).
         Sampled rows draw from their own seeded generators (see `chat`). `visible` hides cache columns as in
-        `prefill` (pass the mask the prompt was prefilled with). Uses the state up: finished rows leave it."""
+        `prefill` (pass the mask the prompt was prefilled with)."""
         return self._decode(state, first_logits, gen, self.row_generators(gen, seeds, first_logits.shape[0]), visible)
 
     @torch.inference_mode()
@@ -433,8 +433,9 @@ class HFBackend:
         takes the next waiting prompt (continuous batching): its keys and values replace the row's,
         right-aligned at the cache's end with hidden columns before them, so that its tokens stay contiguous
         and its positions count from 0, as at batch 1 (a sliding window sees the same tokens). A sample keeps
-        its own generator wherever it runs. With nothing waiting, finished rows leave the batch, except on a
-        static cache, whose compiled steps keep one batch shape.
+        its own generator wherever it runs. Finished rows with nothing to take stay in the batch, decoding padding:
+        compiled steps keep one batch shape, and on a CPU dropping them was measured slower than keeping them
+        (bench/results/continuous_batching_rows_leave.txt).
         """
         rows: list[int | None] = list(range(logits.shape[0]))  # the sample each row decodes; None once it ended
         outputs: list[list[int]] = [[] for _ in range(len(rows) + len(waiting))]
@@ -456,23 +457,13 @@ class HFBackend:
             live = [row for row, sample in enumerate(rows) if sample is not None]
             if not live:
                 return outputs
-            if len(live) < len(rows) and not self.keeps_finished_rows(state):
-                visible = self._relayout(state, live, [True] * len(live), visible=visible)
-                rows = [rows[row] for row in live]
-            elif static and state.length == state.cache.get_max_length():
-                visible = self._relayout(state, list(range(len(rows))), [s is not None for s in rows],
-                                         visible=visible)
+            if static and state.length == state.cache.get_max_length():
+                visible = self._relayout(state, [s is not None for s in rows], visible=visible)
             tokens = torch.tensor([outputs[s][-1] if s is not None else self.pad_token_id for s in rows],
                                   device=self.device)
             ones = torch.ones((len(rows), 1), dtype=torch.long, device=self.device)
             _, logits = self._extend(state, ones, state.next_position[:, None], visible, input_ids=tokens[:, None])
             unread = list(range(len(rows)))
-
-    def keeps_finished_rows(self, state: SharedCache) -> bool:
-        """Whether finished rows stay in the batch: on a static cache, whose compiled steps keep one batch shape
-        (a new shape compiles anew). Elsewhere they leave, since a step's cost grows with its rows
-        (bench/continuous_batching.py measures both)."""
-        return isinstance(state.cache, StaticCache)
 
     def _next_tokens(self, logits: torch.Tensor, gen: GenerationConfig, generators: list[torch.Generator],
                      rows: list[int | None], unread: list[int], outputs: list[list[int]]) -> None:
@@ -496,20 +487,20 @@ class HFBackend:
         empty = torch.zeros((len(prompts), 0), dtype=torch.long, device=self.device)
         arrivals = SharedCache(DynamicCache(config=self.model.config), empty, empty.new_zeros(len(prompts)))
         _, logits = self.prefill(arrivals, prompts)
-        self._relayout(state, list(range(len(rows))), [s is not None for s in rows], arrivals, slots)
+        self._relayout(state, [s is not None for s in rows], arrivals, slots)
         return logits
 
-    def _relayout(self, state: SharedCache, keep: list[int], live: list[bool], arrivals: SharedCache | None = None,
+    def _relayout(self, state: SharedCache, live: list[bool], arrivals: SharedCache | None = None,
                   slots: list[int] = (), visible: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Lay the state out anew: rows `keep` of it, in that order; the rows of `arrivals` in place of rows
-        `slots` (of the new order), right-aligned at the end, with hidden columns before them (columns are
-        added before every row where an arrival is longer than the cache); then the leading columns that no
-        `live` row attends to are dropped, so the cache does not grow without bound. A static cache is
-        rewritten in place (its compiled steps keep their inputs' addresses). Returns `visible` laid out alike."""
+        """Lay the state out anew: the rows of `arrivals` in place of rows `slots`, right-aligned at the end,
+        with hidden columns before them (columns are added before every row where an arrival is longer than
+        the cache); then the leading columns that no `live` row attends to are dropped, so the cache does not
+        grow without bound. A static cache is rewritten in place (its compiled steps keep their inputs'
+        addresses). Returns `visible` laid out alike."""
         width = max(state.length, arrivals.length if arrivals else 0)
         added = width - state.length
-        mask = torch.nn.functional.pad(state.mask[keep], (added, 0))
-        positions = state.next_position[keep]
+        mask = torch.nn.functional.pad(state.mask, (added, 0))
+        positions = state.next_position.clone()
         if arrivals:
             mask[slots] = torch.nn.functional.pad(arrivals.mask, (width - arrivals.length, 0))
             positions[slots] = arrivals.next_position
@@ -517,7 +508,7 @@ class HFBackend:
         start = int(attended.int().argmax())  # the first column a live row attends to
 
         def laid_out(old: torch.Tensor, new: torch.Tensor | None) -> torch.Tensor:
-            tensor = right_aligned(old[keep], width)  # a sliding-window layer holds only its window's columns
+            tensor = right_aligned(old, width)  # a sliding-window layer holds only its window's columns
             if new is not None:
                 tensor[slots] = right_aligned(new, width)
             return tensor[:, :, start:]
@@ -536,7 +527,7 @@ class HFBackend:
         state.mask, state.next_position = mask[:, start:], positions
         if visible is None:
             return None
-        return torch.nn.functional.pad(visible[keep], (added, 0))[:, start:]
+        return torch.nn.functional.pad(visible, (added, 0))[:, start:]
 
     def ends_turn(self, tail: list[int]) -> bool:
         """Whether the last tokens of a row's plain-format completion contain the turn marker."""
@@ -610,7 +601,7 @@ def _chars(conversation: list[Message]) -> int:
 
 
 def right_aligned(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    """Keys or values [B, heads, columns, head_dim] padded with zeros on the left to `width` columns."""
+    """Keys or values [B, heads, columns, head_dim] padded with zeros on the left to `width` columns (a copy)."""
     return torch.nn.functional.pad(tensor, (0, 0, width - tensor.shape[-2], 0))
 
 

@@ -59,7 +59,7 @@ def test_greedy_rows_refilled_give_each_conversation_its_batch_1_completion(tiny
     backend = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", "cpu", decode_rows=rows)
     expected = end_some_rows_early(backend, GREEDY)
     assert backend.chat(CONVERSATIONS, GREEDY) == expected
-    backend.decode_rows = None  # every conversation at once; finished rows leave the batch
+    backend.decode_rows = None  # every conversation at once
     assert backend.chat(CONVERSATIONS, GREEDY) == expected
 
 
