@@ -1,6 +1,7 @@
 """Continuous batching in the hf backend's chat (backend.decode_rows): with more conversations than rows, a row
 that finishes takes the next waiting conversation, and every conversation's completion is its batch-1 one."""
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -113,7 +114,9 @@ def test_compiled_static_cache_keeps_its_shape_and_outputs(tiny_model, smollm2_t
     expected = [eager.chat([c], GREEDY)[0] for c in conversations]
     assert expected[0].prompt_tokens + GREEDY.max_new_tokens == 256
     assert [c.completion_tokens for c in expected] == [12, 4, 12]
-    fast = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", "cpu", compiled=True, decode_rows=2)
+    # a copy: the fast path sets its model's attention function, and the session's tiny model is shared
+    fast = HFBackend.from_loaded(copy.deepcopy(tiny_model), smollm2_tokenizer, "tiny", "cpu", compiled=True,
+                                 decode_rows=2)
     fast.eos_token_ids = eager.eos_token_ids
     seen = []
     relayout = fast._relayout
