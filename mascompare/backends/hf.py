@@ -472,7 +472,10 @@ class HFBackend:
         if not picking:
             return
         chosen = logits[picking]
-        tokens = chosen.argmax(dim=-1) if gen.greedy else sample_rows(chosen, gen, [generators[rows[r]] for r in picking])
+        if gen.greedy:
+            tokens = chosen.argmax(dim=-1)
+        else:
+            tokens = sample_rows(chosen, gen, [generators[rows[row]] for row in picking])
         for row, token in zip(picking, tokens.tolist()):
             generated = outputs[rows[row]]
             generated.append(token)
