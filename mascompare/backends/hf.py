@@ -32,7 +32,7 @@ from itertools import repeat
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CompileConfig, DynamicCache, StaticCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, StaticLayer, StaticSlidingWindowLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
@@ -206,7 +206,6 @@ class HFBackend:
         if compiled and model.config._attn_implementation == "sdpa":
             model.set_attn_implementation(STEP_ATTENTION)  # the same as sdpa outside compiled steps
         self.compile_config = CompileConfig()
-        self.static_latent = compiled and self.can_join_rows()  # static caches hold every position
         self._head_input = head_input_catcher(model)
         self.context_window = context_window(model.config)
         # no token spells more characters than the longest vocabulary entry, so a text longer than
@@ -354,8 +353,13 @@ class HFBackend:
         """A KV cache holding `contents` (keys and values per layer); on the fast path a static one, with room
         for `room` more columns."""
         length = contents[0][0].shape[-2] if contents else 0
-        if self.static_latent:
-            cache = StaticCache(config=self.model.config, max_cache_len=static_columns(length + room))
+        if self.compiled:
+            columns = static_columns(length + room)
+            cache = StaticCache(config=self.model.config, max_cache_len=columns)
+            # every layer holds every column; a sliding-window layer's window is then applied by the model's
+            # mask, over columns, as a sliding-window cache would (the rules for batching with a window hold)
+            cache.layers = [StaticLayer(max_cache_len=columns) if isinstance(layer, StaticSlidingWindowLayer)
+                            else layer for layer in cache.layers]
         else:
             cache = DynamicCache(config=self.model.config)
         for index, (keys, values) in enumerate(contents):

@@ -7,6 +7,7 @@ import pytest
 import torch
 import transformers.integrations.sdpa_attention as transformers_sdpa
 from omegaconf import OmegaConf
+from transformers import StaticCache
 
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
@@ -124,6 +125,27 @@ def test_compiled_fast_path_gives_the_eager_outputs(tiny_model, smollm2_tokenize
     fast = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", device="cpu", compiled=True)
     for name, overrides in (("baseline", []), ("latent_mas", ["method.latent_steps=3"])):
         cfg = compose_config(f"method={name}", "task=arith", *overrides)
+        texts = [[o.final_text for o in build_method(cfg.method, backend, task, GREEDY, Accountant()).run(samples)]
+                 for backend in (eager, fast)]
+        assert texts[0] == texts[1] and len(set(texts[0])) > 1
+
+
+def test_sliding_window_models_take_the_fast_path_with_the_eager_outputs(tiny_sliding_gemma3, smollm2_tokenizer,
+                                                                          arith_samples):
+    """Every layer of the static cache holds every column and the model's mask applies the window: chat (rows
+    refilled, rows running past the window) and latent_mas give the eager outputs (traced, as above)."""
+    task, samples = arith_samples
+    eager = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu", decode_rows=2)
+    fast = HFBackend.from_loaded(copy.deepcopy(tiny_sliding_gemma3), smollm2_tokenizer, "sliding", "cpu",
+                                 compiled=True, decode_rows=2)
+    fast.compile_config.backend = "eager"
+    assert isinstance(fast.new_cache(1).cache, StaticCache)
+    conversations = [[{"role": "user", "content": "word " * words}] for words in (5, 60, 100, 20, 140)]
+    expected = eager.chat(conversations, GenerationConfig(max_new_tokens=40))
+    assert max(c.prompt_tokens + c.completion_tokens for c in expected) > eager.sliding_window
+    assert [c.text for c in fast.chat(conversations, GenerationConfig(max_new_tokens=40))] == [c.text for c in expected]
+    for structure in ("sequential", "hierarchical"):
+        cfg = compose_config("method=latent_mas", "task=arith", f"method.structure={structure}", "method.latent_steps=3")
         texts = [[o.final_text for o in build_method(cfg.method, backend, task, GREEDY, Accountant()).run(samples)]
                  for backend in (eager, fast)]
         assert texts[0] == texts[1] and len(set(texts[0])) > 1
