@@ -125,7 +125,8 @@ class IdleReplicaBalancer:
         except ConnectionResetError:  # the client left: stop reading, which tells the replica to stop
             pass
         except aiohttp.ClientError:  # the replica died mid-response: cut the client's connection so that
-            request.transport.close()  # it sees an incomplete response, not a short complete one
+            if request.transport is not None:  # it sees an incomplete response, not a short complete one
+                request.transport.close()
         return response
 
 
