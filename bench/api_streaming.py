@@ -10,6 +10,13 @@ Mixed lengths: three questions in four ask for one number (a few tokens), one in
 explanation (it runs to max_new_tokens), shuffled with a fixed seed: most answers short and a few
 running to the cap, as a small model's answers often are.
 
+What the barrier loses is the slots (here: replicas) left idle while a batch's last requests finish,
+at most one long answer per batch on every slot but one. With as many requests in flight as slots
+(`--concurrency 2 --batch-size 2`: each batch waits for the slower of two) that is much of the run;
+with batches of 8 on 2 slots the balancer keeps both replicas busy for most of each batch, and only
+its tail is lost. The load average is printed: on a machine busy with other work, an idle replica's
+core goes to that work, and the ratio says less.
+
     python bench/api_streaming.py
 """
 
@@ -19,6 +26,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -70,6 +78,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--passes", type=int, default=3, help="alternating passes per mode")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch, llama_server.start(replicas=args.replicas, threads=1) as server:
         root = Path(scratch)
         questions(args.samples, root / "questions.jsonl")
@@ -84,7 +93,7 @@ def main() -> None:
     print(f"{args.samples} samples (baseline; 1 in 4 questions asks for a long answer), max_new_tokens "
           f"{args.max_new_tokens}, greedy; {args.replicas} llama.cpp replicas (1 thread each) behind one port; "
           f"backend.max_concurrency {args.concurrency}, barrier run.batch_size {args.batch_size}; "
-          f"{args.passes} alternating passes")
+          f"{args.passes} alternating passes; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     print(f"decoded tokens per sample: min {min(decoded[0])}, median {statistics.median(decoded[0]):.0f}, "
           f"max {max(decoded[0])}, total {sum(decoded[0])} per pass")
     print(f"per-batch barrier: {barrier:.2f} samples/s  (passes: {', '.join(f'{r:.2f}' for r in rates[False])})")
