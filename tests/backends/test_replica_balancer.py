@@ -14,10 +14,13 @@ import threading
 import time
 
 import pytest
-from aiohttp import web
 
 from mascompare.backends.llama_server import free_port
-from mascompare.backends.replica_balancer import IdleReplicaBalancer
+
+pytest.importorskip("aiohttp", reason="the `server` extra is not installed (pip install -e '.[server]')")
+from aiohttp import web  # noqa: E402
+
+from mascompare.backends.replica_balancer import IdleReplicaBalancer  # noqa: E402
 
 WAIT_S = 10  # the most a test waits for something that should happen at once
 
