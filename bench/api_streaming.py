@@ -12,9 +12,9 @@ running to the cap, as a small model's answers often are.
 
 What the barrier loses is the slots (here: replicas) left idle while a batch's last requests finish,
 at most one long answer per batch on every slot but one. With as many requests in flight as slots
-(`--concurrency 2 --batch-size 2`: each batch waits for the slower of two) that is much of the run;
-with batches of 8 on 2 slots the balancer keeps both replicas busy for most of each batch, and only
-its tail is lost. The load average is printed: on a machine busy with other work, an idle replica's
+(the default: each batch of 2 waits for the slower of two) that is much of the run; with more in
+flight than slots (`--concurrency 8 --batch-size 8` on 2 slots) the requests queue at the balancer,
+which keeps both replicas busy for most of each batch, and only its tail is lost. The load average is printed: on a machine busy with other work, an idle replica's
 core goes to that work, and the ratio says less.
 
     python bench/api_streaming.py
@@ -73,11 +73,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=24)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--concurrency", type=int, default=8, help="backend.max_concurrency")
-    parser.add_argument("--batch-size", type=int, default=8, help="run.batch_size of the barrier runs")
+    parser.add_argument("--concurrency", type=int, help="backend.max_concurrency (default: the replicas' slots)")
+    parser.add_argument("--batch-size", type=int, help="run.batch_size of the barrier runs (default: the slots)")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--passes", type=int, default=3, help="alternating passes per mode")
     args = parser.parse_args()
+    # as many requests in flight as the server decodes at once (one per replica), as max_concurrency is meant
+    # to be set: then a slow request holds a slot that the barrier leaves the others idle beside
+    args.concurrency = args.concurrency or args.replicas
+    args.batch_size = args.batch_size or args.replicas
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch, llama_server.start(replicas=args.replicas, threads=1) as server:
         root = Path(scratch)
