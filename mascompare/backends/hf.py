@@ -254,21 +254,21 @@ class HFBackend:
              seeds: list[int] | None = None) -> list[Completion]:
         """One completion per conversation; one whose prompt does not fit the context window carries the error."""
         errors = [self.window_error(_chars(c), None, gen.max_new_tokens) for c in conversations]
-        counted = self.encode_chat([c for c, e in zip(conversations, errors) if e is None])
-        lengths = iter(map(len, counted))
-        errors = [e or self.window_error(0, next(lengths), gen.max_new_tokens) for e in errors]
+        encoded = iter(self.encode_chat([c for c, e in zip(conversations, errors) if e is None]))
+        prompts = [None if e else next(encoded) for e in errors]
+        errors = [e or self.window_error(0, len(p), gen.max_new_tokens) for e, p in zip(errors, prompts)]
         fit = [e is None for e in errors]
-        fitting = iter(self._generate([c for c, ok in zip(conversations, fit) if ok], gen,
+        fitting = iter(self._generate([p for p, ok in zip(prompts, fit) if ok], gen,
                                       None if seeds is None else [s for s, ok in zip(seeds, fit) if ok]))
         return [Completion("", 0, 0, error=f"{ContextWindowExceeded.__name__}: {e}", finish_reason="error") if e
                 else next(fitting)
                 for e in errors]
 
-    def _generate(self, conversations: list[list[Message]], gen: GenerationConfig,
+    def _generate(self, prompts: list[list[int]], gen: GenerationConfig,
                   seeds: list[int] | None = None) -> list[Completion]:
-        if not conversations:
+        """Completions of prompts (token ids) that fit the context window."""
+        if not prompts:
             return []
-        prompts = self.encode_chat(conversations)
         rows = min(len(prompts), self.decode_rows or len(prompts))
         state = self.new_cache(rows)
         _, logits = self.prefill(state, prompts[:rows])

@@ -12,8 +12,6 @@ vLLM server with several slots.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
 import importlib.util
 import os
 import shutil
@@ -22,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
