@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mascompare.backends.base import Backend, Completion, Message
+from mascompare.backends.base import ChatBackend, Completion, LatentBackend, Message
 from mascompare.errors import UserError
 from mascompare.registry import Registry
 
@@ -19,7 +19,7 @@ BACKENDS = Registry("backend", {
 })
 
 
-def build_backend(backend_cfg, model_cfg) -> Backend:
+def build_backend(backend_cfg, model_cfg) -> ChatBackend:
     return BACKENDS.get(backend_cfg.name)(backend_cfg, model_cfg)
 
 
@@ -37,10 +37,10 @@ class KeptBackend:
 
     def __init__(self):
         self.key: str | None = None
-        self.backend: Backend | None = None
+        self.backend: ChatBackend | None = None
         self.loads = 0  # backends built so far
 
-    def get(self, backend_cfg, model_cfg) -> tuple[Backend, bool]:
+    def get(self, backend_cfg, model_cfg) -> tuple[ChatBackend, bool]:
         """The backend for these configs, and whether it was reused."""
         key = json.dumps([_plain(backend_cfg), _plain(model_cfg)], sort_keys=True, default=str)
         if self.backend is not None and key == self.key:
@@ -64,7 +64,7 @@ class KeptBackend:
                 torch.cuda.empty_cache()
 
 
-def open_backend(run_cfg, backend_cfg, model_cfg, kept: KeptBackend | None = None) -> tuple[Backend, bool]:
+def open_backend(run_cfg, backend_cfg, model_cfg, kept: KeptBackend | None = None) -> tuple[ChatBackend, bool]:
     """The run's backend (reused from `kept` where the configs are equal), answering from the response
     cache under run.output_root when run.cache is true and the backend sends requests; returns it and
     whether it was reused."""
@@ -82,7 +82,7 @@ def open_backend(run_cfg, backend_cfg, model_cfg, kept: KeptBackend | None = Non
     return backend, reused
 
 
-def release_backend(backend: Backend, kept: KeptBackend | None = None) -> None:
+def release_backend(backend: ChatBackend, kept: KeptBackend | None = None) -> None:
     """After a run: the response cache is closed; the backend too unless `kept` holds it for the next run."""
     if getattr(backend, "cache", None) is not None:
         backend.cache.close()
@@ -91,10 +91,10 @@ def release_backend(backend: Backend, kept: KeptBackend | None = None) -> None:
         close_backend(backend)
 
 
-def close_backend(backend: Backend) -> None:
+def close_backend(backend: ChatBackend) -> None:
     if hasattr(backend, "close"):
         backend.close()
 
 
-__all__ = ["BACKENDS", "Backend", "Completion", "KeptBackend", "Message", "build_backend", "open_backend",
+__all__ = ["BACKENDS", "ChatBackend", "LatentBackend", "Completion", "KeptBackend", "Message", "build_backend", "open_backend",
            "release_backend"]

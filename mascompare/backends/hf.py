@@ -37,7 +37,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
-from mascompare.backends.base import Completion, Message, chat_template_kwargs, plain_prompt
+from mascompare.backends.base import Completion, LatentBackend, Message, chat_template_kwargs, plain_prompt
 from mascompare.backends.models import ModelSource, resolve
 from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
@@ -157,7 +157,7 @@ def context_window(config) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-class HFBackend:
+class HFBackend(LatentBackend):
     name = "hf"
     capabilities = frozenset({"chat", "hidden_states"})
     plain_turn_end = "\nUser:"  # where a row ends in the plain-text format

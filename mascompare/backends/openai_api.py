@@ -37,7 +37,7 @@ from pathlib import Path
 import openai
 
 from mascompare.accounting import api_model_id
-from mascompare.backends.base import Completion, Message, chat_template_kwargs
+from mascompare.backends.base import ChatBackend, Completion, Message, chat_template_kwargs
 from mascompare.backends.response_cache import ResponseCache, cacheable
 from mascompare.backends.tokens import TokenCounter
 from mascompare.errors import UserError, is_int_at_least
@@ -66,7 +66,7 @@ def _key_from_file(path) -> str | None:
     return lines[0].strip()
 
 
-class OpenAIBackend:
+class OpenAIBackend(ChatBackend):
     name = "openai"
     capabilities = frozenset({"chat"})
 
