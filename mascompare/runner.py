@@ -246,6 +246,7 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
                                        sample_workers=getattr(backend, "sample_workers", None),
                                        by_length=cfg.run.batch_size == "auto")
         finally:
+            info["backend_info"] = backend.run_info()  # e.g. the checks the backend made of its fast path
             release_backend(backend, kept)
         info["stop_reason"] = stop_reason
 
