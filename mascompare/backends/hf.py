@@ -37,12 +37,13 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
-from mascompare.backends.base import Completion, LatentBackend, Message, chat_template_kwargs, plain_prompt
+from mascompare.backends.base import Completion, Decoded, LatentBackend, Message, plain_prompt
 from mascompare.backends.models import ModelSource, resolve
 from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EMBEDDING_CHUNK = 16384  # tokens embedded at a time for embedding_matrices (bounds the model-dtype copy in memory)
 MARKER_WINDOW = 8  # tokens decoded to look for a turn marker: more than a short ASCII marker can span
 MIN_STATIC_COLUMNS = 64  # static caches come in powers of two from here, so that few shapes are ever compiled
 # run.batch_size=auto. Off CUDA a step's cost grows about linearly with the batch beyond a few rows, so a larger
@@ -162,15 +163,15 @@ class HFBackend(LatentBackend):
     capabilities = frozenset({"chat", "hidden_states"})
     plain_turn_end = "\nUser:"  # where a row ends in the plain-text format
 
-    def __init__(self, backend_cfg, model_cfg):
+    def __init__(self, settings, model_settings):
         start = time.perf_counter()
-        device = pick_device(str(backend_cfg.get("device", "auto")))
-        dtype = pick_dtype(str(backend_cfg.get("dtype", "auto")), device)
-        template_kwargs = chat_template_kwargs(model_cfg)
-        source = resolve(model_cfg)
-        compiled = pick_compile(backend_cfg.get("compile", "auto"), device)
+        device = pick_device(settings.device)
+        dtype = pick_dtype(settings.dtype, device)
+        source = resolve(model_settings)
+        compiled = pick_compile(settings.compile, device)
         model, tokenizer = _load(source, device, dtype)
-        self._setup(model, tokenizer, source.name, device, template_kwargs, compiled, backend_cfg.get("decode_rows"))
+        self._setup(model, tokenizer, source.name, device, dict(model_settings.chat_template_kwargs or {}), compiled,
+                    settings.decode_rows)
         self.load_seconds = time.perf_counter() - start
 
     @classmethod
@@ -281,6 +282,12 @@ class HFBackend(LatentBackend):
         seeds = seeds if seeds is not None else [gen.seed] * rows
         return [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
 
+    def environment(self) -> dict:
+        from mascompare.environment import model_fingerprint, torch_environment
+
+        return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                **torch_environment(self.device), "model": model_fingerprint(self.model)}
+
     def auto_batch_size(self, questions: list[str], gen: GenerationConfig) -> int:
         """run.batch_size=auto: see AUTO_BATCH_OFF_CUDA above."""
         if self.device.type != "cuda" or not questions:
@@ -306,6 +313,16 @@ class HFBackend(LatentBackend):
         return input_ids.to(self.device), attention_mask.to(self.device)
 
     # ---- latent primitives: forward passes on a SharedCache (used by latent_mas) -------------------
+
+    @torch.inference_mode()
+    def embedding_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[V, d] fp32 what the embedding module hands the first layer for each token (the space `inputs_embeds`
+        replaces: the weight matrix itself, unless the module scales it, as Gemma's does), and the output head's
+        weights."""
+        embed = self.model.get_input_embeddings()
+        ids = torch.arange(embed.weight.shape[0], device=embed.weight.device)
+        w_in = torch.cat([embed(chunk).float() for chunk in ids.split(EMBEDDING_CHUNK)])
+        return w_in, self.model.get_output_embeddings().weight.detach().float()
 
     def new_cache(self, batch_size: int, first_positions: list[int] | None = None) -> SharedCache:
         """An empty cache; each row's positions start at 0, or at `first_positions`."""
@@ -420,12 +437,13 @@ class HFBackend(LatentBackend):
         return self._head_input.value[:, -1].clone(), out.logits[:, -1].float().clone()
 
     def decode(self, state: SharedCache, first_logits: torch.Tensor, gen: GenerationConfig,
-               visible: torch.Tensor | None = None, seeds: list[int] | None = None) -> list[list[int]]:
+               visible: torch.Tensor | None = None, seeds: list[int] | None = None) -> list[Decoded]:
         """Generate from the cache: up to gen.max_new_tokens per row, each row up to and including EOS (or, in
         the plain-text format, the turn marker: the same stop rule as `chat`; `completion_text` reads a row).
         Sampled rows draw from their own seeded generators (see `chat`). `visible` hides cache columns as in
         `prefill` (pass the mask the prompt was prefilled with)."""
-        return self._decode(state, first_logits, gen, self.row_generators(gen, seeds, first_logits.shape[0]), visible)
+        rows = self._decode(state, first_logits, gen, self.row_generators(gen, seeds, first_logits.shape[0]), visible)
+        return [Decoded(tokens, self.completion_text(tokens), self.finish_reason(tokens)) for tokens in rows]
 
     @torch.inference_mode()
     def _decode(self, state: SharedCache, logits: torch.Tensor, gen: GenerationConfig,

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoTokenizer
 from transformers import GenerationConfig as HFGenerationConfig
 
+from conftest import decoding
 from mascompare.backends.hf import HFBackend, pick_device, pick_dtype, plain_prompt
 from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
@@ -22,8 +23,8 @@ CONVERSATIONS = [
     [{"role": "user", "content": "word " * 40}],
     [{"role": "user", "content": "Tell me a story."}],
 ]
-GREEDY = GenerationConfig(max_new_tokens=12)
-SAMPLED = GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=0.95, top_k=0, seed=7)
+GREEDY = decoding(max_new_tokens=12)
+SAMPLED = decoding(max_new_tokens=12, temperature=1.0, top_p=0.95, top_k=0, seed=7)
 
 
 def texts(completions):
@@ -303,7 +304,7 @@ def test_a_prompt_beyond_the_context_window_fails_its_own_row(tiny_model, smollm
     """The tiny model has 4096 positions: a 4,031-token prompt fits with 4 tokens to generate, not with 100."""
     backend = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", "cpu")
     assert backend.context_window == 4096
-    gen = GenerationConfig(max_new_tokens=100)
+    gen = decoding(max_new_tokens=100)
     long = [{"role": "user", "content": "word " * 4000}]
     completions = backend.chat([CONVERSATIONS[1], long, CONVERSATIONS[0]], replace(gen, max_new_tokens=4))
     assert [c.error for c in completions] == [None, None, None]  # fits with 4 new tokens

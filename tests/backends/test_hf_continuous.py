@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 from transformers import AutoTokenizer
 
+from conftest import decoding
 from mascompare.backends.hf import HFBackend
-from mascompare.generation import GenerationConfig
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],
@@ -22,8 +22,8 @@ CONVERSATIONS = [
     # the longest last: it arrives in a cache shorter than itself, which then grows columns before every row
     [{"role": "user", "content": "word " * 40}],
 ]
-GREEDY = GenerationConfig(max_new_tokens=12)
-SAMPLED = GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=7)
+GREEDY = decoding(max_new_tokens=12)
+SAMPLED = decoding(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=7)
 SEEDS = [11, 12, 13, 14, 15, 16, 17]
 
 
@@ -96,7 +96,7 @@ def test_sliding_window_rows_refilled_see_what_they_see_alone(tiny_sliding_gemma
 def test_a_prompt_too_long_for_the_window_fails_alone(tiny_model, smollm2_tokenizer):
     backend = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", "cpu", decode_rows=1)
     long = [{"role": "user", "content": "word " * 4000}]
-    gen = GenerationConfig(max_new_tokens=100)
+    gen = decoding(max_new_tokens=100)
     completions = backend.chat([CONVERSATIONS[0], long, CONVERSATIONS[1]], gen)
     assert completions[1].error.startswith("ContextWindowExceeded: the prompt has 4,031 tokens")
     assert completions[::2] == [backend.chat([c], gen)[0] for c in CONVERSATIONS[:2]]

@@ -9,15 +9,15 @@ import transformers.integrations.sdpa_attention as transformers_sdpa
 from omegaconf import OmegaConf
 from transformers import StaticCache
 
+from conftest import decoding
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.backends.hf import STEP_ATTENTION, HFBackend, pick_compile, sdpa_grouped_steps, static_columns
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
 from mascompare.methods import build_method
 from mascompare.tasks.arith import Arith
 
-GREEDY = GenerationConfig(max_new_tokens=8)
+GREEDY = decoding(max_new_tokens=8)
 
 
 def test_compile_setting():
@@ -141,9 +141,9 @@ def test_sliding_window_models_take_the_fast_path_with_the_eager_outputs(tiny_sl
     fast.compile_config.backend = "eager"
     assert isinstance(fast.new_cache(1).cache, StaticCache)
     conversations = [[{"role": "user", "content": "word " * words}] for words in (5, 60, 100, 20, 140)]
-    expected = eager.chat(conversations, GenerationConfig(max_new_tokens=40))
+    expected = eager.chat(conversations, decoding(max_new_tokens=40))
     assert max(c.prompt_tokens + c.completion_tokens for c in expected) > eager.sliding_window
-    assert [c.text for c in fast.chat(conversations, GenerationConfig(max_new_tokens=40))] == [c.text for c in expected]
+    assert [c.text for c in fast.chat(conversations, decoding(max_new_tokens=40))] == [c.text for c in expected]
     for structure in ("sequential", "hierarchical"):
         cfg = compose_config("method=latent_mas", "task=arith", f"method.structure={structure}", "method.latent_steps=3")
         texts = [[o.final_text for o in build_method(cfg.method, backend, task, GREEDY, Accountant()).run(samples)]

@@ -3,13 +3,13 @@
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import decoding
 from mascompare.accounting import Accountant, prompt_hash
 from mascompare.app import compose_config
-from mascompare.generation import GenerationConfig
 from mascompare.methods.baseline import Method
 from mascompare.tasks.arith import Arith
 
-GEN = GenerationConfig(max_new_tokens=12)
+GEN = decoding(max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_one_record_per_sample_with_its_tokens(cfg, task, tiny_backend):
 
 def test_records_keep_the_messages_their_hash_and_why_decoding_ended(cfg, task, tiny_backend):
     accountant, samples = Accountant(), task.load()
-    method = Method(cfg, tiny_backend, task, GenerationConfig(max_new_tokens=3), accountant)
+    method = Method(cfg, tiny_backend, task, decoding(max_new_tokens=3), accountant)
     method.run(samples)
     reasons = set()
     for sample in samples:

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from recording_backend import ThoughtRecorder
 from typer.testing import CliRunner
 
+from conftest import decoding
 from mascompare import runner as run_module
 from mascompare.accounting import Accountant, prompt_hash
 from mascompare.app import compose_config
@@ -16,7 +17,6 @@ from mascompare.backends import BACKENDS
 from mascompare.backends.hf import HFBackend
 from mascompare.cli import app
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
 from mascompare.methods.latent_mas import RIDGE_LAMBDA, Method, realignment
 from mascompare.tasks.arith import Arith
 
@@ -42,7 +42,7 @@ def backend(request, tiny_backend, tiny_tied_backend):
 
 def make_method(backend, task, *overrides, max_new_tokens=10, accountant=None):
     cfg = compose_cfg(*overrides)
-    return Method(cfg.method, backend, task, GenerationConfig(max_new_tokens=max_new_tokens), accountant or Accountant())
+    return Method(cfg.method, backend, task, decoding(max_new_tokens=max_new_tokens), accountant or Accountant())
 
 
 def test_m0_final_logits_equal_one_forward_over_the_concatenated_prompts(backend, task, samples):

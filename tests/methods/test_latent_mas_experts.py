@@ -3,9 +3,9 @@
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import decoding
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
-from mascompare.generation import GenerationConfig
 from mascompare.methods.latent_mas import Method
 from mascompare.tasks.arith import Arith
 
@@ -52,7 +52,7 @@ def run(backend, task, steps):
                          f"method.latent_steps={steps}", "method.diagnostics=true")
     accountant = Accountant()
     samples = task.load()
-    outputs = Method(cfg.method, backend, task, GenerationConfig(max_new_tokens=8), accountant).run(samples)
+    outputs = Method(cfg.method, backend, task, decoding(max_new_tokens=8), accountant).run(samples)
     records = [[(r.role, r.input_tokens, r.latent_steps, r.kv_positions_received, r.forward_passes, r.output_tokens)
                 for r in accountant.take(s.id)] for s in samples]
     return outputs, records

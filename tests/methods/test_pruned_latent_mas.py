@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from recording_backend import ThoughtRecorder
 from typer.testing import CliRunner
 
+from conftest import decoding
 from mascompare import runner as run_module
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
@@ -15,7 +16,6 @@ from mascompare.backends import BACKENDS
 from mascompare.backends.hf import HFBackend
 from mascompare.cli import app
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
 from mascompare.methods import latent_mas
 from mascompare.methods.agent_graph import Graph
 from mascompare.methods.pruned_latent_mas import Method
@@ -35,7 +35,7 @@ SAMPLES = TASK.load()
 
 def make_method(backend, *overrides, task=TASK, max_new_tokens=6, accountant=None, cfg=None):
     cfg = cfg if cfg is not None else compose_cfg("method.latent_steps=2", *overrides).method
-    return Method(cfg, backend, task, GenerationConfig(max_new_tokens=max_new_tokens), accountant or Accountant())
+    return Method(cfg, backend, task, decoding(max_new_tokens=max_new_tokens), accountant or Accountant())
 
 
 def graph_with(n, edges) -> Graph:
@@ -81,7 +81,7 @@ def test_prune_rate_0_with_latent_mas_agents_equals_latent_mas_sequential(either
     ours, theirs = Accountant(), Accountant()
     pruned = make_method(backend, cfg=latent_mas_agents_cfg("method.latent_steps=3"), accountant=ours)
     cfg = compose_config("method=latent_mas", "task=arith", "method.latent_steps=3").method
-    reference = latent_mas.Method(cfg, backend, TASK, GenerationConfig(max_new_tokens=6), theirs)
+    reference = latent_mas.Method(cfg, backend, TASK, decoding(max_new_tokens=6), theirs)
     mine, expected = pruned.run(SAMPLES), reference.run(SAMPLES)
     assert [o.final_text for o in mine] == [o.final_text for o in expected]
     assert [o.transcript for o in mine] == [o.transcript for o in expected]

@@ -14,19 +14,19 @@ import pytest
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
+from conftest import decoding
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.backends.base import Completion
 from mascompare.cli import app
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
 from mascompare.methods.agent_graph import keep_count
 from mascompare.methods.pruned_mas import MASKS_FILE, MASKS_PICTURE, Method, panel_titles
 from mascompare.tasks import build_task
 from mascompare.tasks.arith import Arith
 from mascompare.tasks.gsm8k import GSM8K
 
-GEN = GenerationConfig(max_new_tokens=8)
+GEN = decoding(max_new_tokens=8)
 NAMES = ["algebraist", "calculator", "programmer", "inspector"]
 
 

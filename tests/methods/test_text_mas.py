@@ -8,16 +8,16 @@ import pytest
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
+from conftest import decoding
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.cli import app
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
 from mascompare.methods.roles import agent_messages, agents_for
 from mascompare.methods.text_mas import Method, strip_thoughts
 from mascompare.tasks.arith import Arith
 
-GEN = GenerationConfig(max_new_tokens=12)
+GEN = decoding(max_new_tokens=12)
 SEQUENTIAL = ["planner", "critic", "refiner", "judger"]
 EXPERTS = ["math_expert", "science_expert", "code_expert"]
 CONTEXT_HEADER = "Work from the team so far:"
