@@ -234,7 +234,14 @@ class OpenAISettings(Section):
     omit_params: Annotated[list[str], wanted("a list of request parameter names")]
 
 
-BACKEND_SETTINGS: dict[str, type[Section]] = {"hf": HFSettings, "openai": OpenAISettings}
+class ScriptedSettings(OpenAISettings):
+    """backend=scripted: the openai backend against a server played in this process (backends/scripted.py)."""
+
+    name: Literal["scripted"]
+    script: Annotated[str | None, wanted("a script file (YAML or JSON) or null")]
+
+
+BACKEND_SETTINGS: dict[str, type[Section]] = {"hf": HFSettings, "openai": OpenAISettings, "scripted": ScriptedSettings}
 
 
 # --- a whole config ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from mascompare.registry import Registry
 BACKENDS = Registry("backend", ChatBackend, {
     "hf": "mascompare.backends.hf:HFBackend",
     "openai": "mascompare.backends.openai_api:OpenAIBackend",
+    "scripted": "mascompare.backends.scripted:ScriptedBackend",
 })
 
 
