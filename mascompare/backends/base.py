@@ -38,7 +38,7 @@ def chat_template_kwargs(model_cfg) -> dict:
 
 
 def plain_prompt(messages: list[Message]) -> str:
-    """The documented fallback for models without a chat template (see backends/hf.py)."""
+    """The documented fallback for models without a chat template (see backends/hf/prompts.py)."""
     turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n\n".join([*turns, "Assistant:"])
 

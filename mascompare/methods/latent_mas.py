@@ -43,38 +43,29 @@ import weakref
 import torch
 
 from mascompare.accounting import UsageRecord, prompt_hash
+from mascompare.backends.base import Decoded
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.methods import MethodOutput, Turn
 from mascompare.methods.roles import agent_messages, agents_for
 
 RIDGE_LAMBDA = 1e-5  # the reference's regulariser for the least-squares realignment
-EMBEDDING_CHUNK = 16384  # tokens embedded at a time for W_in (bounds the model-dtype copy in memory)
 
-_realignments: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (W_a, target_norm)
-
-
-def input_embeddings(model) -> torch.Tensor:
-    """[V, d] fp32: what the embedding module hands the first layer for each token, i.e. the space that
-    `inputs_embeds` replaces (the weight matrix itself, unless the module scales it, as Gemma's does)."""
-    embed = model.get_input_embeddings()
-    ids = torch.arange(embed.weight.shape[0], device=embed.weight.device)
-    with torch.inference_mode():
-        return torch.cat([embed(chunk).float() for chunk in ids.split(EMBEDDING_CHUNK)])
+_realignments: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # backend -> (W_a, target_norm)
 
 
-def realignment(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """W_a [d, d] and the mean input-embedding norm, in fp32, computed once per model.
+def realignment(backend) -> tuple[torch.Tensor, torch.Tensor]:
+    """W_a [d, d] and the mean input-embedding norm, in fp32, computed once per backend (from its model's
+    `embedding_matrices`).
 
     W_a solves min ||W_out W_a - W_in||^2 + lambda ||W_a||^2: it maps an output-space hidden state
     to the input space the way the vocabulary maps one embedding matrix onto the other.
     """
-    if model not in _realignments:
-        w_in = input_embeddings(model)
-        w_out = model.get_output_embeddings().weight.detach().float()
+    if backend not in _realignments:
+        w_in, w_out = backend.embedding_matrices()
         gram = w_out.T @ w_out + RIDGE_LAMBDA * torch.eye(w_out.shape[1], device=w_out.device)
         w_a = torch.linalg.solve(gram, w_out.T @ w_in)
-        _realignments[model] = (w_a, w_in.norm(dim=1).mean())
-    return _realignments[model]
+        _realignments[backend] = (w_a, w_in.norm(dim=1).mean())
+    return _realignments[backend]
 
 
 def latent_thought(hidden: torch.Tensor, w_a: torch.Tensor | None, target_norm: torch.Tensor) -> torch.Tensor:
@@ -104,7 +95,7 @@ class Method:
         self.agents = agents_for(cfg)
         self.hierarchical = cfg.structure == "hierarchical"
         self.steps = cfg.latent_steps
-        w_a, self.target_norm = realignment(backend.model)
+        w_a, self.target_norm = realignment(backend)
         # realign=false keeps the norm rescale (as the reference does): only the map becomes the identity
         self.w_a = w_a if cfg.realign else None
 
@@ -141,8 +132,7 @@ class Method:
             # a sliding window counts padding columns too: one sample at a time keeps every row exact
             return [output for sample in samples for output in self.run_fitting([sample])]
         state, turns, diagnostics = self.think_together(samples)
-        tokens = self.answer(state, samples)
-        texts = [self.backend.completion_text(row) for row in tokens]
+        texts = [decoded.text for decoded in self.answer(state, samples)]
         final = self.agents[-1]
         return [
             MethodOutput(text, turns + [Turn(final.name, final.role, len(self.agents) - 1, text)],
@@ -225,18 +215,18 @@ class Method:
         _, logits = self.backend.prefill(state, prompts)
         return logits, prompts, received, time.perf_counter() - start
 
-    def answer(self, state, samples) -> list[list[int]]:
+    def answer(self, state, samples) -> list[Decoded]:
         """The final agent reads the whole cache and decodes the team's answer."""
         logits, prompts, received, prefill_time = self.prefill_final(state, samples)
         start = time.perf_counter()
         final, index = self.agents[-1], len(self.agents) - 1
         seeds = self.gen.call_seeds([(s.id, final.name, index) for s in samples])
-        tokens = self.backend.decode(state, logits, self.gen, seeds=seeds)
+        decoded = self.backend.decode(state, logits, self.gen, seeds=seeds)
         self.record(samples, final, index, prompts, received,
                     prefill_time + time.perf_counter() - start, latent_steps=0,
-                    forward_passes=[len(t) for t in tokens], output_tokens=[len(t) for t in tokens],
-                    finish_reasons=[self.backend.finish_reason(t) for t in tokens], seeds=seeds)
-        return tokens
+                    forward_passes=[len(d.tokens) for d in decoded], output_tokens=[len(d.tokens) for d in decoded],
+                    finish_reasons=[d.finish_reason for d in decoded], seeds=seeds)
+        return decoded
 
     # -- prompts and accounting ----------------------------------------------------------------------
 

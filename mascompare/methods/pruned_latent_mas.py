@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from mascompare.accounting import UsageRecord, prompt_hash
+from mascompare.backends.base import Decoded
 from mascompare.errors import UserError, is_int_at_least
 from mascompare.methods import MethodOutput, Turn
 from mascompare.methods import pruned_mas
@@ -87,7 +88,7 @@ class Method:
         self.nodes = self.agents + ([self.final] if self.final_learned else [])
         self.steps = cfg.latent_steps
         self.prune_rate = float(cfg.prune_rate)
-        w_a, self.target_norm = realignment(backend.model)
+        w_a, self.target_norm = realignment(backend)
         self.w_a = w_a if cfg.realign else None  # realign=false keeps the norm rescale, as latent_mas
         self.graph: Graph | None = None  # the fixed graph evaluated; set by prepare()
         self.info: dict = {}
@@ -224,12 +225,11 @@ class Method:
                         time.perf_counter() - began, phase, latent_steps=self.steps,
                         forward_passes=[1 + self.steps] * len(samples), output_tokens=[0] * len(samples))
             turns.append(Turn(agent.name, agent.role, a, None))
-        tokens = self.answer(state, samples, graphs, segments, ids, phase)
-        texts = [self.backend.completion_text(row) for row in tokens]
+        texts = [decoded.text for decoded in self.answer(state, samples, graphs, segments, ids, phase)]
         return [MethodOutput(text, turns + [Turn(self.final.name, self.final.role, len(self.agents), text)])
                 for text in texts]
 
-    def answer(self, state, samples, graphs, segments, ids, phase) -> list[list[int]]:
+    def answer(self, state, samples, graphs, segments, ids, phase) -> list[Decoded]:
         """The final agent prefills its prompt on the segments it may see and decodes."""
         began = time.perf_counter()
         n = len(self.agents)
@@ -238,12 +238,12 @@ class Method:
         prompts = self.prompts(self.final, samples)
         _, logits = self.backend.prefill(state, prompts, visible)
         seeds = self.gen.call_seeds([(sample_id, self.final.name, n) for sample_id in ids])
-        tokens = self.backend.decode(state, logits, self.gen, visible, seeds)
+        decoded = self.backend.decode(state, logits, self.gen, visible, seeds)
         self.record(ids, self.final, n, self.messages(self.final, samples), prompts, received,
-                    time.perf_counter() - began, phase, latent_steps=0, forward_passes=[len(t) for t in tokens],
-                    output_tokens=[len(t) for t in tokens],
-                    finish_reasons=[self.backend.finish_reason(t) for t in tokens], seeds=seeds)
-        return tokens
+                    time.perf_counter() - began, phase, latent_steps=0, forward_passes=[len(d.tokens) for d in decoded],
+                    output_tokens=[len(d.tokens) for d in decoded],
+                    finish_reasons=[d.finish_reason for d in decoded], seeds=seeds)
+        return decoded
 
     def padding_could_pass_window(self, samples) -> bool:
         """Whether this batch's shared cache could pass the model's sliding window with padding in it."""

@@ -9,7 +9,10 @@ import torch
 from transformers import AutoTokenizer
 from transformers import GenerationConfig as HFGenerationConfig
 
-from mascompare.backends.hf import HFBackend, pick_device, pick_dtype, plain_prompt
+from mascompare.backends.base import plain_prompt
+from mascompare.backends.hf import ContextWindowExceeded, HFBackend
+from mascompare.backends.hf.decode import StopRule
+from mascompare.backends.hf.loading import pick_device, pick_dtype
 from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
 
@@ -54,7 +57,7 @@ def test_sliding_window_batch_equals_each_alone(tiny_sliding_gemma3, smollm2_tok
     backend = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu")
     lengths = [len(p) for p in backend.encode_chat(CONVERSATIONS)]
     gen = replace(GREEDY, max_new_tokens=40)
-    assert min(lengths) < backend.sliding_window < max(lengths) + gen.max_new_tokens
+    assert min(lengths) < backend.layout.sliding_window < max(lengths) + gen.max_new_tokens
     assert not backend.padding_could_pass_window([lengths], gen.max_new_tokens)
     assert texts(backend.chat(CONVERSATIONS, gen)) == [backend.chat([c], gen)[0].text for c in CONVERSATIONS]
     assert backend.padding_could_pass_window([lengths, lengths], 0)  # padding between two segments
@@ -146,7 +149,7 @@ def test_plain_text_completion_ends_at_the_next_turn_marker(base_backend):
     prompts = base_backend.encode_chat(CONVERSATIONS)
     expected = reference_greedy(base_backend.model, prompts[0], GREEDY.max_new_tokens)
     # pretend that what the model writes at steps 5 and 6 is the start of a new user turn
-    base_backend.plain_turn_end = marker = tokenizer.decode(expected[4:6], skip_special_tokens=True)
+    base_backend.prompts.turn_end = marker = tokenizer.decode(expected[4:6], skip_special_tokens=True)
     assert marker.strip()
     end = next(k for k in range(1, len(expected) + 1) if marker in tokenizer.decode(expected[:k]))
     batch = base_backend.chat(CONVERSATIONS, GREEDY)
@@ -286,7 +289,7 @@ def test_the_cache_argument_follows_the_installed_transformers(tiny_model, smoll
     current = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", "cpu")
     older = HFBackend.from_loaded(OldCacheName(tiny_model), smollm2_tokenizer, "tiny", "cpu")
     renamed = "cache" in inspect.signature(tiny_model.forward).parameters  # transformers 5.24 and later
-    assert (current.cache_argument, older.cache_argument) == ("cache" if renamed else "past_key_values",
+    assert (current.steps.cache_argument, older.steps.cache_argument) == ("cache" if renamed else "past_key_values",
                                                               "past_key_values")
     prompts = current.encode_chat(CONVERSATIONS[:3])
     results = []
@@ -316,23 +319,41 @@ def test_a_prompt_beyond_the_context_window_fails_its_own_row(tiny_model, smollm
 
 
 def test_a_huge_text_is_refused_before_it_is_tokenized(tiny_backend, monkeypatch):
-    huge = [{"role": "user", "content": "x" * (tiny_backend.max_chars + 1)}]
+    huge = [{"role": "user", "content": "x" * (tiny_backend.prompts.max_chars + 1)}]
     calls = []
     monkeypatch.setattr(tiny_backend, "encode_chat", lambda cs: calls.append(cs) or [[1] * 5 for _ in cs])
     (completion,) = tiny_backend.chat([huge], GREEDY)
     assert "characters" in completion.error and "more than 4,096 tokens" in completion.error
     assert calls == [[]]  # nothing was tokenized
-    from mascompare.backends.hf import ContextWindowExceeded
-
     monkeypatch.undo()
     with pytest.raises(ContextWindowExceeded):  # the latent path, which tokenizes through encode_chat
         tiny_backend.encode_chat([huge])
 
 
 def test_latent_prefill_beyond_the_window_is_refused(tiny_backend):
-    from mascompare.backends.hf import ContextWindowExceeded
-
     state = tiny_backend.new_cache(1)
     tiny_backend.prefill(state, [[5] * 3000])
     with pytest.raises(ContextWindowExceeded, match="4,097 positions"):
         tiny_backend.prefill(state, [[5] * 1097])
+
+
+def test_the_stop_rule_names_why_a_sequence_ended():
+    def ends_turn(tokens):  # a turn marker spelled by two tokens
+        return tokens[-2:] == [7, 8]
+
+    rule = StopRule(frozenset({2}), max_new_tokens=4, ends_turn=ends_turn)
+    assert [rule.finish_reason(tokens) for tokens in ([5], [5, 2], [7, 8], [5, 6, 7, 9], [5, 6, 7, 2])] == \
+        [None, "eos", "stop", "length", "eos"]
+    assert StopRule(frozenset({2}), max_new_tokens=4).finish_reason([5, 7, 8]) is None  # a chat template: no marker
+
+
+def test_environment_is_what_run_json_records_of_the_backend(tiny_model_dir):
+    from mascompare.environment import describe
+
+    model_cfg = {"name": "tiny", "path": str(tiny_model_dir), "embedded": None, "trust_remote_code": False}
+    backend = HFBackend({"name": "hf", "device": "cpu", "dtype": "float32"}, model_cfg)
+    recorded = backend.environment()
+    assert recorded == {key: value for key, value in describe(backend, []).items() if key in recorded}
+    assert (recorded["backend"], recorded["device"], recorded["dtype"]) == ("hf", "cpu", "float32")
+    assert recorded["model"]["path"] == str(tiny_model_dir) and recorded["model"]["weights_index_sha256"]
+    assert recorded["torch"]["version"] == torch.__version__

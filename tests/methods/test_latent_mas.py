@@ -171,19 +171,20 @@ def test_recorded_forward_passes_and_output_tokens_are_what_happened(tiny_backen
     assert len(calls) == experts * (1 + 2) + 5
 
 
-def test_realignment_is_identity_for_tied_and_solves_ridge_for_untied(tiny_tied_model, tiny_model):
-    w_a, target_norm = realignment(tiny_tied_model)
+def test_realignment_is_identity_for_tied_and_solves_ridge_for_untied(tiny_tied_backend, tiny_backend,
+                                                                    tiny_tied_model, tiny_model):
+    w_a, target_norm = realignment(tiny_tied_backend)
     assert torch.allclose(w_a, torch.eye(w_a.shape[0]), atol=1e-4)
     w_in = tiny_tied_model.get_input_embeddings().weight.detach().float()
     assert target_norm == pytest.approx(float(w_in.norm(dim=1).mean()))
 
-    w_a, _ = realignment(tiny_model)
+    w_a, _ = realignment(tiny_backend)
     w_in = tiny_model.get_input_embeddings().weight.detach().float()
     w_out = tiny_model.get_output_embeddings().weight.detach().float()
     lhs = (w_out.T @ w_out + RIDGE_LAMBDA * torch.eye(w_out.shape[1])) @ w_a
     assert torch.allclose(lhs, w_out.T @ w_in, atol=1e-3 * float((w_out.T @ w_in).abs().max()))
     assert not torch.allclose(w_a, torch.eye(w_a.shape[0]), atol=1e-2)
-    assert realignment(tiny_model)[0] is w_a  # computed once per model
+    assert realignment(tiny_backend)[0] is w_a  # computed once per backend
 
 
 class Reached(Exception):
@@ -216,11 +217,11 @@ def test_thoughts_enter_at_the_scale_the_first_layer_receives(family, tiny_tied_
     must live in that scaled space, where an input embedding replaces the module's output."""
     model = tiny_tied_model if family == "llama" else tiny_gemma3
     vocabulary = first_layer_input(model, input_ids=torch.arange(len(smollm2_tokenizer))[:, None])[:, 0]
-    w_a, target_norm = realignment(model)
+    backend = HFBackend.from_loaded(model, smollm2_tokenizer, family, "cpu")
+    w_a, target_norm = realignment(backend)
     assert float(target_norm) == pytest.approx(float(vocabulary.norm(dim=-1).mean()), rel=1e-5)
     scale = model.config.hidden_size ** 0.5 if family == "gemma3" else 1.0
     assert torch.allclose(w_a, scale * torch.eye(w_a.shape[0]), atol=1e-3 * scale)  # tied: the scale itself
-    backend = HFBackend.from_loaded(model, smollm2_tokenizer, family, "cpu")
     method = make_method(backend, task, "method.latent_steps=1")
     hidden, _ = backend.prefill(backend.new_cache(1), method.prompts(method.agents[0], samples[:1]))
     thought = method.to_input_space(hidden)
@@ -251,20 +252,22 @@ def test_plain_format_decoding_ends_at_the_turn_marker_as_chat_does(tiny_model, 
     tokenizer = copy.deepcopy(smollm2_tokenizer)
     tokenizer.chat_template = None
     backend = HFBackend.from_loaded(tiny_model, tokenizer, "base", "cpu")
-    backend.plain_turn_end = "\u0000 never written"
+    backend.prompts.turn_end = "\u0000 never written"
     method = make_method(backend, task, "method.latent_steps=2", max_new_tokens=12)
     state, _, _ = method.think_together(samples[:1])
     logits, *_ = method.prefill_final(state, samples[:1])
-    (expected,) = backend.decode(state, logits, method.gen)
-    assert len(expected) == 12
+    (decoded,) = backend.decode(state, logits, method.gen)
+    expected = decoded.tokens
+    assert len(expected) == 12 and decoded.finish_reason == "length"
     # pretend that what the final agent writes at steps 5 and 6 starts a new user turn
-    backend.plain_turn_end = marker = tokenizer.decode(expected[4:6], skip_special_tokens=True)
+    backend.prompts.turn_end = marker = tokenizer.decode(expected[4:6], skip_special_tokens=True)
     end = next(k for k in range(1, 13) if marker in tokenizer.decode(expected[:k]))
     accountant = Accountant()
     (output,) = make_method(backend, task, "method.latent_steps=2", max_new_tokens=12,
                             accountant=accountant).run(samples[:1])
-    assert end <= 6 and accountant.take(samples[0].id)[-1].output_tokens == end
-    assert output.final_text == tokenizer.decode(expected[:end]).split(marker)[0] == backend.completion_text(expected)
+    final = accountant.take(samples[0].id)[-1]
+    assert end <= 6 and final.output_tokens == end and final.finish_reason == "stop"
+    assert output.final_text == tokenizer.decode(expected[:end]).split(marker)[0]
 
 
 @pytest.mark.parametrize("structure", ["sequential", "hierarchical"])
@@ -272,7 +275,7 @@ def test_sliding_window_batches_give_the_same_texts_as_one_at_a_time(tiny_slidin
                                                                      samples, structure):
     backend = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu")
     method = make_method(backend, task, f"method.structure={structure}", "method.latent_steps=3")
-    assert backend.sliding_window < max(len(p) for p in method.prompts(method.agents[-1], samples))
+    assert backend.layout.sliding_window < max(len(p) for p in method.prompts(method.agents[-1], samples))
     batched = [o.final_text for o in method.run(samples)]
     assert batched == [method.run([s])[0].final_text for s in samples]
     assert len(set(batched)) > 1
@@ -360,8 +363,8 @@ def test_smoke_on_the_embedded_model(tmp_path, structure):
 def test_records_keep_each_agents_messages_and_the_final_agents_finish_reason(tiny_backend, task, samples):
     accountant = Accountant()
     method = make_method(tiny_backend, task, "method.latent_steps=1", max_new_tokens=3, accountant=accountant)
-    tokens = method.answer(method.think_together(samples[:4])[0], samples[:4])
-    for sample, row in zip(samples[:4], tokens):
+    decoded = method.answer(method.think_together(samples[:4])[0], samples[:4])
+    for sample, row in zip(samples[:4], (d.tokens for d in decoded)):
         records = accountant.take(sample.id)
         for agent, record in zip(method.agents, records):
             (messages,) = method.messages(agent, [sample])
@@ -379,7 +382,7 @@ def test_a_sample_whose_shared_cache_outgrows_the_window_fails_alone(tiny_backen
     accountant = Accountant()
     method = make_method(tiny_backend, task, "method.latent_steps=3", accountant=accountant)
     long = replace(samples[1], question="word " * 1000)
-    huge = replace(samples[2], question="x" * (tiny_backend.max_chars + 1))
+    huge = replace(samples[2], question="x" * (tiny_backend.prompts.max_chars + 1))
     outputs = method.run([samples[0], long, huge, samples[3]])
     assert outputs[1].error.startswith("ContextWindowExceeded: the agents' shared cache needs")
     assert "context window of 4,096" in outputs[1].error
