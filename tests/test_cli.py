@@ -188,7 +188,7 @@ def test_list_descriptions_are_whole_sentences():
 
     gemma = describe(conf_dir() / "model" / "gemma3-270m.yaml")
     assert gemma.endswith("chat template: prompts use the plain \"User: ... Assistant:\" format (see "
-                          "mascompare/backends/hf.py).")
+                          "mascompare/backends/hf/prompts.py).")
     assert describe(conf_dir() / "method" / "latent_mas.yaml").endswith("only the last agent writes text.")
     for group in ("method", "task", "model", "backend"):
         for path in (conf_dir() / group).glob("*.yaml"):

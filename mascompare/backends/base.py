@@ -21,7 +21,7 @@ Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
 
 def plain_prompt(messages: list[Message]) -> str:
-    """The documented fallback for models without a chat template (see backends/hf.py)."""
+    """The documented fallback for models without a chat template (see backends/hf/prompts.py)."""
     turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n\n".join([*turns, "Assistant:"])
 

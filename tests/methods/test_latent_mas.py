@@ -255,7 +255,7 @@ def test_plain_format_decoding_ends_at_the_turn_marker_as_chat_does(tiny_model, 
     tokenizer = copy.deepcopy(smollm2_tokenizer)
     tokenizer.chat_template = None
     backend = HFBackend.from_loaded(tiny_model, tokenizer, "base", "cpu")
-    backend.plain_turn_end = "\u0000 never written"
+    backend.prompts.turn_end = "\u0000 never written"
     method = make_method(backend, task, "method.latent_steps=2", max_new_tokens=12)
     state, segments, *_ = method.think_together(samples[:1])
     logits, *_ = method.prefill_final(state, segments, samples[:1])
@@ -263,12 +263,13 @@ def test_plain_format_decoding_ends_at_the_turn_marker_as_chat_does(tiny_model, 
     expected = decoded.tokens
     assert len(expected) == 12 and decoded.finish_reason == "length"
     # pretend that what the final agent writes at steps 5 and 6 starts a new user turn
-    backend.plain_turn_end = marker = tokenizer.decode(expected[4:6], skip_special_tokens=True)
+    backend.prompts.turn_end = marker = tokenizer.decode(expected[4:6], skip_special_tokens=True)
     end = next(k for k in range(1, 13) if marker in tokenizer.decode(expected[:k]))
     accountant = Accountant()
     (output,) = make_method(backend, task, "method.latent_steps=2", max_new_tokens=12,
                             accountant=accountant).run(samples[:1])
-    assert end <= 6 and accountant.take(samples[0].id)[-1].output_tokens == end
+    final = accountant.take(samples[0].id)[-1]
+    assert end <= 6 and final.output_tokens == end and final.finish_reason == "stop"
     assert output.final_text == tokenizer.decode(expected[:end]).split(marker)[0]
 
 
@@ -277,7 +278,7 @@ def test_sliding_window_batches_give_the_same_texts_as_one_at_a_time(tiny_slidin
                                                                      samples, structure):
     backend = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu")
     method = make_method(backend, task, f"method.structure={structure}", "method.latent_steps=3")
-    assert backend.sliding_window < max(len(p) for p in method.prompts(method.agents[-1], samples))
+    assert backend.layout.sliding_window < max(len(p) for p in method.prompts(method.agents[-1], samples))
     batched = [o.final_text for o in method.run(samples)]
     assert batched == [method.run([s])[0].final_text for s in samples]
     assert len(set(batched)) > 1
@@ -377,7 +378,7 @@ def test_a_sample_whose_shared_cache_outgrows_the_window_fails_alone(tiny_backen
     accountant = Accountant()
     method = make_method(tiny_backend, task, "method.latent_steps=3", accountant=accountant)
     long = replace(samples[1], question="word " * 1000)
-    huge = replace(samples[2], question="x" * (tiny_backend.max_chars + 1))
+    huge = replace(samples[2], question="x" * (tiny_backend.prompts.max_chars + 1))
     outputs = method.run([samples[0], long, huge, samples[3]])
     assert outputs[1].error.startswith("ContextWindowExceeded: the agents' shared cache needs")
     assert "context window of 4,096" in outputs[1].error
