@@ -58,7 +58,7 @@ Text = Annotated[str, wanted("a string")]
 def explain(error: ValidationError, schema: type[BaseModel], where: str) -> str:
     """One sentence for the first problem pydantic found: '<key> must be <description>, got <value>.'"""
     problem = error.errors()[0]
-    location = [str(part) for part in problem["loc"] if not str(part).startswith(("function-", "literal["))]
+    location = [str(part) for part in _keys(schema, problem["loc"])]
     key = ".".join([where, *location]) if location else where
     if problem["type"] == "value_error":  # a cross-field check in a model validator: its message is the sentence
         return str(problem["ctx"]["error"])
@@ -66,6 +66,21 @@ def explain(error: ValidationError, schema: type[BaseModel], where: str) -> str:
         return f"{key} is missing; conf/ sets a default for every key, so check that {where}'s preset is complete."
     description = _description(schema, problem["loc"]) or problem["msg"].lower()
     return f"{key} must be {description}, got {_shown(problem['input'])}."
+
+
+def _keys(schema, loc) -> list:
+    """The config keys of a location: field names, list indexes and mapping keys, without the names pydantic
+    gives the members of a union it tried ('constrained-int', "literal['auto']", ...)."""
+    keys, annotation = [], schema
+    for part in loc:
+        model = _model_in(annotation)
+        if model is not None and isinstance(part, str) and part in model.model_fields:
+            keys.append(part)
+            annotation = model.model_fields[part].annotation
+        elif isinstance(part, int) or (isinstance(part, str) and _mapping_value(annotation) is not None):
+            keys.append(part)
+            annotation = _item_type(annotation) or annotation
+    return keys
 
 
 def _shown(value) -> str:
