@@ -22,12 +22,17 @@ import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mascompare.config import SHIPPED
 from mascompare.errors import UserError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "latent_steps",
                 "kv_positions_received", "forward_passes")
-PRICES_FILE = Path(__file__).resolve().parent.parent / "conf" / "prices.yaml"
+PRICES_FILE = SHIPPED.joinpath("prices.yaml")
 
 
 @dataclass
@@ -89,7 +94,7 @@ class Price:
                 + record.output_tokens * self.output) / 1e6
 
 
-def load_prices(path: Path = PRICES_FILE) -> dict[str, Price]:
+def load_prices(path: Path | Traversable = PRICES_FILE) -> dict[str, Price]:
     """The price table: model id -> Price."""
     import yaml
 
@@ -106,7 +111,7 @@ def api_model_id(model_cfg) -> str:
     return str(model_cfg.get("api_model") or model_cfg.get("path") or model_cfg.name)
 
 
-def price_for(model_id: str | None, path: Path = PRICES_FILE) -> Price | None:
+def price_for(model_id: str | None, path: Path | Traversable = PRICES_FILE) -> Price | None:
     """The model's price, or None when the table does not list it (its cost is then unknown)."""
     return load_prices(path).get(model_id) if model_id else None
 
