@@ -22,11 +22,16 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mascompare.config import SHIPPED
 from mascompare.errors import UserError
 from mascompare.records import UsageRecord
 
-PRICES_FILE = Path(__file__).resolve().parent.parent / "conf" / "prices.yaml"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+PRICES_FILE = SHIPPED.joinpath("prices.yaml")
 
 
 def prompt_hash(messages: list[dict]) -> str:
@@ -49,7 +54,7 @@ class Price:
                 + record.output_tokens * self.output) / 1e6
 
 
-def load_prices(path: Path = PRICES_FILE) -> dict[str, Price]:
+def load_prices(path: Path | Traversable = PRICES_FILE) -> dict[str, Price]:
     """The price table: model id -> Price."""
     import yaml
 
@@ -61,7 +66,7 @@ def load_prices(path: Path = PRICES_FILE) -> dict[str, Price]:
                         "(USD per million tokens) and may have cached_input.") from None
 
 
-def price_for(model_id: str | None, path: Path = PRICES_FILE) -> Price | None:
+def price_for(model_id: str | None, path: Path | Traversable = PRICES_FILE) -> Price | None:
     """The model's price, or None when the table does not list it (its cost is then unknown)."""
     return load_prices(path).get(model_id) if model_id else None
 

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mascompare.backends import KeptBackend
-from mascompare.config import CONF_DIR
+from mascompare.config import HYDRA_CONFIG_PATH, hydra_compose_context, search_path_overrides
 from mascompare.errors import UserError
 from mascompare.identity import default_run_dir, identity_hash, sweep_name
 from mascompare.masking import mask_config, mask_override
@@ -51,18 +51,20 @@ OmegaConf.register_new_resolver("mascompare_sweep_name", sweep_name, replace=Tru
 
 def compose_config(*overrides: str) -> DictConfig:
     """The config `mascompare run <overrides>` would use, without running it (scripts, benchmarks, tests)."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
+    if not any(o.startswith("hydra.searchpath=") for o in overrides):
+        overrides += tuple(search_path_overrides())
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with hydra_compose_context():
             return compose(config_name="config", overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=HYDRA_CONFIG_PATH, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)

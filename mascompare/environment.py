@@ -12,7 +12,7 @@ import json
 import platform
 import struct
 import subprocess
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 
 # Packages whose versions can change results; recorded in run.json.
@@ -26,6 +26,7 @@ COMPARED = {
     "model.revision": "model revision", "model.weights_index_sha256": "model weights index",
     "data.source": "data source", "data.questions_sha256": "questions", "git.dirty": "uncommitted changes",
 }
+BUILD_INFO = "build_info.json"  # written into the package by setup.py when a wheel is built
 
 
 def describe(backend, samples) -> dict:
@@ -100,19 +101,28 @@ def data_fingerprint(samples) -> dict:
 
 
 def git_state() -> dict:
-    """The commit of this package's checkout and whether tracked files differ from it (None outside git)."""
-    here = Path(__file__).parent
+    """The code that ran. In a checkout (or an editable install of one): its commit and whether tracked files
+    differ from it. In an installed wheel: the commit and state it was built from, recorded at build time,
+    never those of a repository that merely encloses the install (a project's .venv inside its own clone)."""
+    built = resources.files("mascompare").joinpath(BUILD_INFO)
+    if built.is_file():
+        return {**json.loads(built.read_text(encoding="utf-8")), "from": "build"}
+    return {**checkout_state(Path(__file__).resolve().parent.parent), "from": "checkout"}
 
+
+def checkout_state(root: Path) -> dict:
+    """HEAD and whether tracked files differ from it, when root is the top of a git checkout (else None)."""
     def git(*args) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
         except (OSError, subprocess.SubprocessError):
             return None
-        return out.stdout if out.returncode == 0 else None
+        return out.stdout.strip() if out.returncode == 0 else None
 
-    sha = git("rev-parse", "HEAD")
+    top = git("rev-parse", "--show-toplevel")
+    sha = git("rev-parse", "HEAD") if top and Path(top).resolve() == root else None
     status = git("status", "--porcelain", "--untracked-files=no") if sha else None
-    return {"sha": sha.strip() if sha else None, "dirty": bool(status.strip()) if status is not None else None}
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
 
 
 def lookup(env: dict, dotted: str):
