@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mascompare import results
+from mascompare import results, tracking
 from mascompare.backends import KeptBackend
 from mascompare.config import CONF_DIR
 from mascompare.config_check import check_config
@@ -103,6 +103,7 @@ def main(cfg: DictConfig) -> float | None:
         if isinstance(exc, OSError) and hydra_cfg.mode == RunMode.RUN:
             raise StopRun(f"{reason[0].upper()}{reason[1:]}.", RUN_FAULT) from exc
         raise
+    tracking.log_run(cfg, info, out_dir, Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None)
     if info["status"] == "dry_run":
         remove_if_unused(out_dir, Path(cfg.run.output_root))
     return info["summary"].get(f"accuracy_{cfg.run.primary_metric}")

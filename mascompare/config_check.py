@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from mascompare import tracking
 from mascompare.errors import UserError, is_int_at_least
 
 ON_BUSY = ("stop", "wait")
@@ -75,6 +76,7 @@ def check_run(cfg) -> None:
     _require(cfg, "run.on_busy", _in(ON_BUSY), _choices(ON_BUSY))
     _require(cfg, "run.max_cost_usd", lambda v: is_number(v) and v >= 0, "a non-negative number of US dollars",
              optional=True)
+    tracking.check(_value(cfg, "run.tracking"))
 
 
 def check_backend(cfg) -> None:
