@@ -102,3 +102,27 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tiny_sweep, tmp_path, args
     assert result.exit_code == 2, result.output
     assert expected in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_the_wheel_carries_the_pages_template_script_and_style(tmp_path):
+    """Built from a copy of the project's sources, so that the build leaves nothing in the checkout."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "mascompare", "conf"):
+        if (root / name).is_dir():
+            shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif (root / name).is_file():
+            shutil.copy(root / name, source / name)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(source)], capture_output=True, text=True, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("mascompare-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"mascompare/view/{name}" for name in ("template.html", "view.js", "view.css")} <= names
