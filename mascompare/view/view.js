@@ -250,7 +250,7 @@
       h("thead", null, h("tr", null, h("th", { className: "label" }, "key"), RUNS.map((run) => h("th", { className: "label" }, run.label)))),
       h("tbody", null, list.map((key) => h("tr", null, h("td", { className: "label" }, key), RUNS.map((run) => h("td", { className: "label" }, value(run, key))))))));
     return h("div", null,
-      differing.length ? [h("p", { className: "warning" }, `${plural(differing.length, "setting")} differ between runs:`), envTable(differing, "differs")]
+      differing.length ? [h("p", { className: "warning" }, `${plural(differing.length, "setting")} ${differing.length === 1 ? "differs" : "differ"} between runs:`), envTable(differing, "differs")]
         : h("p", { className: "muted" }, "Every run had the same environment."),
       same.length ? h("details", null, h("summary", null, `${plural(same.length, "setting")} the same in every run`), envTable(same, "same")) : null);
   }
