@@ -188,12 +188,6 @@
 
   // ---------------------------------------------------------------- Overview
 
-  function table(header, rows, className) {
-    return h("table", { className: "figures " + (className || "") },
-      h("thead", null, h("tr", null, header.map((cell, i) => h("th", { className: i < 1 ? "label" : "" }, cell)))),
-      h("tbody", null, rows.map((row) => h("tr", null, row.map((cell, i) => h("td", { className: i < 1 ? "label" : "" }, cell))))));
-  }
-
   function labelledTable(part, labelColumns) {
     // report.py's figures: the label columns left-aligned, the numbers right-aligned
     return h("table", { className: "figures" },
