@@ -151,7 +151,8 @@ def _metrics(info: dict) -> list[tuple[str, float, int]]:
     for key, value in summary.items():
         if _is_number(value):
             metrics.append((_key(key), float(value), 0))
-        elif isinstance(value, (list, tuple)) and key.endswith("_ci95") and len(value) == 2 and all(map(_is_number, value)):
+        elif (isinstance(value, (list, tuple)) and key.endswith("_ci95") and len(value) == 2
+              and all(map(_is_number, value))):
             stem = _key(key.removesuffix("_ci95"))
             metrics += [(f"{stem}_low", float(value[0]), 0), (f"{stem}_high", float(value[1]), 0)]
         elif isinstance(value, (list, tuple)) and key.endswith("_per_repeat"):

@@ -167,10 +167,12 @@ def test_a_question_shows_every_call_in_order_with_its_recorded_text(tiny_sweep,
         column = f"#question .run-column[data-run='{r}']"
         calls = view.eval_on_selector_all(f"{column} li.call", """calls => calls.map(call => ({
             agent: call.dataset.agent, round: +call.dataset.round,
-            messages: [...call.querySelectorAll('details.message')].map(m => [m.dataset.role, m.querySelector('pre').textContent]),
+            messages: [...call.querySelectorAll('details.message')]
+                .map(m => [m.dataset.role, m.querySelector('pre').textContent]),
             reply: call.querySelector('pre.reply-text') ? call.querySelector('pre.reply-text').textContent : null,
             latent: call.querySelector('.latent') !== null }))""")
-        assert [(c["agent"], c["round"]) for c in calls] == [(a["agent"], a["round"]) for a in row["agents"]], run.method
+        in_order = [(a["agent"], a["round"]) for a in row["agents"]]
+        assert [(c["agent"], c["round"]) for c in calls] == in_order, run.method
         for call, record, turn in zip(calls, row["agents"], row["transcript"]):
             assert call["messages"] == [[m["role"], m["content"]] for m in expand_messages(record["messages"], texts)]
             if record["latent_steps"] and not turn["text"]:
@@ -227,7 +229,8 @@ def test_hostile_text_stays_text(hostile_sweep, open_page, tmp_path):
         view.eval_on_selector_all("button.unfold", "buttons => buttons.forEach(b => b.click())")
         assert view.evaluate("window.__pwned") is None, where
         assert view.eval_on_selector_all("a[href^='javascript'], [onerror]", "nodes => nodes.length") == 0, where
-        assert view.eval_on_selector_all("b", "nodes => nodes.filter(b => /^(bold|nine)$/.test(b.textContent)).length") == 0
+        bold = "nodes => nodes.filter(b => /^(bold|nine)$/.test(b.textContent)).length"
+        assert view.eval_on_selector_all("b", bold) == 0, where
         assert view.eval_on_selector_all("script", "nodes => nodes.length") == scripts, where
         assert view.eval_on_selector_all("#app img:not(.pareto)", "nodes => nodes.length") == 0, where
 
@@ -248,3 +251,27 @@ def test_hostile_text_stays_text(hostile_sweep, open_page, tmp_path):
             assert QUESTIONS[1][1] in view.text_content(".question-text")
             hostile_question_seen = True
     assert hostile_question_seen
+
+
+def test_each_repeat_is_shown_on_its_own(tiny_model_dir, open_page, tmp_path):
+    from typer.testing import CliRunner
+
+    from mascompare.cli import app
+
+    result = CliRunner().invoke(app, ["run", "method=baseline", "task=arith", "task.limit=2",
+                                      f"model.path={tiny_model_dir}", "model.name=tiny", "generation.max_new_tokens=6",
+                                      "generation.temperature=1.0", "run.repeats=2", "run.progress=false",
+                                      f"run.output_root={tmp_path / 'runs'}"])
+    assert result.exit_code == 0, result.output
+    (samples,) = (tmp_path / "runs").rglob("samples.jsonl")
+    rows = latest_rows(samples)
+    view = open_page(write_view(tmp_path / "runs", tmp_path), "#questions")
+    first = view.text_content("#questions tr.question-row td.qid")
+    right = sum(rows[(first, k)]["correct_flexible"] for k in (0, 1))
+    assert view.text_content("#questions tr.question-row td.verdict") == f"{right}/2 ✓"
+    view.click("#questions tr.question-row")
+    for k in (0, 1):
+        view.select_option("#repeat", str(k))
+        view.wait_for_selector(f"#question .sample[data-repeat='{k}']")
+        assert view.text_content("#question pre.reply-text") == rows[(first, k)]["final_text"]
+    assert rows[(first, 0)]["final_text"] != rows[(first, 1)]["final_text"]  # sampled with their own seeds

@@ -126,3 +126,13 @@ def test_the_wheel_carries_the_pages_template_script_and_style(tmp_path):
     (wheel,) = tmp_path.glob("mascompare-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"mascompare/view/{name}" for name in ("template.html", "view.js", "view.css")} <= names
+
+
+def test_view_open_hands_the_file_to_the_browser(tiny_sweep, tmp_path, monkeypatch):
+    import webbrowser
+
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    result = runner.invoke(app, ["view", str(tiny_sweep), "--out", str(tmp_path), "--open"])
+    assert result.exit_code == 0, result.output
+    assert opened == [(tmp_path / "view.html").as_uri()]
