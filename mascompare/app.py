@@ -16,7 +16,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -25,13 +24,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mascompare import results, tracking
+from mascompare import tracking
 from mascompare.backends import KeptBackend
-from mascompare.config import CONF_DIR
-from mascompare.config_check import check_config
+from mascompare.config import HYDRA_CONFIG_PATH, hydra_compose_context, search_path_overrides
 from mascompare.errors import UserError
-from mascompare.masking import is_secret_key, mask_config, mask_override
-from mascompare.runner import NON_IDENTITY_KEYS, default_run_dir, execute, run_identity
+from mascompare.identity import default_run_dir, identity_hash, sweep_name
+from mascompare.masking import mask_config, mask_override
+from mascompare.records import now_iso
+from mascompare.runner import execute
+from mascompare.settings import validate
+from mascompare.store import RUN_FILE, SAMPLES_FILE, write_json
 
 RECORD_SUBDIR = ".hydra"  # where Hydra keeps a job's composed config; written here once the run starts
 log = logging.getLogger(__name__)
@@ -43,25 +45,6 @@ OmegaConf.register_new_resolver("mascompare_run_dir", lambda *, _root_: str(defa
 SWEEP_BACKEND = KeptBackend()
 
 
-def sweep_name(overrides) -> str:
-    """A sweep's directory name from its own command-line overrides, so that the same sweep resumes in place.
-
-    Keys that do not change results (run.progress, task.limit, ...) are left out, as from a run's identity:
-    a sweep re-run with a higher task.limit extends its jobs. The overrides keep their order (job numbers
-    follow it) and a hash of them is appended, so that two sweeps never share a directory by accident.
-    """
-    kept = [str(o) for o in overrides if not _non_identity(str(o)) and not is_secret_key(str(o).split("=", 1)[0])]
-    readable = "__".join(re.sub(r"[^\w.\-]+", "_", o).strip("_") for o in kept)[:MAX_SWEEP_NAME] or "defaults"
-    return f"{readable}-{results.short_hash(json.dumps(kept), 8)}"
-
-
-def _non_identity(override: str) -> bool:
-    key = override.split("=", 1)[0].lstrip("+~")
-    section, _, leaf = key.partition(".")
-    return key.startswith("hydra.") or leaf in NON_IDENTITY_KEYS.get(section, ())
-
-
-MAX_SWEEP_NAME = 80
 # use_cache: Hydra copies the sweep's resolver cache into every job's config, so each job sees the
 # directory the sweep was given (the cache key is the argument's text), not one named after its own overrides.
 OmegaConf.register_new_resolver("mascompare_sweep_name", sweep_name, replace=True, use_cache=True)
@@ -69,29 +52,30 @@ OmegaConf.register_new_resolver("mascompare_sweep_name", sweep_name, replace=Tru
 
 def compose_config(*overrides: str) -> DictConfig:
     """The config `mascompare run <overrides>` would use, without running it (scripts, benchmarks, tests)."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
+    if not any(o.startswith("hydra.searchpath=") for o in overrides):
+        overrides += tuple(search_path_overrides())
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with hydra_compose_context():
             return compose(config_name="config", overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=HYDRA_CONFIG_PATH, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     dry_run = cfg.run.get("dry_run") is True
     try:
-        check_config(cfg)
-        check_data(cfg)
+        settings = validate(cfg)
         check_same_config(cfg, out_dir)
         with nullcontext() if dry_run else run_lock(out_dir, cfg.run.on_busy):
-            info = execute(cfg, out_dir, kept=SWEEP_BACKEND if hydra_cfg.mode == RunMode.MULTIRUN else None,
-                           on_start=lambda: save_hydra_record(cfg, hydra_cfg, out_dir))
+            record = execute(cfg, out_dir, kept=SWEEP_BACKEND if hydra_cfg.mode == RunMode.MULTIRUN else None,
+                             on_start=lambda: save_hydra_record(cfg, hydra_cfg, out_dir), settings=settings)
     except UserError as exc:
         if hydra_cfg.mode == RunMode.RUN:
             remove_if_unused(out_dir, Path(cfg.run.output_root))
@@ -103,19 +87,12 @@ def main(cfg: DictConfig) -> float | None:
         if isinstance(exc, OSError) and hydra_cfg.mode == RunMode.RUN:
             raise StopRun(f"{reason[0].upper()}{reason[1:]}.", RUN_FAULT) from exc
         raise
-    tracking.log_run(cfg, info, out_dir, Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None)
-    if info["status"] == "dry_run":
+    tracking.log_run(cfg, record.to_json(), out_dir,
+                     Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None)
+    if record.status == "dry_run":
         remove_if_unused(out_dir, Path(cfg.run.output_root))
-    return info["summary"].get(f"accuracy_{cfg.run.primary_metric}")
-
-
-def check_data(cfg) -> None:
-    """A task whose data is out of reach (a hub-only task offline) fails before torch is even imported."""
-    from mascompare.tasks import build_task
-
-    check = getattr(build_task(cfg.task), "check_available", None)
-    if check is not None:
-        check()
+        return None
+    return record.summary.accuracy(settings.run.primary_metric)
 
 
 def check_same_config(cfg, out_dir: Path) -> None:
@@ -123,7 +100,7 @@ def check_same_config(cfg, out_dir: Path) -> None:
     saved = _read_run_json(out_dir)
     if not saved or "config_hash" not in saved:
         return
-    expected = results.config_hash(run_identity(cfg))
+    expected = identity_hash(cfg)
     if saved["config_hash"] != expected:
         raise UserError(f"{out_dir} holds a run of another configuration (config hash {saved['config_hash']}, "
                         f"this one is {expected}); run in another directory (e.g. another hydra.sweep.dir).")
@@ -168,7 +145,7 @@ def remove_if_unused(directory: Path, root: Path) -> None:
     """Remove what Hydra created before the run was refused: the run directory and its empty parents, up to
     the output root (or up to the folder that existed before the command, where the command line said which),
     with the log file a refused run may have started; nothing of a directory where a run ever ran."""
-    if any((directory / name).exists() for name in (results.RUN_FILE, results.SAMPLES_FILE, RECORD_SUBDIR)):
+    if any((directory / name).exists() for name in (RUN_FILE, SAMPLES_FILE, RECORD_SUBDIR)):
         return
     (directory / "run.log").unlink(missing_ok=True)
     keep = Path(existing_before) if existing_before else root
@@ -201,20 +178,16 @@ def mark_stopped(out_dir: Path, reason: str) -> None:
     info = _read_run_json(out_dir)
     if not info or info.get("status") != "running":
         return
-    info.update(status="stopped", stop_reason=reason, finished=results.now_iso())
-    path = out_dir / results.RUN_FILE
-    partial = path.with_suffix(".json.stopping")
+    info.update(status="stopped", stop_reason=reason, finished=now_iso())
     try:  # written aside and renamed, so that a full disk leaves the old run.json whole
-        partial.write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-        partial.replace(path)
+        write_json(out_dir / RUN_FILE, info)
     except OSError as error:
-        partial.unlink(missing_ok=True)
-        log.error("could not record the stop in %s (%s): %s", out_dir / results.RUN_FILE, error.strerror, reason)
+        log.error("could not record the stop in %s (%s): %s", out_dir / RUN_FILE, error.strerror, reason)
 
 
 def _read_run_json(out_dir: Path) -> dict | None:
     try:
-        return json.loads((out_dir / results.RUN_FILE).read_text(encoding="utf-8"))
+        return json.loads((out_dir / RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

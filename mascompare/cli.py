@@ -13,14 +13,20 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from mascompare import config as config_locations
 from mascompare.errors import UserError
 from mascompare.masking import is_secret_key, redact, redact_logs, secret_values
+from mascompare.records import RunRecord
 from mascompare.registry import unknown
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 app = typer.Typer(
     add_completion=False,
@@ -61,20 +67,10 @@ def _options(_: bool = typer.Option(False, "--version", callback=_version, is_ea
     """Run one task on one model under several multi-agent methods and compare them."""
 
 
-def conf_dir() -> Path:
-    from mascompare.app import CONF_DIR
-
-    return CONF_DIR
-
-
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
-
-
-def describe(path: Path) -> str:
+def describe(config: Traversable) -> str:
     """The first sentence of a config file's opening comment, which says what it is."""
     words: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in config.read_text(encoding="utf-8").splitlines():
         if line.startswith("# @package"):
             continue
         if not line.startswith("#"):
@@ -105,7 +101,7 @@ def check_overrides(overrides: list[str]) -> None:
         if group not in CONFIG_GROUPS or override.is_delete():
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        options = group_options(group)
+        options = list(config_locations.group_options(group))
         for value in values:
             if not isinstance(value, str):  # e.g. backend={name: openai, api_key: ...}: never echo it
                 raise UserError(f"{group}= takes the name of a preset ({', '.join(options)}), not a "
@@ -130,7 +126,7 @@ def explain_hydra_error(exc: Exception, overrides: list[str]) -> str:
             return f"Unknown config key '{key}'; to add a new key, write '+{key}=...'."
         return f"Cannot override '{key}': {cause or first}."
     if isinstance(exc, MissingConfigException):
-        return f"{first.rstrip('.')} in {conf_dir()}."
+        return f"{first.rstrip('.')} in {' or '.join(map(str, config_locations.config_sources()))}."
     return first.rstrip(".") + "."
 
 
@@ -180,7 +176,8 @@ def precheck(overrides: list[str], multirun: bool) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from mascompare import app as hydra_app
-    from mascompare.config_check import check_config, check_output_root
+    from mascompare.settings import validate
+    from mascompare.store import check_output_root
 
     fixed = [o for o in overrides if not o.startswith("-")]
     if multirun:
@@ -188,7 +185,7 @@ def precheck(overrides: list[str], multirun: bool) -> None:
         fixed = [text for text, o in zip(fixed, parsed) if not o.is_sweep_override()]
     cfg = hydra_app.compose_config(*fixed)
     if not multirun:
-        check_config(cfg)
+        validate(cfg)
     if isinstance(cfg.run.get("output_root"), str):
         hydra_app.existing_before = str(check_output_root(cfg.run.output_root))
 
@@ -254,23 +251,35 @@ def hide_secrets(overrides: list[str]) -> list[str]:
     return kept
 
 
+CONFIG_DIRS = typer.Option(
+    None, "--config-dir", envvar=config_locations.USER_CONFIG_ENV,
+    help="A folder of your own configs laid out like the shipped ones (task/, model/, method/, experiment/, ...): "
+         "adds its presets, tasks and experiments. Repeatable.")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(
     ctx: typer.Context,
     multirun: bool = typer.Option(False, "--multirun", "-m", help="Sweep: run every combination of comma lists."),
     cfg: str = typer.Option(None, "--cfg", "-c", help="Print the config instead of running: job, hydra or all."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Count requests, tokens and cost; call no model."),
+    config_dirs: list[Path] = CONFIG_DIRS,
 ):
     """Run one configuration, e.g. `mascompare run method=baseline task=arith task.limit=20`.
 
     Arguments are Hydra overrides (key=value); `mascompare list` shows the choices.
     """
     overrides = hide_secrets(list(ctx.args))
+    ctx.with_resource(config_locations.using_config_dirs(config_dirs))
     try:
+        search_path = config_locations.search_path_overrides()
+        if search_path and any(o.startswith("hydra.searchpath=") for o in overrides):
+            raise UserError("Give your config folders with --config-dir (or MASCOMPARE_CONFIG_DIR) or with "
+                            "hydra.searchpath, not both.")
         check_overrides(overrides)
     except UserError as exc:
         fail(str(exc))
-    argv = ["mascompare", *overrides]
+    argv = ["mascompare", *overrides, *search_path]
     if dry_run:  # and leave no files behind: no log file
         argv += ["run.dry_run=true", "hydra.job_logging.root.handlers=[console]"]
     if multirun:
@@ -281,54 +290,67 @@ def run(
 
 
 @app.command("list")
-def list_choices():
-    """List the methods, tasks, model presets and backends that `run` accepts."""
+def list_choices(ctx: typer.Context, config_dirs: list[Path] = CONFIG_DIRS):
+    """List the methods, tasks, model presets, backends and experiments that `run` accepts."""
     import yaml
 
+    ctx.with_resource(config_locations.using_config_dirs(config_dirs))
+    try:
+        shipped, *yours = config_locations.config_sources()
+    except UserError as exc:
+        fail(str(exc))
     defaults = {}
-    for item in yaml.safe_load((conf_dir() / "config.yaml").read_text())["defaults"]:
+    for item in yaml.safe_load(shipped.joinpath("config.yaml").read_text(encoding="utf-8"))["defaults"]:
         if isinstance(item, dict):
             defaults.update({k: v for k, v in item.items() if k in CONFIG_GROUPS})
     console = Console()
-    for group in CONFIG_GROUPS:
-        table = Table(title=f"{group}=", title_justify="left", show_header=False)
+    console.print(f"configs: {shipped}" + "".join(f"; yours: {d}" for d in yours),
+                  markup=False, highlight=False, soft_wrap=True)
+    for group, title in (*((g, f"{g}=") for g in CONFIG_GROUPS), ("experiment", "+experiment=")):
+        table = Table(title=title, title_justify="left", show_header=False)
         table.add_column(style="bold cyan")
         table.add_column()
-        for name in group_options(group):
-            mark = " (default)" if defaults.get(group) == name else ""
-            table.add_row(name + mark, describe(conf_dir() / group / f"{name}.yaml"))
+        for name, config in config_locations.group_options(group).items():
+            mine = any(isinstance(config, Path) and config.is_relative_to(d) for d in yours)
+            mark = " (default)" if defaults.get(group) == name else " (yours)" if mine else ""
+            table.add_row(name + mark, describe(config))
         console.print(table)
 
 
-RUN_FIELDS = ("status", "task", "method", "model", "config")  # what show and compare need from a run.json
-
-
-def missing_fields(info) -> list[str]:
-    if not isinstance(info, dict):
-        return list(RUN_FIELDS)
-    missing = [key for key in RUN_FIELDS if info.get(key) in (None, "", {})]
-    if info.get("status") in ("finished", "stopped") and not isinstance(info.get("summary"), dict):
-        missing.append("summary")
-    return missing
-
-
-def read_run_json(run_dir: Path) -> dict:
+def read_run_json(run_dir: Path) -> RunRecord:
     """A run directory's run.json, or one sentence saying why it cannot be shown."""
-    path = run_dir / "run.json"
+    from mascompare.store import RUN_FILE
+
+    path = run_dir / RUN_FILE
     if run_dir.is_file():
         raise UserError(f"{run_dir} is a file; give the run directory that holds run.json, e.g. {run_dir.parent}.")
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory: it has no run.json.")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({getattr(exc, 'lineno', None) and f'line {exc.lineno}' or exc}); "
                         "the run may have been killed while writing it, so run its command again.") from None
-    missing = missing_fields(info)
+    try:
+        record = RunRecord.from_json(raw, str(path))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} is not a complete record of a run ({exc}); run its command again to rewrite "
+                        "it.") from None
+    missing = incomplete(record)
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}, so it is not a complete record of a run; "
                         "run its command again to rewrite it.")
-    return info
+    return record
+
+
+def incomplete(record) -> list[str]:
+    """What a run record lacks that show and compare need."""
+    missing = [key for key in ("status", "task", "method", "model") if not getattr(record, key)]
+    if not record.config:
+        missing.append("config")
+    if record.status in ("finished", "stopped") and record.summary is None:
+        missing.append("summary")
+    return missing
 
 
 @app.command()
@@ -338,15 +360,16 @@ def show(run_dir: Path = typer.Argument(..., help="A run directory (holds run.js
     from mascompare.display import print_summary
 
     try:
-        info = read_run_json(run_dir)
+        record = read_run_json(run_dir)
     except UserError as exc:
         fail(str(exc))
     if as_json:
         keys = ("status", "stop_reason", "task", "method", "model", "backend", "run_dir", "config_hash",
                 "started", "finished", "samples_total", "summary", "method_info")
-        print(json.dumps({k: info.get(k) for k in keys if k in info}, indent=2, default=str))
+        shown = record.to_json()
+        print(json.dumps({k: shown[k] for k in keys}, indent=2, default=str))
         return
-    print_summary(info)
+    print_summary(record)
 
 
 COMPARE_PATHS = typer.Argument(..., help="Run directories, a results root or a multirun directory.")
@@ -369,7 +392,7 @@ def comparison_of(command: str, paths: list[Path], reference: str | None, by: li
                         f"directory, e.g. {files[0].parent}.")
     collection = report.collect(paths)
     for run in collection.runs:
-        missing = missing_fields(run.info)
+        missing = incomplete(run.info)
         if missing:
             raise UserError(f"{run.dir / 'run.json'} lacks {', '.join(missing)}, so it is not a complete record "
                             "of a run; run its command again, or leave that directory out.")

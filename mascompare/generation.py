@@ -9,42 +9,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from typing import Annotated
 
-from mascompare.errors import UserError
+from mascompare.settings import MAX_SEED, PositiveInt, Section, wanted
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 means greedy decoding
-    top_p: float = 1.0
-    top_k: int = 0  # 0 disables top-k filtering
-    seed: int = 42
-    repeat: int = 0  # which of run.repeats the calls belong to (set by the runner, not a config key)
+class GenerationConfig(Section):
+    """The `generation` section (conf/config.yaml), and the decoding settings every call is made with."""
+
+    max_new_tokens: PositiveInt
+    temperature: Annotated[float, wanted("0 (greedy) or a positive number", ge=0)]  # 0 means greedy decoding
+    top_p: Annotated[float, wanted("a number in (0, 1]", gt=0, le=1)]
+    top_k: Annotated[int, wanted("0 (off) or a positive integer", ge=0)]  # 0 disables top-k filtering
+    seed: Annotated[int, wanted(f"an integer from 0 to {MAX_SEED}", ge=0, le=MAX_SEED)]
+    # which of run.repeats the calls belong to: set by the runner for each repeat, never a config key
+    repeat: Annotated[int, wanted("a non-negative integer", ge=0)] = 0
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    def for_repeat(self, repeat: int) -> "GenerationConfig":
+        return self.model_copy(update={"repeat": repeat})
 
     def call_seeds(self, calls) -> list[int] | None:
         """The seeds of (sample id, agent, round) calls; None for greedy decoding, which draws nothing."""
         if self.greedy:
             return None
         return [call_seed(self.seed, sample_id, agent, round, self.repeat) for sample_id, agent, round in calls]
-
-    @classmethod
-    def from_cfg(cls, cfg) -> "GenerationConfig":
-        gen = cls(**{k: cfg[k] for k in asdict(cls()) if k in cfg and k != "repeat"})
-        if gen.max_new_tokens < 1:
-            raise UserError(f"generation.max_new_tokens must be at least 1, got {gen.max_new_tokens}.")
-        if gen.temperature < 0:
-            raise UserError(f"generation.temperature must be 0 (greedy) or positive, got {gen.temperature}.")
-        if not 0 < gen.top_p <= 1:
-            raise UserError(f"generation.top_p must be in (0, 1], got {gen.top_p}.")
-        if gen.top_k < 0:
-            raise UserError(f"generation.top_k must be 0 (off) or positive, got {gen.top_k}.")
-        return gen
 
 
 def call_seed(seed: int, sample_id: str, agent: str, round: int, repeat: int) -> int:

@@ -1,7 +1,8 @@
 """Lazy name -> object registries with "did you mean" suggestions.
 
 Entries are "module:attribute" strings, imported only when looked up, so that
-choosing `backend=openai` never imports torch.
+choosing `backend=openai` never imports torch. Each registry holds one contract's classes (a method, task or
+backend base class): a registered class that does not subclass it is a programming error, refused on lookup.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ def unknown(kind: str, name: str, choices) -> UserError:
 
 
 class Registry:
-    def __init__(self, kind: str, entries: dict[str, str]):
-        self.kind = kind
+    """Names to classes of one contract: every entry must subclass `base` (checked when it is looked up)."""
+
+    def __init__(self, kind: str, base: type, entries: dict[str, str]):
+        self.kind, self.base = kind, base
         self._entries = dict(entries)
 
     def names(self) -> list[str]:
@@ -39,4 +42,8 @@ class Registry:
         if name not in self._entries:
             raise unknown(self.kind, name, self._entries)
         module_name, _, attribute = self._entries[name].partition(":")
-        return getattr(importlib.import_module(module_name), attribute)
+        found = getattr(importlib.import_module(module_name), attribute)
+        if not (isinstance(found, type) and issubclass(found, self.base)):
+            raise TypeError(f"{self._entries[name]} is registered as {self.kind} '{name}' but is not a subclass of "
+                            f"{self.base.__module__}.{self.base.__qualname__}")
+        return found

@@ -14,27 +14,25 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mascompare import environment
+from mascompare import environment, stats
 from mascompare.errors import UserError
+from mascompare.identity import run_identity
+from mascompare.records import RunRecord
 from mascompare.registry import suggest
-from mascompare.results import (FAILURE_FILE, RUN_FILE, SAMPLES_FILE, accuracy_interval, cluster_bootstrap,
-                                latest_rows, percentile_interval)
-from mascompare.runner import run_identity
+from mascompare.stats import METRICS
+from mascompare.store import FAILURE_FILE, RUN_FILE, latest_records
 
 OUTPUT_FILES = ("comparison.md", "comparison.csv", "comparison.tex", "pareto.png")
-METRICS = ("strict", "flexible")
 # Simplest first, as in the README; methods added later sort after these, by name.
 METHOD_ORDER = ("baseline", "text_mas", "pruned_mas", "latent_mas", "pruned_latent_mas")
 DEFAULT_REFERENCES = ("text_mas", "baseline")
@@ -46,31 +44,27 @@ MISMATCH_PREFIXES = {
     "task.": "task settings differ (paired statistics use only samples with the same id and question)",
 }
 TEXT_COLUMNS = ("method", "setting", "vs")  # left-aligned; every other column holds numbers
-USAGE_COLUMNS = ("input_tokens", "context_tokens", "output_tokens", "latent_steps", "calls", "decoding_calls",
-                 "calls_at_max_new_tokens", "forward_passes")
-SAMPLE_COLUMNS = ("run", "id", "repeat", "batch", "pair", "error", "correct_strict", "correct_flexible", *USAGE_COLUMNS,
-                  "time_s", "cost_usd", "extractor_version")
 
 
 @dataclass
 class Run:
     key: int
     dir: Path
-    info: dict  # run.json as written
+    info: RunRecord  # run.json
     config: dict  # the resolved config, flattened to dotted keys
     identity: dict  # the part of it that decides results, flattened
 
     @property
     def task(self) -> str:
-        return str(self.info.get("task") or self.config.get("task.name"))
+        return str(self.info.task or self.config.get("task.name"))
 
     @property
     def model(self) -> str:
-        return str(self.info.get("model") or self.config.get("model.name"))
+        return str(self.info.model or self.config.get("model.name"))
 
     @property
     def method(self) -> str:
-        return str(self.info.get("method") or self.config.get("method.name"))
+        return str(self.info.method or self.config.get("method.name"))
 
 
 @dataclass
@@ -152,11 +146,11 @@ def collect(paths: list[str | Path]) -> Collection:
             failures.append(FailedJob(job_dir, _overrides(job_dir), "stopped before its run began (no run.json)"))
             continue
         try:
-            info = json.loads(run_file.read_text(encoding="utf-8"))
+            info = RunRecord.from_json(json.loads(run_file.read_text(encoding="utf-8")), str(run_file))
         except json.JSONDecodeError as exc:
             failures.append(FailedJob(job_dir, _overrides(job_dir), f"run.json is not valid JSON (line {exc.lineno})"))
             continue
-        config = info.get("config") or {}
+        config = info.config or {}
         runs.append(Run(len(runs), job_dir, info, flatten(config), flatten(run_identity(config))))
     return Collection(runs, _long_table(runs), failures, roots)
 
@@ -167,73 +161,12 @@ def _natural_key(path: Path):
 
 
 def _long_table(runs: list[Run]) -> pd.DataFrame:
-    records = []
-    for run in runs:
-        for k, row in enumerate(latest_rows(run.dir / SAMPLES_FILE).values()):
-            usage = row.get("usage") or {}
-            records.append({
-                "run": run.key, "id": row["id"], "repeat": row.get("repeat", 0),
-                "batch": row.get("batch", f"line {k}"),  # lines written before batches were numbered: one each
-                # ids alone can collide across task settings (arith seeds), so pairs also match the question
-                "pair": f"{row['id']}|{row.get('question_hash', '')}",
-                "error": row.get("error"),
-                "correct_strict": bool(row.get("correct_strict")),
-                "correct_flexible": bool(row.get("correct_flexible")),
-                **{key: usage.get(key, 0) for key in USAGE_COLUMNS},
-                "decoding_calls": usage.get("decoding_calls", usage.get("calls", 0)),  # older lines: every call
-                # lines written before context tokens were summed: input plus the KV positions received
-                "context_tokens": usage.get("context_tokens",
-                                            usage.get("input_tokens", 0) + usage.get("kv_positions_received", 0)),
-                "time_s": usage.get("wall_time_s", 0.0),
-                "cost_usd": usage.get("cost_usd"),
-                "extractor_version": row.get("extractor_version"),
-            })
-    table = pd.DataFrame.from_records(records, columns=list(SAMPLE_COLUMNS))
+    """Every run's sample table (stats.sample_table), with the run's key, task, model and method on each row."""
+    tables = [stats.sample_table(list(latest_records(run.dir).values())).assign(run=run.key) for run in runs]
+    table = pd.concat(tables, ignore_index=True) if tables else stats.sample_table([]).assign(run=None)
     keys = pd.DataFrame([{"run": r.key, "task": r.task, "model": r.model, "method": r.method} for r in runs],
                         columns=["run", "task", "model", "method"])
     return keys.merge(table, on="run", how="right") if len(table) else table.assign(task=None, model=None, method=None)
-
-
-# ---------------------------------------------------------------- statistics
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant pairs: b = only the first right, c = only the second.
-
-    Under no difference each discordant pair goes either way with probability 1/2, so the test is a
-    two-sided binomial test of min(b, c) in b + c trials.
-    """
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
-    return min(1.0, 2 * tail / 2**n)
-
-
-def paired_bootstrap_interval(x, y, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile interval of mean(x - y) for paired outcomes (0/1, or each sample's mean over its repeats),
-    resampling pairs with replacement."""
-    d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
-    if len(d) == 0:
-        return None
-    return percentile_interval(cluster_bootstrap(d, np.ones(len(d)), seed=seed), level)
-
-
-def batch_time_estimates(rows: pd.DataFrame, seed: int) -> np.ndarray | None:
-    """Bootstrap estimates of a run's mean time per sample, resampling its batches (None with fewer than two)."""
-    batches = rows.groupby(rows.batch.astype(str)).time_s.agg(["sum", "count"])
-    if len(batches) < 2:
-        return None
-    return cluster_bootstrap(batches["sum"].to_numpy(), batches["count"].to_numpy(), seed=seed)
-
-
-def speedup_interval(rows: pd.DataFrame, ref_rows: pd.DataFrame) -> tuple[float, float] | None:
-    """95% interval of (reference time per sample) / (this run's), from independent bootstraps of the
-    two runs' batches: it shows the spread between batches, not the load on the machine on the day."""
-    ours, theirs = batch_time_estimates(rows, seed=1), batch_time_estimates(ref_rows, seed=2)
-    if ours is None or theirs is None or (ours <= 0).any():
-        return None
-    return percentile_interval(theirs / ours)
 
 
 # ---------------------------------------------------------------- comparing
@@ -277,25 +210,21 @@ def _summaries(collection: Collection, by: list[str]) -> pd.DataFrame:
     samples = collection.samples
     rows = []
     for run in collection.runs:
-        mine = samples[samples.run == run.key]
-        done = mine[mine.error.isna()]
-        n = len(done)
+        summary = stats.summarize(samples[samples.run == run.key]).to_json()
         row = {"task": run.task, "model": run.model, "method": run.method, "run": run.key,
-               "run_dir": str(run.dir), "status": run.info.get("status"), "n": n, "errors": len(mine) - n,
-               "samples": done.id.nunique(), "repeats": done.repeat.nunique()}
+               "run_dir": str(run.dir), "status": run.info.status,
+               **{k: summary[k] for k in ("n", "errors", "samples", "repeats")}}
         for kind in METRICS:
-            interval = accuracy_interval(done.groupby("pair")[f"correct_{kind}"].apply(list).to_dict()) or (None, None)
-            row.update({f"accuracy_{kind}": float(done[f"correct_{kind}"].mean()) if n else None,
-                        f"accuracy_{kind}_low": interval[0], f"accuracy_{kind}_high": interval[1]})
-        for column in ("output_tokens", "input_tokens", "context_tokens", "latent_steps", "calls", "forward_passes"):
-            row[f"mean_{column}"] = float(done[column].mean()) if n else None
-        row["decoding_calls"] = int(mine.decoding_calls.sum())
-        row["calls_at_max_new_tokens"] = int(mine.calls_at_max_new_tokens.sum())
-        row["mean_time_per_sample_s"] = float(done.time_s.mean()) if n else None
-        estimates = batch_time_estimates(done, seed=0)
-        row["time_per_sample_s_low"], row["time_per_sample_s_high"] = (
-            percentile_interval(estimates) if estimates is not None else (None, None))
-        row["cost_usd"] = None if not n or done.cost_usd.isna().any() else float(done.cost_usd.sum())
+            low, high = summary[f"accuracy_{kind}_ci95"] or (None, None)
+            row.update({f"accuracy_{kind}": summary[f"accuracy_{kind}"], f"accuracy_{kind}_low": low,
+                        f"accuracy_{kind}_high": high})
+        for column in stats.MEAN_COLUMNS:
+            row[f"mean_{column}"] = summary[f"mean_{column}"]
+        row["decoding_calls"] = summary["decoding_calls"]
+        row["calls_at_max_new_tokens"] = summary["calls_at_max_new_tokens"]
+        row["mean_time_per_sample_s"] = summary["mean_time_per_sample_s"]
+        row["time_per_sample_s_low"], row["time_per_sample_s_high"] = summary["time_per_sample_s_ci95"] or (None, None)
+        row["cost_usd"] = summary["cost_usd"]
         rows.append(row)
     table = pd.DataFrame(rows)
     for key in by:  # as given: pandas would turn integers with a missing value into floats
@@ -402,39 +331,7 @@ def _set_references(comparison: Comparison, selector: tuple[str, dict]) -> None:
 
 
 def _paired(samples: pd.DataFrame, run: int, ref: int, metric: str) -> dict:
-    """Statistics of a run against its reference on the samples both answered; each sample's repeats are
-    pooled into its mean, so a sample counts once however often either run answered it."""
-    done = samples[samples.error.isna()]
-    ours, theirs = done[done.run == run], done[done.run == ref]
-    shared = set(ours.pair) & set(theirs.pair)
-    if not shared:
-        return {"n_paired": 0}
-    ours, theirs = ours[ours.pair.isin(shared)], theirs[theirs.pair.isin(shared)]
-    columns = [f"correct_{metric}", "output_tokens", "input_tokens", "context_tokens"]
-    both = ours.groupby("pair")[columns].mean().merge(theirs.groupby("pair")[columns].mean(), how="left",
-                                                      left_index=True, right_index=True, suffixes=("", "_ref"))
-    x, y = both[f"correct_{metric}"].to_numpy(), both[f"correct_{metric}_ref"].to_numpy()
-    low, high = paired_bootstrap_interval(x, y)
-    one_answer_each = ours.pair.is_unique and theirs.pair.is_unique
-    run_time, ref_time = ours.time_s.mean(), theirs.time_s.mean()
-    speedup = float(ref_time / run_time) if run_time > 0 and ref_time > 0 else None
-    interval = speedup_interval(ours, theirs) if speedup is not None else None
-    xb, yb = x.astype(bool), y.astype(bool)
-    return {
-        "n_paired": len(both),
-        "accuracy_diff": float(x.mean() - y.mean()),
-        "accuracy_diff_low": low, "accuracy_diff_high": high,
-        # McNemar's test needs one right-or-wrong answer per sample and run
-        "mcnemar_p": mcnemar_exact(int((xb & ~yb).sum()), int((~xb & yb).sum())) if one_answer_each else None,
-        **{f"{kind}_token_reduction": _reduction(both[f"{kind}_tokens"].mean(), both[f"{kind}_tokens_ref"].mean())
-           for kind in ("output", "input", "context")},
-        "speedup": speedup, "speedup_low": interval[0] if interval else None,
-        "speedup_high": interval[1] if interval else None,
-    }
-
-
-def _reduction(value: float, ref: float) -> float | None:
-    return float(1 - value / ref) if ref > 0 else None
+    return stats.paired(samples[samples.run == run], samples[samples.run == ref], metric)
 
 
 def _mismatches(runs: list[Run], rows: pd.DataFrame, samples: pd.DataFrame, by: list[str]) -> list[str]:
@@ -451,7 +348,7 @@ def _mismatches(runs: list[Run], rows: pd.DataFrame, samples: pd.DataFrame, by: 
     if scored.extractor_version.nunique() > 1:
         lines.append("answer extractor versions differ: " + ", ".join(
             f"{labels[k]}: {'/'.join(sorted(versions[k]))}" for k in rows.run if k in versions))
-    differences = environment.differences({labels[run.key]: run.info.get("environment") for run in runs})
+    differences = environment.differences({labels[run.key]: run.info.environment for run in runs})
     if differences:
         lines.append("the runs ran in different environments: " + " | ".join(differences))
     return lines
@@ -469,11 +366,11 @@ def _notes(runs: list[Run], rows: pd.DataFrame) -> list[str]:
     labels = dict(zip(rows.run, rows.label))
     notes = []
     for run in runs:
-        status, why = run.info.get("status"), run.info.get("stop_reason")  # e.g. a budget cap
+        status, why = run.info.status, run.info.stop_reason  # e.g. a budget cap
         if status != "finished":
             state = f"stopped early ({why})" if why else f"has not finished (status {status})"
             notes.append(f"{labels[run.key]} {state}: its figures cover the samples written so far.")
-        calibration = (run.info.get("method_info") or {}).get("calibration") or {}
+        calibration = (run.info.method_info or {}).get("calibration") or {}
         if calibration.get("performed"):
             usage = calibration.get("usage") or {}
             notes.append(

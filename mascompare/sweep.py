@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mascompare.errors import UserError
-from mascompare.results import FAILURE_FILE, RUN_FILE
+from mascompare.store import FAILURE_FILE, RUN_FILE
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".comparison.lock"

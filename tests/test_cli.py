@@ -1,12 +1,13 @@
 """The CLI through typer's CliRunner: runs, sweeps, listing, showing and bad input."""
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
 
 from mascompare.cli import app
-from mascompare.runner import run_identity
+from mascompare.identity import run_identity
 
 runner = CliRunner()
 
@@ -184,15 +185,63 @@ def test_version():
 
 
 def test_list_descriptions_are_whole_sentences():
-    from mascompare.cli import conf_dir, describe
+    from mascompare.cli import describe
+    from mascompare.config import group_options
 
-    gemma = describe(conf_dir() / "model" / "gemma3-270m.yaml")
+    gemma = describe(group_options("model")["gemma3-270m"])
     assert gemma.endswith("chat template: prompts use the plain \"User: ... Assistant:\" format (see "
-                          "mascompare/backends/hf.py).")
-    assert describe(conf_dir() / "method" / "latent_mas.yaml").endswith("only the last agent writes text.")
-    for group in ("method", "task", "model", "backend"):
-        for path in (conf_dir() / group).glob("*.yaml"):
-            assert describe(path).endswith("."), path
+                          "mascompare/backends/hf/prompts.py).")
+    assert describe(group_options("method")["latent_mas"]).endswith("only the last agent writes text.")
+    for group in ("method", "task", "model", "backend", "experiment"):
+        for config in group_options(group).values():
+            assert describe(config).endswith("."), config
+
+
+def own_configs(folder):
+    """A config folder of a user's own: a task built on a shipped one, and an experiment that runs it."""
+    (folder / "task").mkdir(parents=True)
+    (folder / "task" / "arith_ones.yaml").write_text(
+        "# arith_ones: single-digit sums only.\ndefaults:\n  - arith\n  - _self_\nlevels: [1]\n")
+    (folder / "experiment").mkdir()
+    (folder / "experiment" / "two_ones.yaml").write_text(
+        "# @package _global_\n# two_ones: two single-digit sums.\ndefaults:\n  - override /task: arith_ones\n"
+        "  - _self_\ntask:\n  limit: 2\n")
+    return folder
+
+
+def test_a_config_folder_of_ones_own_adds_tasks_and_experiments(tiny_model_dir, tmp_path, monkeypatch):
+    from mascompare.config import USER_CONFIG_ENV
+
+    mine = own_configs(tmp_path / "mine")
+    listed = invoke("list", "--config-dir", str(mine))
+    assert listed.exit_code == 0 and f"; yours: {mine}" in listed.output
+    assert "arith_ones (yours)" in listed.output and "two_ones (yours)" in listed.output
+    assert "arith_ones" not in invoke("list").output and USER_CONFIG_ENV not in os.environ
+
+    args = ["run", "method=baseline", f"model.path={tiny_model_dir}", "model.name=tiny", "generation.max_new_tokens=4",
+            "run.progress=false", f"run.output_root={tmp_path / 'out'}", "+experiment=two_ones"]
+    result = invoke(*args, "--config-dir", str(mine))
+    assert result.exit_code == 0, result.output
+    (samples,) = (tmp_path / "out" / "arith" / "baseline" / "tiny").glob("*/samples.jsonl")
+    assert [json.loads(line)["id"] for line in samples.read_text().splitlines()] == ["arith-L1-0000", "arith-L1-0001"]
+
+    monkeypatch.setenv(USER_CONFIG_ENV, str(mine))  # the same folder named by the environment
+    result = invoke("run", "task=arith_ones", "--cfg", "job")
+    assert result.exit_code == 0 and "levels:\n  - 1\n" in result.output
+
+
+def test_a_config_folder_that_is_missing_or_shadows_a_shipped_config_is_refused(tmp_path):
+    result = runner.invoke(app, ["list", "--config-dir", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: The config folder {tmp_path / 'nowhere'} does not exist;")
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "gsm8k.yaml").write_text("name: gsm8k\n")
+    result = runner.invoke(app, ["run", "task=gsm8k", "--config-dir", str(tmp_path), f"run.output_root={tmp_path}"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert f"{tmp_path / 'task' / 'gsm8k.yaml'} has the name of a shipped config (task/gsm8k.yaml)" in result.output
+    (tmp_path / "task" / "gsm8k.yaml").rename(tmp_path / "task" / "gsm8k_mine.yaml")
+    result = runner.invoke(app, ["run", "--config-dir", str(tmp_path), "hydra.searchpath=[file:///elsewhere]"])
+    assert result.exit_code == 2 and "not both" in result.output
 
 
 def test_unknown_key_suggests_the_nearest_real_key(tmp_path):

@@ -2,9 +2,13 @@
 
 import json
 import struct
+import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
-from mascompare.environment import data_fingerprint, differences, model_fingerprint
+import pytest
+
+from mascompare.environment import checkout_state, data_fingerprint, differences, git_state, model_fingerprint
 from mascompare.tasks.base import Sample
 
 
@@ -49,3 +53,25 @@ def test_differences_name_each_entry_and_who_has_which_value():
     lines = differences({"run a": a, "run b": b, "old run": None})
     assert lines == ["torch threads: 8 (run a); 1 (run b)", "uncommitted changes: False (run a); True (run b)"]
     assert differences({"run a": a, "same": dict(a)}) == []
+
+
+def test_a_checkout_records_its_own_commit_and_an_install_inside_another_repository_none(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("runs from a git checkout")
+    state = git_state()  # this checkout (PYTHONPATH or an editable install): no build record in the package
+    assert state["from"] == "checkout" and state["sha"] == head.stdout.strip() and state["dirty"] in (True, False)
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "notes.txt").write_text("a project of someone's\n")
+    git("add", "notes.txt")
+    git("commit", "-q", "-m", "first")
+    site_packages = tmp_path / ".venv" / "lib" / "site-packages"
+    site_packages.mkdir(parents=True)
+    assert checkout_state(site_packages) == {"sha": None, "dirty": None}  # that project's commit is not ours
+    assert checkout_state(tmp_path)["dirty"] is False

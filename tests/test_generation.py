@@ -5,13 +5,14 @@ from dataclasses import replace
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import decoding
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.generation import GenerationConfig, call_seed
 from mascompare.methods import build_method
 from mascompare.tasks.arith import Arith
 
-SAMPLED = GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=0.95, top_k=50, seed=7)
+SAMPLED = decoding(max_new_tokens=6, temperature=1.0, top_p=0.95, top_k=50, seed=7)
 METHODS = {  # the methods' own presets, made small
     "baseline": (),
     "text_mas": (),
@@ -28,7 +29,7 @@ def test_a_call_seed_depends_on_every_part_of_its_key():
               call_seed(42, "q1", "planner", 0, 1)]
     assert base == call_seed(42, "q1", "planner", 0, 0) and base not in others and len(set(others)) == 5
     assert 0 <= base < 2**31
-    assert GenerationConfig().call_seeds([("q1", "planner", 0)]) is None  # greedy draws nothing
+    assert decoding().call_seeds([("q1", "planner", 0)]) is None  # greedy draws nothing
 
 
 @pytest.mark.parametrize("name", list(METHODS))

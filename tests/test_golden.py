@@ -82,20 +82,20 @@ def model_dirs(tmp_path_factory, smollm2_tokenizer) -> dict[str, Path]:
     return dirs
 
 
-def outputs_of(run_dir: Path, info: dict) -> dict:
+def outputs_of(run_dir: Path, record) -> dict:
     rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
     samples = []
     for row in rows:
         kept = {key: row.get(key) for key in ROW_FIELDS}
         kept["calls"] = [{key: call.get(key) for key in CALL_FIELDS} for call in row["agents"]]
         samples.append(kept)
-    method_info = info.get("method_info") or {}
+    method_info = record.method_info or {}
     graph = method_info.get("graph")
     calibration = method_info.get("calibration") or {}
     history = [{k: v for k, v in step.items()} for step in calibration.get("history") or []]
     return {"samples": samples, "graph": graph, "calibration_history": history,
             "calibration_questions": calibration.get("question_ids"),
-            "accuracy": [info["summary"]["accuracy_strict"], info["summary"]["accuracy_flexible"]]}
+            "accuracy": [record.summary.accuracy_strict, record.summary.accuracy_flexible]}
 
 
 def run_config(name: str, model_dirs, root: Path) -> dict:
@@ -103,8 +103,7 @@ def run_config(name: str, model_dirs, root: Path) -> dict:
     cfg = compose_config(*COMMON, *overrides, f"model.path={model_dirs[model]}", f"model.name=tiny-{model}",
                          f"run.output_root={root}")
     run_dir = root / name
-    info = execute(cfg, run_dir)
-    return outputs_of(run_dir, info)
+    return outputs_of(run_dir, execute(cfg, run_dir))
 
 
 @pytest.fixture(scope="module")

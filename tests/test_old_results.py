@@ -61,6 +61,19 @@ def test_resume_reads_old_samples_and_runs_only_what_is_missing(old_results, tin
     before = (run_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines()
     info = execute(cfg, run_dir)
     after = (run_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-    assert info["samples_resumed"] == 6 and info["summary"]["n"] == 8  # 3 old samples x 2 repeats, 1 new x 2
+    assert info.samples_resumed == 6 and info.summary.n == 8  # 3 old samples x 2 repeats, 1 new x 2
     assert after[:len(before)] == before and len(after) == len(before) + 2
     assert {json.loads(line)["id"] for line in after[len(before):]} == {"arith-L4-0000"}  # the task interleaves levels
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_old_runs_keep_their_identity_so_their_commands_resume_them(run):
+    """The command that wrote a run lands in the same directory today: its config hash is unchanged."""
+    import yaml
+
+    from mascompare.app import compose_config
+    from mascompare.identity import identity_hash
+
+    overrides = yaml.safe_load((OLD / run / ".hydra" / "overrides.yaml").read_text(encoding="utf-8"))
+    written = json.loads((OLD / run / "run.json").read_text(encoding="utf-8"))
+    assert identity_hash(compose_config(*overrides)) == written["config_hash"]

@@ -6,15 +6,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import decoding
 from mascompare.app import compose_config
 from mascompare.cli import app
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
 from mascompare.runner import execute
 
 
 def test_auto_batch_size_is_8_off_cuda(tiny_backend):
-    assert tiny_backend.auto_batch_size(["What is 2 + 2?"], GenerationConfig()) == 8
+    assert tiny_backend.auto_batch_size(["What is 2 + 2?"], decoding()) == 8
 
 
 def test_auto_batch_size_on_cuda_fits_the_kv_cache_in_half_the_free_memory(tiny_backend, monkeypatch):
@@ -22,7 +22,7 @@ def test_auto_batch_size_on_cuda_fits_the_kv_cache_in_half_the_free_memory(tiny_
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 2**34))
     tiny_backend.device = torch.device("cuda")  # only the choice is computed: nothing runs on the device
     short, long = ["What is 2 + 2?"], ["What is 2 + 2? " * 200]
-    gen = GenerationConfig(max_new_tokens=256)
+    gen = decoding(max_new_tokens=256)
     config = tiny_backend.model.config
     bytes_per_position = 2 * config.num_hidden_layers * config.num_key_value_heads * \
         (config.hidden_size // config.num_attention_heads) * 4

@@ -5,40 +5,23 @@ in this process. A method declares which it needs; the runner checks that before
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from omegaconf import OmegaConf
-
-from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
 
 if TYPE_CHECKING:  # torch is imported by the backends that run a model, never by this contract
     from torch import Tensor
 
     from mascompare.backends.hf import SharedCache
-    from mascompare.backends.response_cache import ResponseCache
 
 DEFAULT_AUTO_BATCH = 8  # run.batch_size=auto where a backend has no better choice
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
 
-def chat_template_kwargs(model_cfg) -> dict:
-    """`model.chat_template_kwargs`: extra variables for the model's chat template (e.g. Qwen3's
-    {enable_thinking: false}), the same for every prompt a run sends or counts."""
-    extra = model_cfg.get("chat_template_kwargs") if model_cfg is not None else None
-    if OmegaConf.is_config(extra):
-        extra = OmegaConf.to_container(extra, resolve=True)  # plain values, as a Jinja template expects
-    if extra is None:
-        return {}
-    if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
-        raise UserError("model.chat_template_kwargs must be a mapping of names to values, e.g. "
-                        f"{{enable_thinking: false}}, or null; got {extra!r}.")
-    return extra
-
-
 def plain_prompt(messages: list[Message]) -> str:
-    """The documented fallback for models without a chat template (see backends/hf.py)."""
+    """The documented fallback for models without a chat template (see backends/hf/prompts.py)."""
     turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n\n".join([*turns, "Assistant:"])
 
@@ -98,9 +81,9 @@ class ChatBackend:
         """run.batch_size=auto: the batch this backend runs best for these questions."""
         return DEFAULT_AUTO_BATCH
 
-    def use_cache(self, cache: ResponseCache | None) -> None:
-        """Answer repeated requests from `cache` (run.cache); None stops. Only backends that send requests
-        can; the others compute every answer anyway."""
+    def use_cache(self, path: Path | None) -> None:
+        """Answer repeated requests from the response cache at `path` (run.cache); None closes it. Only backends
+        that send requests keep one; the others compute every answer anyway."""
 
     def environment(self) -> dict:
         """What run.json's environment block records of this backend: where and how the model ran."""

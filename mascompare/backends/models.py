@@ -1,6 +1,6 @@
 """Where model weights come from: a local directory, a hub id, or a GGUF shipped inside a pip package.
 
-`resolve(model_cfg)` turns a `model` config node into a `ModelSource` whose `path` is what
+`resolve(model)` turns a `model` section (settings.ModelSettings) into a `ModelSource` whose `path` is what
 `from_pretrained` loads: a local directory, or a hub id when the hub is reachable.
 
 An embedded model (`model.embedded`) is a GGUF file inside an installed pip package, possibly split
@@ -56,13 +56,9 @@ class Embedded:
     sha256: str | None = None
 
     @classmethod
-    def from_cfg(cls, node) -> "Embedded":
-        missing = [key for key in ("package", "gguf") if not node.get(key)]
-        if missing:
-            raise UserError(f"model.embedded needs {' and '.join(missing)} (a pip package and the GGUF file "
-                            "inside it).")
-        return cls(str(node["package"]), str(node["gguf"]), tuple(str(c) for c in node.get("chunks") or ()),
-                   node.get("sha256"))
+    def of(cls, settings) -> "Embedded":
+        """From `model.embedded` (settings.EmbeddedSettings)."""
+        return cls(settings.package, settings.gguf, tuple(settings.chunks or ()), settings.sha256)
 
     @property
     def packages(self) -> list[str]:
@@ -82,17 +78,13 @@ def model_cache_dir(name: str) -> Path:
     return cache_dir() / "models" / name.replace("/", "--")
 
 
-def resolve(model_cfg) -> ModelSource:
-    name = model_cfg.get("name")
-    path = model_cfg.get("path")
-    embedded = model_cfg.get("embedded")
-    if not name:
-        raise UserError("model.name is missing; set it to what results should call the model.")
-    trust = bool(model_cfg.get("trust_remote_code", False))
-    if path:
-        return ModelSource(name, _resolve_path(str(path)), trust)
-    if embedded:
-        return ModelSource(name, str(_embedded_dir(name, Embedded.from_cfg(embedded))), trust)
+def resolve(model) -> ModelSource:
+    """Where a model preset's weights are (settings.ModelSettings)."""
+    name, trust = model.name, bool(model.trust_remote_code)
+    if model.path:
+        return ModelSource(name, _resolve_path(model.path), trust)
+    if model.embedded is not None:
+        return ModelSource(name, str(_embedded_dir(name, Embedded.of(model.embedded))), trust)
     raise UserError(f"Model '{name}' has neither model.path nor model.embedded; set model.path to a local "
                     "model directory or a hub id.")
 

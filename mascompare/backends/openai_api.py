@@ -36,12 +36,12 @@ from pathlib import Path
 
 import openai
 
-from mascompare.accounting import api_model_id
-from mascompare.backends.base import ChatBackend, Completion, Message, chat_template_kwargs
+from mascompare.backends.base import ChatBackend, Completion, Message
 from mascompare.backends.response_cache import ResponseCache, cacheable
 from mascompare.backends.tokens import TokenCounter
-from mascompare.errors import UserError, is_int_at_least
+from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
+from mascompare.settings import ModelSettings, OpenAISettings
 
 log = logging.getLogger(__name__)
 
@@ -70,40 +70,36 @@ class OpenAIBackend(ChatBackend):
     name = "openai"
     capabilities = frozenset({"chat"})
 
-    def __init__(self, backend_cfg, model_cfg):
-        self.model_name = str(model_cfg.name)
-        self.api_model = api_model_id(model_cfg)
-        self.base_url = str(backend_cfg.get("base_url") or model_cfg.get("endpoint")
-                            or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
-        self._key = (backend_cfg.get("api_key") or _key_from_file(backend_cfg.get("api_key_file"))
-                     or os.environ.get("OPENAI_API_KEY") or "")
+    def __init__(self, settings: OpenAISettings, model: ModelSettings):
+        self.model_name = model.name
+        self.api_model = model.api_id
+        self.base_url = str(settings.base_url or model.endpoint or os.environ.get("OPENAI_BASE_URL")
+                            or OPENAI_URL).rstrip("/")
+        self._key = settings.api_key or _key_from_file(settings.api_key_file) or os.environ.get("OPENAI_API_KEY") or ""
         if not self._key and self.base_url == OPENAI_URL:
             raise UserError("The OpenAI API needs a key: set the environment variable OPENAI_API_KEY "
                             "or backend.api_key_file (or backend.base_url for a server that needs none).")
-        self.max_concurrency = _at_least(backend_cfg, "max_concurrency", 1, default=8)
-        stream = backend_cfg.get("stream", True)
-        if not isinstance(stream, bool):
-            raise UserError(f"backend.stream must be true or false, got {stream!r}.")
+        self.max_concurrency = settings.max_concurrency
         # samples the runner runs at once, each as its own task; None: batches of run.batch_size
-        self.sample_workers = self.max_concurrency if stream else None
+        self.sample_workers = self.max_concurrency if settings.stream else None
         self.cache: ResponseCache | None = None
-        self.max_retries = _at_least(backend_cfg, "max_retries", 0, default=4)
-        self.timeout_s = _positive(backend_cfg, "timeout_s", default=120.0)
-        self.backoff_s = _positive(backend_cfg, "backoff_s", default=1.0)
-        self.max_backoff_s = _positive(backend_cfg, "max_backoff_s", default=60.0)
-        self.token_limit_param = str(backend_cfg.get("token_limit_param") or "max_tokens")
-        if self.token_limit_param not in ("max_tokens", "max_completion_tokens"):
-            raise UserError("backend.token_limit_param must be max_tokens or max_completion_tokens, "
-                            f"got '{self.token_limit_param}'.")
-        self.omit_params = set(backend_cfg.get("omit_params") or ())
+        self.max_retries = settings.max_retries
+        self.timeout_s, self.backoff_s, self.max_backoff_s = settings.timeout_s, settings.backoff_s, settings.max_backoff_s
+        self.token_limit_param = settings.token_limit_param
+        self.omit_params = set(settings.omit_params)
         # our own retries (with their accounting and logging) replace the client's
         self._client = openai.OpenAI(base_url=self.base_url, api_key=self._key or "unused",
-                                     timeout=self.timeout_s, max_retries=0)
+                                     timeout=self.timeout_s, max_retries=0, http_client=self.http_client())
         self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="openai-request")
-        self.template_kwargs = chat_template_kwargs(model_cfg)  # the server applies the chat template
-        self.counter = TokenCounter(model_cfg.get("tokenizer"), self.template_kwargs)
+        self.template_kwargs = model.chat_template_kwargs or {}  # the server applies the chat template
+        self.counter = TokenCounter(model.tokenizer, self.template_kwargs)
         log.info("openai backend: model %s at %s, up to %d concurrent requests",
                  self.api_model, self.base_url, self.max_concurrency)
+
+    def http_client(self):
+        """The HTTP client (the openai package's kind) requests go through; None: the package's own. The scripted
+        backend brings one that answers in this process."""
+        return None
 
     # --- the backend contract ----------------------------------------------------------------
 
@@ -135,8 +131,13 @@ class OpenAIBackend(ChatBackend):
             params["extra_body"] = extra
         return {k: v for k, v in params.items() if k not in self.omit_params}
 
-    def use_cache(self, cache: ResponseCache | None) -> None:
-        self.cache = cache
+    def use_cache(self, path: Path | None) -> None:
+        if self.cache is not None:
+            self.cache.close()
+        self.cache = ResponseCache(path) if path is not None else None
+
+    def environment(self) -> dict:
+        return {"backend": self.name, "device": f"server at {self.base_url}", "dtype": None}
 
     def complete(self, messages: list[Message], gen: GenerationConfig, seed: int | None = None) -> Completion:
         params = self.request_params(messages, gen, seed)
@@ -232,17 +233,3 @@ def _server_message(exc: openai.APIStatusError) -> str:
         if message:
             return str(message)
     return str(exc.message)
-
-
-def _at_least(cfg, key: str, minimum: int, default: int) -> int:
-    value = cfg.get(key, default)
-    if not is_int_at_least(value, minimum):
-        raise UserError(f"backend.{key} must be an integer of at least {minimum}, got {value!r}.")
-    return value
-
-
-def _positive(cfg, key: str, default: float) -> float:
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UserError(f"backend.{key} must be a positive number of seconds, got {value!r}.")
-    return float(value)

@@ -61,13 +61,13 @@ class TokenCounter:
 
 def tokenizer_path(spec: str) -> str:
     """A model preset's weights directory (converting an embedded model once), or spec itself."""
-    from mascompare.config import CONF_DIR
+    from mascompare.config import find_config
 
-    preset = CONF_DIR / "model" / f"{spec}.yaml"
-    if not preset.is_file():
+    preset = find_config(f"model/{spec}.yaml")
+    if preset is None:
         return spec
     from omegaconf import OmegaConf
 
     from mascompare.backends.models import resolve
 
-    return resolve(OmegaConf.load(preset)).path
+    return resolve(OmegaConf.create(preset.read_text(encoding="utf-8"))).path

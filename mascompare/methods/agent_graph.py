@@ -21,8 +21,6 @@ predecessors, layer k agents have all their predecessors in layers < k.
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
 import time
@@ -32,9 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mascompare import results
-from mascompare.accounting import summed
 from mascompare.errors import UserError
+from mascompare.identity import short_hash
+from mascompare.records import Usage
+from mascompare.tasks.base import CalibrationPool, overlapping
 
 log = logging.getLogger(__name__)
 
@@ -316,78 +315,24 @@ def matrix_to_json(matrix: np.ndarray, digits: int | None = None) -> list:
             for row in matrix]
 
 
-def write_masks(path, data: dict) -> None:
-    """A masks file, written whole or not at all (a run killed while writing leaves the old one)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def read_masks(path, masks_format: str, method: str) -> dict:
-    """The contents of a masks file that `method` wrote in `masks_format`; one clear error otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"Could not read the masks file {path} ({exc}).") from exc
-    if not isinstance(data, dict) or data.get("format") != masks_format:
-        raise UserError(f"{path} is not a masks file written by {method} (format {masks_format}).")
-    return data
-
-
 # --- calibration: learning the edges on questions the run never evaluates -------------------------
 
 
-def calibration_split(cal, task) -> str:
-    """`auto` is `seed` for generated arith items, else `tail`."""
-    return ("seed" if task.name == "arith" else "tail") if cal.split == "auto" else cal.split
-
-
-def calibration_samples(cal, task, evaluated) -> tuple[list, str]:
-    """Calibration questions disjoint from the evaluated ones, and where they come from
-    (`cal` is a method's `calibration` config)."""
-    size, split = cal.size, calibration_split(cal, task)
-    taken = {results.short_hash(s.question) for s in evaluated}
-    source, task = task, copy.copy(task)
-    if split == "seed":
-        if source.name != "arith":
-            raise UserError("method.calibration.split=seed works only with task=arith; use tail or train.")
-        task.seed = cal.seed if cal.get("seed") is not None else source.seed + 1
-        if task.seed == source.seed:
-            raise UserError("method.calibration.seed must differ from task.seed, or the questions would repeat.")
-        # a few single-digit sums recur across seeds: skip any question that is also evaluated
-        task.limit, task.size_per_level = None, 4 * math.ceil(size / len(task.levels)) + 8
-        pool = [s for s in task.load() if results.short_hash(s.question) not in taken][:size]
-        where = f"arith items generated with seed {task.seed} (levels {task.levels}), evaluated questions skipped"
-    else:
-        if not hasattr(task, "limit"):
-            raise UserError(f"method.calibration.split={split} needs a task with a limit; this one has none.")
-        task.limit = None
-        if split == "train":
-            splits = tuple(getattr(task, "splits", ()))
-            if "train" not in splits or task.split == "train":
-                has = (f"its only split is {splits[0]}" if len(splits) == 1 else
-                       f"its splits are {', '.join(splits)}" if splits else "it has no named splits")
-                raise UserError(f"method.calibration.split=train needs a train split apart from the evaluated one, "
-                                f"but task={source.name} evaluates {getattr(task, 'split', 'its data')} and "
-                                f"{has}; use method.calibration.split=tail.")
-            task.split, task.source, task.limit = "train", "hub", size
-            pool = task.load()
-            where = f"the first {len(pool)} questions of the {source.name} train split"
-        else:
-            everything = task.load()
-            pool = everything[-size:]
-            where = (f"the last {len(pool)} questions of the {source.name} "
-                     f"{getattr(task, 'split', 'task')} data (positions {len(everything) - len(pool)}"
-                     f"-{len(everything) - 1}), never evaluated")
-        overlap = [s.id for s in pool if results.short_hash(s.question) in taken]
-        if overlap:
-            raise UserError(
-                f"The calibration questions ({where}) overlap the evaluated ones ({len(overlap)} shared, "
-                f"e.g. {overlap[0]}); lower task.limit, or choose another method.calibration.split.")
-    if len(pool) < size:
-        raise UserError(f"Only {len(pool)} calibration questions are available, fewer than "
-                        f"method.calibration.size={size}; lower it.")
-    return pool, where
+def calibration_samples(cal, task, evaluated) -> CalibrationPool:
+    """Calibration questions disjoint from the evaluated ones, from the task's pool for method.calibration.split
+    (`auto`: the task's default, `seed` for generated arith items, else `tail`)."""
+    split = task.default_calibration_split if cal.split == "auto" else cal.split
+    avoid = {short_hash(s.question) for s in evaluated}
+    pool = task.calibration_pool(split, cal.size, cal.seed, avoid)
+    overlap = overlapping(pool.samples, avoid)
+    if overlap:
+        raise UserError(
+            f"The calibration questions ({pool.where}) overlap the evaluated ones ({len(overlap)} shared, "
+            f"e.g. {overlap[0]}); lower task.limit, or choose another method.calibration.split.")
+    if len(pool.samples) < cal.size:
+        raise UserError(f"Only {len(pool.samples)} calibration questions are available, fewer than "
+                        f"method.calibration.size={cal.size}; lower it.")
+    return pool
 
 
 def calibrate(policy: EdgePolicy, cal, task, accountant, evaluated, execute) -> dict:
@@ -397,7 +342,8 @@ def calibrate(policy: EdgePolicy, cal, task, accountant, evaluated, execute) -> 
     outputs (final_text, error): the only place where models are called. The utility of a graph is 1
     when its final answer is right (flexible extraction) and 0 otherwise; its calls are recorded with
     phase="calibration" and taken out of the accountant into the summary."""
-    pool, where = calibration_samples(cal, task, evaluated)
+    drawn_from = calibration_samples(cal, task, evaluated)
+    pool, where = drawn_from.samples, drawn_from.where
     log.info("calibrating the communication graph on %d questions (%s), %d iterations",
              len(pool), where, cal.iterations)
     records, history, began, cursor = [], [], time.perf_counter(), 0
@@ -423,12 +369,12 @@ def calibrate(policy: EdgePolicy, cal, task, accountant, evaluated, execute) -> 
         log.info("calibration %d/%d: utility %.2f (baseline %.2f)", iteration + 1, cal.iterations,
                  step["utility"], step["baseline"])
     return {
-        "performed": True, "source": where, "split": calibration_split(cal, task), "question_pool": len(pool),
+        "performed": True, "source": where, "split": drawn_from.split, "question_pool": len(pool),
         "questions": len(used), "question_ids": [s.id for s in used],
-        "question_hashes": [results.short_hash(s.question) for s in used],
+        "question_hashes": [short_hash(s.question) for s in used],
         "iterations": cal.iterations, "batch_size": cal.batch_size,
         "graphs_per_question": cal.graphs_per_question, "history": history,
-        "usage": summed(records), "elapsed_s": round(time.perf_counter() - began, 3),
+        "usage": Usage.of(records).to_json(), "elapsed_s": round(time.perf_counter() - began, 3),
     }
 
 
@@ -438,7 +384,7 @@ def refuse_calibration_overlap(calibration: dict, evaluated, path) -> None:
     hashes = set(calibration.get("question_hashes") or ())
     ids_name_questions = calibration.get("split") in ("tail", "train") or not hashes  # older files: ids only
     ids = set(calibration.get("question_ids") or ()) if ids_name_questions else set()
-    shared = [s.id for s in evaluated if s.id in ids or results.short_hash(s.question) in hashes]
+    shared = [s.id for s in evaluated if s.id in ids or short_hash(s.question) in hashes]
     if shared:
         raise UserError(
             f"The masks in {path} were calibrated on {len(shared)} of the questions this run evaluates "

@@ -7,19 +7,27 @@ same answer-format instruction from the task, same extractor.
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from mascompare.methods import MethodOutput, Turn
+from mascompare.methods.base import Method, MethodOutput
+from mascompare.records import Turn
+from mascompare.settings import Section, Text, wanted
 
 
-class Method:
-    requires = frozenset({"chat"})
+class BaselineSettings(Section):
+    name: Text
+    system: Annotated[str | None, wanted("a system message or null")]
+    instruction: Annotated[str | None, wanted("an instruction placed before the question, or null")]
 
-    def __init__(self, cfg, backend, task, gen, accountant):
-        self.cfg, self.backend, self.task, self.gen, self.accountant = cfg, backend, task, gen, accountant
+
+class Baseline(Method):
+    name = "baseline"
+    Settings = BaselineSettings
 
     def prompt(self, question: str) -> list[dict]:
-        user = "\n\n".join(part for part in (self.cfg.instruction, question, self.task.answer_instruction()) if part)
-        system = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
+        settings = self.settings
+        user = "\n\n".join(part for part in (settings.instruction, question, self.task.answer_instruction()) if part)
+        system = [{"role": "system", "content": settings.system}] if settings.system else []
         return system + [{"role": "user", "content": user}]
 
     def run(self, samples) -> list[MethodOutput]:

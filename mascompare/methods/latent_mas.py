@@ -7,10 +7,8 @@ The same agents and role instructions as text_mas (conf/roles/mas.yaml); only th
    (`method.latent_steps`): the last layer's hidden state h at its last position is mapped back
    to the input-embedding space,
        e = (h W_a) * target_norm / ||h W_a||,   W_a = (W_out^T W_out + lambda I)^-1 W_out^T W_in,
-   and fed in as the next input embedding. Its prompt and its m thoughts stay in the cache.
-   W_in and target_norm (the mean norm of W_in's rows) are taken where the first layer reads its
-   input: the embedding module's output for every token, which some models scale (Gemma 3
-   multiplies the embedding matrix by sqrt(d) inside that module).
+   and fed in as the next input embedding (methods/latent.py, shared with pruned_latent_mas). Its
+   prompt and its m thoughts stay in the cache as its segment.
 3. The final agent prefills its prompt on the cache (seeing everything before it) and decodes.
 
 Sequential: planner -> critic -> refiner -> judger, each agent attending to all earlier ones.
@@ -38,75 +36,37 @@ Differences from the reference implementation, on purpose:
 from __future__ import annotations
 
 import time
-import weakref
 
 import torch
 
-from mascompare.accounting import UsageRecord, prompt_hash
-from mascompare.errors import UserError, is_int_at_least
-from mascompare.methods import MethodOutput, Turn
-from mascompare.methods.roles import agent_messages, agents_for
-
-RIDGE_LAMBDA = 1e-5  # the reference's regulariser for the least-squares realignment
-EMBEDDING_CHUNK = 16384  # tokens embedded at a time for W_in (bounds the model-dtype copy in memory)
-
-_realignments: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (W_a, target_norm)
+from mascompare.backends.base import LatentBackend
+from mascompare.methods.base import Method, MethodOutput
+from mascompare.methods.latent import Thinker, latent_diagnostics, positions_from, record_block
+from mascompare.methods.roles import Roles, Structure, agent_messages, agents_for
+from mascompare.records import Turn
+from mascompare.settings import Flag, NonNegativeInt, Section, Text
 
 
-def input_embeddings(model) -> torch.Tensor:
-    """[V, d] fp32: what the embedding module hands the first layer for each token, i.e. the space that
-    `inputs_embeds` replaces (the weight matrix itself, unless the module scales it, as Gemma's does)."""
-    embed = model.get_input_embeddings()
-    ids = torch.arange(embed.weight.shape[0], device=embed.weight.device)
-    with torch.inference_mode():
-        return torch.cat([embed(chunk).float() for chunk in ids.split(EMBEDDING_CHUNK)])
+class LatentMASSettings(Section):
+    name: Text
+    structure: Structure
+    latent_steps: NonNegativeInt  # m: latent thoughts per non-final agent
+    realign: Flag
+    diagnostics: Flag
+    roles: Roles
 
 
-def realignment(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """W_a [d, d] and the mean input-embedding norm, in fp32, computed once per model.
+class LatentMAS(Method):
+    name = "latent_mas"
+    Settings = LatentMASSettings
+    requires = LatentBackend
 
-    W_a solves min ||W_out W_a - W_in||^2 + lambda ||W_a||^2: it maps an output-space hidden state
-    to the input space the way the vocabulary maps one embedding matrix onto the other.
-    """
-    if model not in _realignments:
-        w_in = input_embeddings(model)
-        w_out = model.get_output_embeddings().weight.detach().float()
-        gram = w_out.T @ w_out + RIDGE_LAMBDA * torch.eye(w_out.shape[1], device=w_out.device)
-        w_a = torch.linalg.solve(gram, w_out.T @ w_in)
-        _realignments[model] = (w_a, w_in.norm(dim=1).mean())
-    return _realignments[model]
-
-
-def latent_thought(hidden: torch.Tensor, w_a: torch.Tensor | None, target_norm: torch.Tensor) -> torch.Tensor:
-    """The realigned latent thought: h W_a (h itself when w_a is None) rescaled to the mean input-embedding norm."""
-    aligned = hidden.float() if w_a is None else hidden.float() @ w_a
-    aligned = aligned * (target_norm / aligned.norm(dim=-1, keepdim=True).clamp_min(1e-6))
-    return aligned.to(hidden.dtype)
-
-
-class Method:
-    requires = frozenset({"chat", "hidden_states"})
-
-    @staticmethod
-    def check_config(cfg) -> None:
-        """Every knob checked before the model loads."""
-        agents_for(cfg)
-        steps = cfg.latent_steps
-        if not is_int_at_least(steps, 0):
-            raise UserError(f"method.latent_steps must be a non-negative integer, got {steps!r}.")
-        for flag in ("realign", "diagnostics"):
-            if not isinstance(cfg[flag], bool):
-                raise UserError(f"method.{flag} must be true or false, got {cfg[flag]!r}.")
-
-    def __init__(self, cfg, backend, task, gen, accountant):
-        self.check_config(cfg)
-        self.cfg, self.backend, self.task, self.gen, self.accountant = cfg, backend, task, gen, accountant
-        self.agents = agents_for(cfg)
-        self.hierarchical = cfg.structure == "hierarchical"
-        self.steps = cfg.latent_steps
-        w_a, self.target_norm = realignment(backend.model)
-        # realign=false keeps the norm rescale (as the reference does): only the map becomes the identity
-        self.w_a = w_a if cfg.realign else None
+    def __init__(self, settings: LatentMASSettings, backend: LatentBackend, task, gen, accountant):
+        super().__init__(settings, backend, task, gen, accountant)
+        self.agents = agents_for(settings)
+        self.hierarchical = settings.structure == "hierarchical"
+        self.steps = settings.latent_steps
+        self.thinker = Thinker(backend, self.steps, settings.realign)
 
     # -- the algorithm -------------------------------------------------------------------------------
 
@@ -121,7 +81,7 @@ class Method:
     def window_error(self, sample) -> str | None:
         """Why this sample's shared cache (every prompt, every thought, then the answer) cannot fit the
         model's context window, or None."""
-        window = getattr(self.backend, "context_window", None)
+        window = self.backend.context_window
         if window is None:
             return None
         conversations = [self.messages(agent, [sample])[0] for agent in self.agents]
@@ -140,40 +100,40 @@ class Method:
         if len(samples) > 1 and self.padding_could_pass_window(samples):
             # a sliding window counts padding columns too: one sample at a time keeps every row exact
             return [output for sample in samples for output in self.run_fitting([sample])]
-        state, turns, diagnostics = self.think_together(samples)
-        tokens = self.answer(state, samples)
-        texts = [self.backend.completion_text(row) for row in tokens]
+        state, segments, turns, diagnostics = self.think_together(samples)
+        answers = self.answer(state, segments, samples)
         final = self.agents[-1]
         return [
-            MethodOutput(text, turns + [Turn(final.name, final.role, len(self.agents) - 1, text)],
+            MethodOutput(answer.text, turns + [Turn(final.name, final.role, len(self.agents) - 1, answer.text)],
                          diagnostics=diagnostics[i] or None)
-            for i, text in enumerate(texts)
+            for i, answer in enumerate(answers)
         ]
 
     def think_together(self, samples):
-        """Run every non-final agent: prefill its prompt on the shared cache, then m latent steps."""
+        """Run every non-final agent: prefill its prompt on the shared cache, then m latent steps. Returns the
+        cache, each agent's segment (its cache columns), the transcript and the diagnostics."""
         if self.hierarchical and self.backend.can_join_rows():
             return self.experts_side_by_side(samples)
         state = self.backend.new_cache(len(samples))
+        segments: dict[str, tuple[int, int]] = {}
         turns, diagnostics = [], [{} for _ in samples]
         for index, agent in enumerate(self.agents[:-1]):
             start = time.perf_counter()
             # a hierarchical expert sees only its own segment; a sequential agent sees everything so far
             visible = torch.zeros_like(state.mask) if self.hierarchical else None
             received = state.real_positions(visible)
+            received_from = positions_from(state, segments, visible)
             prompts = self.prompts(agent, samples)
-            hidden, _ = self.backend.prefill(state, prompts, visible)
-            thoughts = []
-            for _ in range(self.steps):
-                thoughts.append(hidden)
-                hidden, _ = self.backend.step_embeds(state, self.to_input_space(hidden), visible)
-            self.record(samples, agent, index, prompts, received, time.perf_counter() - start,
-                        latent_steps=self.steps, forward_passes=1 + self.steps, output_tokens=[0] * len(samples))
+            begin = state.length
+            thoughts = self.thinker.think(state, prompts, visible)
+            segments[agent.name] = (begin, state.length)
+            self.record(samples, agent, index, prompts, received, received_from, time.perf_counter() - start,
+                        latent_steps=self.steps, forward_passes=[1 + self.steps] * len(samples))
             turns.append(Turn(agent.name, agent.role, index, None))
-            if self.cfg.diagnostics:
+            if self.settings.diagnostics:
                 for i, notes in enumerate(diagnostics):
                     notes[agent.name] = latent_diagnostics([h[i] for h in thoughts])
-        return state, turns, diagnostics
+        return state, segments, turns, diagnostics
 
     def experts_side_by_side(self, samples):
         """Hierarchical experts, which cannot see each other, all at once: one row per expert and sample.
@@ -188,22 +148,20 @@ class Method:
         rows = [prompt for expert_prompts in prompts for prompt in expert_prompts]  # expert-major
         lengths = torch.tensor([len(prompt) + self.steps for prompt in rows]).view(len(experts), n)
         state = self.backend.new_cache(len(rows), (lengths.cumsum(dim=0) - lengths).flatten().tolist())
-        hidden, _ = self.backend.prefill(state, rows)
-        thoughts = []
-        for _ in range(self.steps):
-            thoughts.append(hidden.view(len(experts), n, -1))
-            hidden, _ = self.backend.step_embeds(state, self.to_input_space(hidden))
+        thoughts = [h.view(len(experts), n, -1) for h in self.thinker.think(state, rows)]
+        width = state.length  # every expert's block: its rows are this wide before they are joined
         state = self.backend.join_rows(state, len(experts))
+        segments = {agent.name: (k * width, (k + 1) * width) for k, agent in enumerate(experts)}
         share = (time.perf_counter() - start) / len(experts)  # the experts' common time, split evenly
         turns, diagnostics = [], [{} for _ in samples]
         for index, agent in enumerate(experts):
-            self.record(samples, agent, index, prompts[index], [0] * n, share, latent_steps=self.steps,
-                        forward_passes=1 + self.steps, output_tokens=[0] * n)
+            self.record(samples, agent, index, prompts[index], [0] * n, [{} for _ in samples], share,
+                        latent_steps=self.steps, forward_passes=[1 + self.steps] * n)
             turns.append(Turn(agent.name, agent.role, index, None))
-            if self.cfg.diagnostics:
+            if self.settings.diagnostics:
                 for i, notes in enumerate(diagnostics):
                     notes[agent.name] = latent_diagnostics([h[index, i] for h in thoughts])
-        return state, turns, diagnostics
+        return state, segments, turns, diagnostics
 
     def padding_could_pass_window(self, samples) -> bool:
         """Whether this batch's shared cache could pass the model's sliding window with padding in it."""
@@ -211,61 +169,38 @@ class Method:
         appended = self.steps * (len(self.agents) - 1) + self.gen.max_new_tokens
         return self.backend.padding_could_pass_window(lengths, appended)
 
-    def to_input_space(self, hidden: torch.Tensor) -> torch.Tensor:
-        return latent_thought(hidden, self.w_a, self.target_norm)
-
-    def prefill_final(self, state, samples):
-        """The final agent's prompt on top of everything in the cache.
-
-        Returns its next-token logits, its prompts, the cache positions each row received, and the time taken.
-        """
-        start = time.perf_counter()
-        received = state.real_positions()
+    def prefill_final(self, state, segments, samples):
+        """The final agent's prompt on top of everything in the cache. Returns its next-token logits, its
+        prompts, and the cache positions each row received, in all and from each agent."""
+        received, received_from = state.real_positions(), positions_from(state, segments)
         prompts = self.prompts(self.agents[-1], samples)
         _, logits = self.backend.prefill(state, prompts)
-        return logits, prompts, received, time.perf_counter() - start
+        return logits, prompts, received, received_from
 
-    def answer(self, state, samples) -> list[list[int]]:
+    def answer(self, state, segments, samples):
         """The final agent reads the whole cache and decodes the team's answer."""
-        logits, prompts, received, prefill_time = self.prefill_final(state, samples)
         start = time.perf_counter()
         final, index = self.agents[-1], len(self.agents) - 1
+        logits, prompts, received, received_from = self.prefill_final(state, segments, samples)
         seeds = self.gen.call_seeds([(s.id, final.name, index) for s in samples])
-        tokens = self.backend.decode(state, logits, self.gen, seeds=seeds)
-        self.record(samples, final, index, prompts, received,
-                    prefill_time + time.perf_counter() - start, latent_steps=0,
-                    forward_passes=[len(t) for t in tokens], output_tokens=[len(t) for t in tokens],
-                    finish_reasons=[self.backend.finish_reason(t) for t in tokens], seeds=seeds)
-        return tokens
+        answers = self.backend.decode(state, logits, self.gen, seeds=seeds)
+        self.record(samples, final, index, prompts, received, received_from, time.perf_counter() - start,
+                    latent_steps=0, forward_passes=[len(a.tokens) for a in answers],
+                    output_tokens=[len(a.tokens) for a in answers], finish_reasons=[a.finish_reason for a in answers],
+                    seeds=seeds)
+        return answers
 
     # -- prompts and accounting ----------------------------------------------------------------------
 
     def messages(self, agent, samples) -> list[list[dict]]:
         instruction = self.task.answer_instruction()
-        return [agent_messages(self.cfg.roles.system, agent, s.question, instruction) for s in samples]
+        return [agent_messages(self.settings.roles.system, agent, s.question, instruction) for s in samples]
 
     def prompts(self, agent, samples) -> list[list[int]]:
         return self.backend.encode_chat(self.messages(agent, samples))
 
-    def record(self, samples, agent, index, prompts, received, wall_time_s, latent_steps, forward_passes,
-               output_tokens, finish_reasons=None, seeds=None) -> None:
-        """One record per sample; a thinking agent decodes nothing, so it has no finish reason or seed."""
-        passes = forward_passes if isinstance(forward_passes, list) else [forward_passes] * len(samples)
-        share = wall_time_s / len(samples)
-        for i, (sample, messages) in enumerate(zip(samples, self.messages(agent, samples))):
-            self.accountant.record(UsageRecord(
-                sample.id, agent.name, agent.role, index, input_tokens=len(prompts[i]),
-                output_tokens=output_tokens[i], latent_steps=latent_steps, kv_positions_received=received[i],
-                forward_passes=passes[i], wall_time_s=share,
-                finish_reason=finish_reasons[i] if finish_reasons else None, seed=seeds[i] if seeds else None,
-                prompt_hash=prompt_hash(messages), messages=messages,
-            ))
-
-
-def latent_diagnostics(latents: list[torch.Tensor]) -> dict:
-    """Norm of each hidden state that became a latent thought, and the cosine similarity between
-    consecutive ones (after realignment every thought has the same norm, so the raw states tell more)."""
-    norms = [round(float(h.float().norm()), 4) for h in latents]
-    cosines = [round(float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=0)), 6)
-               for a, b in zip(latents, latents[1:])]
-    return {"latent_norms": norms, "latent_cosines": cosines}
+    def record(self, samples, agent, index, prompts, received, received_from, wall_time_s, latent_steps,
+               forward_passes, output_tokens=None, finish_reasons=None, seeds=None) -> None:
+        record_block(self.accountant, [s.id for s in samples], agent, index, self.messages(agent, samples), prompts,
+                     received, received_from, wall_time_s, "eval", latent_steps, forward_passes,
+                     output_tokens or [0] * len(samples), finish_reasons, seeds)

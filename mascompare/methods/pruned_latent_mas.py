@@ -40,18 +40,21 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import model_validator
 
-from mascompare.accounting import UsageRecord, prompt_hash
-from mascompare.errors import UserError, is_int_at_least
-from mascompare.methods import MethodOutput, Turn
-from mascompare.methods import pruned_mas
-from mascompare.methods.agent_graph import (EdgePolicy, Graph, calibrate, initial_masks, matrix_to_json, prune,
-                                            read_masks, refuse_calibration_overlap, write_masks)
-from mascompare.methods.latent_mas import latent_thought, realignment
+from mascompare.backends.base import LatentBackend
+from mascompare.methods.agent_graph import EdgePolicy, Graph, initial_masks, matrix_to_json, prune
+from mascompare.methods.base import Method, MethodOutput
+from mascompare.methods.latent import Thinker, positions_from, record_block
+from mascompare.methods.masks import keep_masks, learned_logits, read_masks
+from mascompare.methods.pruned_mas import PrunedMASSettings, draw_masks
 from mascompare.methods.roles import agent_messages
+from mascompare.records import Turn
+from mascompare.settings import Flag, NonNegativeInt, choice
 
 log = logging.getLogger(__name__)
 
@@ -60,35 +63,36 @@ MASKS_FORMAT = "mascompare-pruned-latent-mas-masks/1"
 KIND = "spatial"  # the only mask: latent agents think once, so there are no temporal edges
 
 
-class Method:
-    requires = frozenset({"chat", "hidden_states"})
+class PrunedLatentMASSettings(PrunedMASSettings):
+    """pruned_mas's knobs (conf/method/pruned_mas.yaml), with rounds 1 and decision llm, and these."""
 
-    @staticmethod
-    def check_config(cfg) -> None:
-        """Every knob checked before the model loads: the graph and calibration knobs as pruned_mas does."""
-        pruned_mas.Method.check_config(cfg)
-        if cfg.rounds != 1 or cfg.decision != "llm":
-            raise UserError("pruned_latent_mas runs one round and its final agent always decodes: "
-                            f"method.rounds must be 1 and method.decision llm, got {cfg.rounds!r} and {cfg.decision!r}.")
-        if not is_int_at_least(cfg.latent_steps, 0):
-            raise UserError(f"method.latent_steps must be a non-negative integer, got {cfg.latent_steps!r}.")
-        if not isinstance(cfg.realign, bool):
-            raise UserError(f"method.realign must be true or false, got {cfg.realign!r}.")
-        if cfg.final_sees not in FINAL_SEES:
-            raise UserError(f"method.final_sees must be one of {', '.join(FINAL_SEES)}, got {cfg.final_sees!r}.")
+    latent_steps: NonNegativeInt
+    realign: Flag
+    final_sees: Annotated[Literal[FINAL_SEES], choice(FINAL_SEES)]
 
-    def __init__(self, cfg, backend, task, gen, accountant):
-        self.check_config(cfg)
-        self.cfg, self.backend, self.task, self.gen, self.accountant = cfg, backend, task, gen, accountant
-        self.agents = pruned_mas.solver_agents(cfg)
-        self.final = pruned_mas.decider_agent(cfg)
-        self.final_learned = cfg.final_sees == "learned"
+    @model_validator(mode="after")
+    def one_round_and_a_final_agent(self):
+        if self.rounds != 1 or self.decision != "llm":
+            raise ValueError("pruned_latent_mas runs one round and its final agent always decodes: method.rounds "
+                             f"must be 1 and method.decision llm, got {self.rounds!r} and {self.decision!r}.")
+        return self
+
+
+class PrunedLatentMAS(Method):
+    name = "pruned_latent_mas"
+    Settings = PrunedLatentMASSettings
+    requires = LatentBackend
+
+    def __init__(self, settings: PrunedLatentMASSettings, backend: LatentBackend, task, gen, accountant):
+        super().__init__(settings, backend, task, gen, accountant)
+        self.agents = list(settings.agents)
+        self.final = settings.decider
+        self.final_learned = settings.final_sees == "learned"
         # graph nodes: the latent agents, and the final agent when its in-edges are learned
         self.nodes = self.agents + ([self.final] if self.final_learned else [])
-        self.steps = cfg.latent_steps
-        self.prune_rate = float(cfg.prune_rate)
-        w_a, self.target_norm = realignment(backend.model)
-        self.w_a = w_a if cfg.realign else None  # realign=false keeps the norm rescale, as latent_mas
+        self.steps = settings.latent_steps
+        self.prune_rate = settings.prune_rate
+        self.thinker = Thinker(backend, self.steps, settings.realign)
         self.graph: Graph | None = None  # the fixed graph evaluated; set by prepare()
         self.info: dict = {}
 
@@ -96,7 +100,7 @@ class Method:
 
     def starting_mask(self) -> np.ndarray:
         """The topology's forward spatial edges over the agents, plus every agent -> final with final_sees=learned."""
-        spatial, _ = initial_masks(self.cfg.topology, len(self.agents), self.cfg.seed)
+        spatial, _ = initial_masks(self.settings.topology, len(self.agents), self.settings.seed)
         mask = np.zeros((len(self.nodes), len(self.nodes)), dtype=int)
         mask[: len(self.agents), : len(self.agents)] = np.triu(spatial, k=1)
         if self.final_learned:
@@ -114,24 +118,14 @@ class Method:
 
     # --- before evaluation: masks ----------------------------------------------------------------
 
-    def prepare(self, run_dir=None, samples=None, resume: bool = True) -> None:
-        """Decide the evaluated graph once per run, as pruned_mas does: load saved masks, or calibrate and
-        prune, or keep the full starting graph (prune_rate 0)."""
-        if self.graph is not None:
-            return
-        run_dir = Path(run_dir) if run_dir is not None else None
-        own = run_dir / pruned_mas.MASKS_FILE if run_dir is not None else None
+    def prepare(self, run_dir: Path | None, samples: list, resume: bool) -> None:
+        """Decide the evaluated graph once per run, as pruned_mas does (methods/masks.py)."""
         start = self.starting_mask()
-        policy = EdgePolicy.from_config(start, np.zeros_like(start), False, self.cfg.calibration, self.cfg.seed)
-        evaluated = samples if samples is not None else self.task.load()
-        if self.cfg.get("masks") is not None:
-            calibration = self.load(Path(str(self.cfg.masks)), policy, evaluated)
-        elif own is not None and resume and own.is_file():
-            calibration = self.load(own, policy, evaluated)  # a resumed run keeps the graph its earlier samples used
-        elif self.prune_rate > 0:
-            calibration = calibrate(policy, self.cfg.calibration, self.task, self.accountant, evaluated, self.execute)
-        else:
-            calibration = {"performed": False, "reason": "method.prune_rate is 0: the full starting graph"}
+        policy = EdgePolicy.from_config(start, np.zeros_like(start), False, self.settings.calibration,
+                                        self.settings.seed)
+        calibration = learned_logits(policy, self.settings, run_dir=run_dir, resume=resume, evaluated=samples,
+                                     task=self.task, accountant=self.accountant, execute=self.execute,
+                                     read=self.read_masks)
         self.edge_policy = policy  # kept for inspection (tests, benchmarks)
         kept = prune(policy.masks[KIND], policy.scores(KIND), self.prune_rate)
         self.graph = Graph(kept, np.zeros_like(kept))
@@ -140,35 +134,32 @@ class Method:
         self.info = {
             "calibration": calibration,
             "graph": {
-                "topology": self.cfg.topology, "prune_rate": self.prune_rate, "final_sees": self.cfg.final_sees,
-                "agents": names, "final_agent": self.final.name, "latent_steps": self.steps,
-                "edges_initial": int(policy.masks[KIND].sum()), "edges_kept": int(kept.sum()),
-                "kept": [[names[i], names[j]] for i, j in zip(*np.nonzero(kept))],
+                "topology": self.settings.topology, "prune_rate": self.prune_rate,
+                "final_sees": self.settings.final_sees, "agents": names, "final_agent": self.final.name,
+                "latent_steps": self.steps, "edges_initial": int(policy.masks[KIND].sum()),
+                "edges_kept": int(kept.sum()), "kept": [[names[i], names[j]] for i, j in zip(*np.nonzero(kept))],
                 "agents_run": [a.name for a, needed in zip(self.agents, run) if needed],
                 "agents_skipped": [a.name for a, needed in zip(self.agents, run) if not needed],
             },
         }
         log.info("pruned_latent_mas graph: %s", self.info["graph"])
         if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self.save(run_dir / pruned_mas.MASKS_FILE, policy, kept)
-            pruned_mas.draw_masks(run_dir / pruned_mas.MASKS_PICTURE, names, policy, {KIND: kept}, self.graph,
-                                  kinds=(KIND,), method="pruned_latent_mas")
-            self.info["masks_file"] = str(run_dir / pruned_mas.MASKS_FILE)
+            path = keep_masks(run_dir, self.masks_data(policy, kept), lambda picture: draw_masks(
+                picture, names, policy, {KIND: kept}, self.graph, kinds=(KIND,), method="pruned_latent_mas"))
+            self.info["masks_file"] = str(path)
 
     def run_info(self) -> dict:
-        """What run.json records about this method beyond the samples (under "method_info")."""
         return self.info
 
-    def save(self, path: Path, policy: EdgePolicy, kept: np.ndarray) -> None:
+    def masks_data(self, policy: EdgePolicy, kept: np.ndarray) -> dict:
         scores = policy.scores(KIND)
-        data = {
+        return {
             "format": MASKS_FORMAT,
             "orientation": "mask[source][target] over `agents` (the final agent last with final_sees=learned)",
             "agents": [a.name for a in self.nodes],
             "roles": [a.role for a in self.nodes],
-            "final_sees": self.cfg.final_sees,
-            "topology": self.cfg.topology,
+            "final_sees": self.settings.final_sees,
+            "topology": self.settings.topology,
             "prune_rate": self.prune_rate,
             "initial": policy.masks[KIND].tolist(),
             "logits": matrix_to_json(scores),
@@ -177,23 +168,17 @@ class Method:
             "calibration": self.info["calibration"],
             "graph": self.info["graph"],
         }
-        write_masks(path, data)
 
-    def load(self, path: Path, policy: EdgePolicy, evaluated) -> dict:
-        data = read_masks(path, MASKS_FORMAT, "pruned_latent_mas")
-        names = [a.name for a in self.nodes]
-        if data["agents"] != names:
-            raise UserError(f"The masks in {path} are for graph nodes {data['agents']}, but this run's are {names} "
-                            f"(method.agents, plus the final agent with method.final_sees=learned).")
+    def read_masks(self, path: Path, policy: EdgePolicy) -> dict:
+        data = read_masks(path, MASKS_FORMAT, "pruned_latent_mas", [a.name for a in self.nodes],
+                          "graph nodes (method.agents, plus the final agent with method.final_sees=learned)")
         policy.masks[KIND] = np.asarray(data["initial"], dtype=int)
         policy.load_logits({KIND: np.asarray(data["logits"], dtype=float)})
-        refuse_calibration_overlap(data.get("calibration") or {}, evaluated, path)
-        return {**(data.get("calibration") or {}), "reused_from": str(path)}
+        return data
 
     # --- execution -------------------------------------------------------------------------------
 
     def run(self, samples) -> list[MethodOutput]:
-        self.prepare()
         return self.execute(samples, [self.graph] * len(samples), [s.id for s in samples], "eval")
 
     def execute(self, samples, graphs: list[Graph], ids: list[str], phase: str) -> list[MethodOutput]:
@@ -214,36 +199,34 @@ class Method:
             visible = self.visible(state, segments, [g.spatial_sources(a) for g in graphs])
             received = state.real_positions(visible)
             prompts = self.prompts(agent, samples)
+            received_from = positions_from(state, self.named(segments), visible)
             start = state.length
-            hidden, _ = self.backend.prefill(state, prompts, visible)
-            for _ in range(self.steps):
-                hidden, _ = self.backend.step_embeds(state, latent_thought(hidden, self.w_a, self.target_norm),
-                                                     visible)
+            self.thinker.think(state, prompts, visible)
             segments[a] = (start, state.length)
-            self.record(ids, agent, a, self.messages(agent, samples), prompts, received,
-                        time.perf_counter() - began, phase, latent_steps=self.steps,
-                        forward_passes=[1 + self.steps] * len(samples), output_tokens=[0] * len(samples))
+            self.record(ids, agent, a, samples, prompts, received, received_from, time.perf_counter() - began,
+                        phase, latent_steps=self.steps, forward_passes=[1 + self.steps] * len(samples))
             turns.append(Turn(agent.name, agent.role, a, None))
-        tokens = self.answer(state, samples, graphs, segments, ids, phase)
-        texts = [self.backend.completion_text(row) for row in tokens]
-        return [MethodOutput(text, turns + [Turn(self.final.name, self.final.role, len(self.agents), text)])
-                for text in texts]
+        answers = self.answer(state, samples, graphs, segments, ids, phase)
+        return [MethodOutput(answer.text, turns + [Turn(self.final.name, self.final.role, len(self.agents),
+                                                        answer.text)])
+                for answer in answers]
 
-    def answer(self, state, samples, graphs, segments, ids, phase) -> list[list[int]]:
+    def answer(self, state, samples, graphs, segments, ids, phase):
         """The final agent prefills its prompt on the segments it may see and decodes."""
         began = time.perf_counter()
         n = len(self.agents)
         visible = self.visible(state, segments, [g.spatial_sources(n) for g in graphs]) if self.final_learned else None
         received = state.real_positions(visible)
+        received_from = positions_from(state, self.named(segments), visible)
         prompts = self.prompts(self.final, samples)
         _, logits = self.backend.prefill(state, prompts, visible)
         seeds = self.gen.call_seeds([(sample_id, self.final.name, n) for sample_id in ids])
-        tokens = self.backend.decode(state, logits, self.gen, visible, seeds)
-        self.record(ids, self.final, n, self.messages(self.final, samples), prompts, received,
-                    time.perf_counter() - began, phase, latent_steps=0, forward_passes=[len(t) for t in tokens],
-                    output_tokens=[len(t) for t in tokens],
-                    finish_reasons=[self.backend.finish_reason(t) for t in tokens], seeds=seeds)
-        return tokens
+        answers = self.backend.decode(state, logits, self.gen, visible, seeds)
+        self.record(ids, self.final, n, samples, prompts, received, received_from, time.perf_counter() - began,
+                    phase, latent_steps=0, forward_passes=[len(a.tokens) for a in answers],
+                    output_tokens=[len(a.tokens) for a in answers], finish_reasons=[a.finish_reason for a in answers],
+                    seeds=seeds)
+        return answers
 
     def padding_could_pass_window(self, samples) -> bool:
         """Whether this batch's shared cache could pass the model's sliding window with padding in it."""
@@ -260,24 +243,20 @@ class Method:
                     visible[row, begin:end] = 1
         return visible
 
+    def named(self, segments: dict[int, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+        return {self.agents[i].name: columns for i, columns in segments.items()}
+
     # --- prompts and accounting ------------------------------------------------------------------
 
     def messages(self, agent, samples) -> list[list[dict]]:
         instruction = self.task.answer_instruction()
-        return [agent_messages(self.cfg.get("system"), agent, s.question, instruction) for s in samples]
+        return [agent_messages(self.settings.system, agent, s.question, instruction) for s in samples]
 
     def prompts(self, agent, samples) -> list[list[int]]:
         return self.backend.encode_chat(self.messages(agent, samples))
 
-    def record(self, ids, agent, index, messages, prompts, received, wall_time_s, phase, latent_steps,
-               forward_passes, output_tokens, finish_reasons=None, seeds=None) -> None:
-        """One record per sample; a thinking agent decodes nothing, so it has no finish reason or seed."""
-        share = wall_time_s / len(ids)
-        for i, sample_id in enumerate(ids):
-            self.accountant.record(UsageRecord(
-                sample_id, agent.name, agent.role, index, input_tokens=len(prompts[i]),
-                output_tokens=output_tokens[i], latent_steps=latent_steps, kv_positions_received=received[i],
-                forward_passes=forward_passes[i], wall_time_s=share, phase=phase,
-                finish_reason=finish_reasons[i] if finish_reasons else None, seed=seeds[i] if seeds else None,
-                prompt_hash=prompt_hash(messages[i]), messages=messages[i],
-            ))
+    def record(self, ids, agent, index, samples, prompts, received, received_from, wall_time_s, phase, latent_steps,
+               forward_passes, output_tokens=None, finish_reasons=None, seeds=None) -> None:
+        record_block(self.accountant, ids, agent, index, self.messages(agent, samples), prompts, received,
+                     received_from, wall_time_s, phase, latent_steps, forward_passes,
+                     output_tokens or [0] * len(ids), finish_reasons, seeds)

@@ -40,133 +40,77 @@ baseline that pruning is compared with (same agents, prompts and samples).
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import field_validator, model_validator
 
-from mascompare.errors import UserError, is_int_at_least
-from mascompare.methods import MethodOutput
-from mascompare.methods.agent_graph import (TOPOLOGIES, EdgePolicy, Graph, calibrate, calibration_samples, fixed_graph,
-                                            initial_masks, matrix_to_json, prune, read_masks,
-                                            refuse_calibration_overlap, write_masks)
-from mascompare.methods.roles import Agent, agent_messages, ask_agents
+from mascompare.methods.agent_graph import TOPOLOGIES, EdgePolicy, Graph, fixed_graph, initial_masks, matrix_to_json, prune
+from mascompare.methods.base import Method, MethodOutput
+from mascompare.methods.masks import MaskSettings, keep_masks, learned_logits, read_masks
+from mascompare.methods.roles import Agent, agent_messages, ask_agents, unique_names
+from mascompare.settings import PositiveInt, Text, choice, wanted
 
 log = logging.getLogger(__name__)
 
 DECISIONS = ("llm", "vote")
-SPLITS = ("auto", "tail", "train", "seed")
-MASKS_FILE = "masks.json"
-MASKS_PICTURE = "masks.png"
 MASKS_FORMAT = "mascompare-pruned-mas-masks/1"
 KINDS = ("spatial", "temporal")
 
 
-# --- configuration -------------------------------------------------------------------------------
+class PrunedMASSettings(MaskSettings):
+    """conf/method/pruned_mas.yaml explains each knob."""
 
+    name: Text
+    system: Annotated[str | None, wanted("a system message or null")]
+    agents: Annotated[list[Agent], wanted("a list of at least one agent", min_length=1)]
+    decider: Agent
+    rounds: PositiveInt
+    topology: Annotated[Literal[TOPOLOGIES], choice(TOPOLOGIES)]
+    decision: Annotated[Literal[DECISIONS], choice(DECISIONS)]
 
-def _int(cfg, key, low, where="method"):
-    value = cfg.get(key)
-    if not is_int_at_least(value, low):
-        raise UserError(f"{where}.{key} must be an integer >= {low}, got {value!r}.")
-    return value
+    @field_validator("agents")
+    @classmethod
+    def named_apart(cls, agents: list[Agent]) -> list[Agent]:
+        return unique_names(agents, "method.agents")
 
-
-def _number(cfg, key, low, high, where="method", low_open=False, high_open=False):
-    value = cfg.get(key)
-    bad = (not isinstance(value, (int, float)) or isinstance(value, bool) or value < low or value > high
-           or (low_open and value == low) or (high_open and value == high))
-    if bad:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise UserError(f"{where}.{key} must be a number in {lo}{low}, {high}{hi}, got {value!r}.")
-    return float(value)
-
-
-def solver_agents(cfg) -> list[Agent]:
-    agents = cfg.get("agents") or []
-    if len(agents) < 1:
-        raise UserError("method.agents needs at least one agent (the paper's setting has four or five).")
-    built = [Agent(a.name, a.role, a.instruction, bool(a.get("answers", True))) for a in agents]
-    if len({a.name for a in built}) != len(built):
-        raise UserError("method.agents has agents with the same name; names must be unique.")
-    return built
-
-
-def decider_agent(cfg) -> Agent:
-    d = cfg.decider
-    return Agent(d.name, d.role, d.instruction, True)
+    @model_validator(mode="after")
+    def decider_named_apart(self):
+        if self.decision == "llm" and self.decider.name in {a.name for a in self.agents}:
+            raise ValueError("method.decider.name must differ from every name in method.agents.")
+        return self
 
 
 # --- the method ----------------------------------------------------------------------------------
 
 
-class Method:
-    requires = frozenset({"chat"})
+class PrunedMAS(Method):
+    name = "pruned_mas"
+    Settings = PrunedMASSettings
 
-    @staticmethod
-    def check_config(cfg) -> None:
-        """Every knob checked before the model loads."""
-        agents = solver_agents(cfg)
-        if cfg.get("decision") not in DECISIONS:
-            raise UserError(f"method.decision must be one of {', '.join(DECISIONS)}, got {cfg.get('decision')!r}.")
-        if cfg.decision == "llm" and decider_agent(cfg).name in {a.name for a in agents}:
-            raise UserError("method.decider.name must differ from every name in method.agents.")
-        if cfg.get("topology") not in TOPOLOGIES:
-            raise UserError(f"method.topology must be one of {', '.join(TOPOLOGIES)}, got {cfg.get('topology')!r}.")
-        _int(cfg, "rounds", 1)
-        _int(cfg, "seed", 0)
-        _number(cfg, "prune_rate", 0, 1, high_open=True)
-        masks = cfg.get("masks")
-        if masks is not None and not Path(str(masks)).is_file():
-            raise UserError(f"method.masks names {masks!r}, which is not a file; "
-                            "give a masks.json that a run wrote, or null.")
-        cal = cfg.calibration
-        if cal.get("split") not in SPLITS:
-            raise UserError(f"method.calibration.split must be one of {', '.join(SPLITS)}, got {cal.get('split')!r}.")
-        if cal.get("seed") is not None:
-            _int(cal, "seed", 0, "method.calibration")
-        for key in ("size", "iterations", "batch_size", "graphs_per_question"):
-            _int(cal, key, 1, "method.calibration")
-        _number(cal, "lr", 0, math.inf, "method.calibration", low_open=True)
-        _number(cal, "initial_probability", 0, 1, "method.calibration", low_open=True, high_open=True)
-        _number(cal, "baseline_momentum", 0, 1, "method.calibration", high_open=True)
-        for key in ("lowrank_weight", "anchor_weight", "delta"):
-            _number(cal, key, 0, math.inf, "method.calibration")
-
-    def __init__(self, cfg, backend, task, gen, accountant):
-        self.check_config(cfg)
-        self.cfg, self.backend, self.task, self.gen, self.accountant = cfg, backend, task, gen, accountant
-        self.agents = solver_agents(cfg)
-        self.decider = decider_agent(cfg) if cfg.decision == "llm" else None
-        self.system = cfg.get("system")
-        self.rounds = cfg.rounds
-        self.prune_rate = float(cfg.prune_rate)
+    def __init__(self, settings: PrunedMASSettings, backend, task, gen, accountant):
+        super().__init__(settings, backend, task, gen, accountant)
+        self.agents = list(settings.agents)
+        self.decider = settings.decider if settings.decision == "llm" else None
+        self.system = settings.system
+        self.rounds = settings.rounds
+        self.prune_rate = settings.prune_rate
         self.graph: Graph | None = None  # the fixed graph evaluated; set by prepare()
         self.info: dict = {}
-        self.masks_path: Path | None = None
 
     # --- before evaluation: masks ----------------------------------------------------------------
 
-    def prepare(self, run_dir=None, samples=None, resume: bool = True) -> None:
-        """Decide the evaluated graph once per run: load saved masks, or calibrate and prune, or take the
-        unpruned starting graph (prune_rate 0). `samples` are all the samples the run evaluates (the
-        calibration questions must avoid them); `run_dir` receives masks.json and masks.png."""
-        if self.graph is not None:
-            return
-        run_dir = Path(run_dir) if run_dir is not None else None
-        own = run_dir / MASKS_FILE if run_dir is not None else None
-        spatial, temporal = initial_masks(self.cfg.topology, len(self.agents), self.cfg.seed)
+    def prepare(self, run_dir: Path | None, samples: list, resume: bool) -> None:
+        """Decide the evaluated graph once per run (methods/masks.py: saved masks, calibration, or the unpruned
+        starting graph), prune it, and keep masks.json and masks.png in `run_dir`. `samples` are all the samples
+        the run evaluates: the calibration questions must avoid them."""
+        spatial, temporal = initial_masks(self.settings.topology, len(self.agents), self.settings.seed)
         policy = self.policy(spatial, temporal)
-        evaluated = samples if samples is not None else self.task.load()
-        if self.cfg.get("masks") is not None:
-            calibration = self.load(Path(str(self.cfg.masks)), policy, evaluated)
-        elif own is not None and resume and own.is_file():
-            calibration = self.load(own, policy, evaluated)  # a resumed run keeps the graph its earlier samples used
-        elif self.prune_rate > 0:
-            calibration = self.calibrate(policy, evaluated)
-        else:
-            calibration = {"performed": False, "reason": "method.prune_rate is 0: the unpruned starting graph"}
+        calibration = learned_logits(policy, self.settings, run_dir=run_dir, resume=resume, evaluated=samples,
+                                     task=self.task, accountant=self.accountant, execute=self.execute,
+                                     read=self.read_masks)
         self.edge_policy = policy  # kept for inspection (tests, benchmarks)
         scores = {k: policy.scores(k) for k in KINDS}
         pruned = {k: prune(policy.masks[k], scores[k], self.prune_rate) if k in policy.learned
@@ -176,7 +120,7 @@ class Method:
         self.info = {
             "calibration": calibration,
             "graph": {
-                "topology": self.cfg.topology, "rounds": self.rounds, "decision": self.cfg.decision,
+                "topology": self.settings.topology, "rounds": self.rounds, "decision": self.settings.decision,
                 "prune_rate": self.prune_rate, "agents": names,
                 "edges_initial": {k: int(policy.masks[k].sum()) for k in KINDS},
                 "edges_pruned": {k: int(pruned[k].sum()) for k in KINDS},
@@ -188,38 +132,27 @@ class Method:
         }
         log.info("pruned_mas graph: %s", self.info["graph"])
         if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self.masks_path = run_dir / MASKS_FILE
-            self.save(self.masks_path, policy, pruned)
-            draw_masks(run_dir / MASKS_PICTURE, names, policy, pruned, self.graph, rounds=self.rounds)
-            self.info["masks_file"] = str(self.masks_path)
+            path = keep_masks(run_dir, self.masks_data(policy, pruned), lambda picture: draw_masks(
+                picture, names, policy, pruned, self.graph, rounds=self.rounds))
+            self.info["masks_file"] = str(path)
 
     def policy(self, spatial, temporal) -> EdgePolicy:
-        return EdgePolicy.from_config(spatial, temporal, self.rounds > 1, self.cfg.calibration, self.cfg.seed)
+        return EdgePolicy.from_config(spatial, temporal, self.rounds > 1, self.settings.calibration, self.settings.seed)
 
     def run_info(self) -> dict:
-        """What run.json records about this method beyond the samples (under "method_info")."""
         return self.info
-
-    # --- calibration -----------------------------------------------------------------------------
-
-    def calibration_samples(self, evaluated) -> tuple[list, str]:
-        return calibration_samples(self.cfg.calibration, self.task, evaluated)
-
-    def calibrate(self, policy: EdgePolicy, evaluated) -> dict:
-        return calibrate(policy, self.cfg.calibration, self.task, self.accountant, evaluated, self.execute)
 
     # --- masks on disk ---------------------------------------------------------------------------
 
-    def save(self, path: Path, policy: EdgePolicy, pruned: dict) -> None:
-        data = {
+    def masks_data(self, policy: EdgePolicy, pruned: dict) -> dict:
+        return {
             "format": MASKS_FORMAT,
             "orientation": "mask[source][target]; agents in the order of `agents`",
             "agents": [a.name for a in self.agents],
             "roles": [a.role for a in self.agents],
-            "topology": self.cfg.topology,
+            "topology": self.settings.topology,
             "rounds": self.rounds,
-            "decision": self.cfg.decision,
+            "decision": self.settings.decision,
             "prune_rate": self.prune_rate,
             "learned": list(policy.learned),
             "initial": {k: policy.masks[k].tolist() for k in KINDS},
@@ -230,30 +163,22 @@ class Method:
             "calibration": self.info["calibration"],
             "graph": self.info["graph"],
         }
-        write_masks(path, data)
 
-    def load(self, path: Path, policy: EdgePolicy, evaluated) -> dict:
-        data = read_masks(path, MASKS_FORMAT, "pruned_mas")
-        names = [a.name for a in self.agents]
-        if data["agents"] != names:
-            raise UserError(f"The masks in {path} are for agents {data['agents']}, but method.agents are {names}.")
+    def read_masks(self, path: Path, policy: EdgePolicy) -> dict:
+        data = read_masks(path, MASKS_FORMAT, "pruned_mas", [a.name for a in self.agents], "agents")
         for kind in KINDS:
             policy.masks[kind] = np.asarray(data["initial"][kind], dtype=int)
         policy.load_logits({k: np.asarray(data["logits"][k], dtype=float) for k in KINDS})
-        if data["topology"] != self.cfg.topology or data["rounds"] != self.rounds:
+        if data["topology"] != self.settings.topology or data["rounds"] != self.rounds:
             log.warning("masks from %s were learned for topology %s with %d rounds; running %d rounds",
                         path, data["topology"], data["rounds"], self.rounds)
         if "temporal" not in data.get("learned", []):
             policy.learned = ("spatial",)  # temporal logits never learned there: keep those edges unpruned
-        calibration = dict(data.get("calibration") or {})
-        refuse_calibration_overlap(calibration, evaluated, path)
-        calibration["reused_from"] = str(path)
-        return calibration
+        return data
 
     # --- evaluation ------------------------------------------------------------------------------
 
     def run(self, samples) -> list[MethodOutput]:
-        self.prepare()
         return self.execute(samples, [self.graph] * len(samples), [s.id for s in samples], phase="eval")
 
     def execute(self, samples, graphs: list[Graph], ids: list[str], phase: str) -> list[MethodOutput]:

@@ -8,33 +8,49 @@ passes nothing (earlier agents reach the model through the KV cache).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from mascompare.errors import UserError
-from mascompare.methods import Turn
+from pydantic import field_validator
+
+from mascompare.records import Turn
+from mascompare.settings import Flag, Section, Text, choice, wanted
 
 STRUCTURES = ("sequential", "hierarchical")
 
 
-@dataclass(frozen=True)
-class Agent:
-    name: str
-    role: str
-    instruction: str
-    answers: bool  # the task's answer-format instruction goes into this agent's prompt
+class Agent(Section):
+    name: Annotated[str, wanted("a name (used in records and masks)", min_length=1)]
+    role: Text  # labels its messages in other agents' prompts
+    instruction: Text
+    answers: Flag  # the task's answer-format instruction goes into this agent's prompt
 
 
-def agents_for(method_cfg) -> list[Agent]:
-    """The configured structure's agents in order; the last one is the final agent."""
-    structure = method_cfg.structure
-    if structure not in STRUCTURES:
-        raise UserError(f"method.structure must be one of {', '.join(STRUCTURES)}, got '{structure}'.")
-    agents = [Agent(a.name, a.role, a.instruction, bool(a.get("answers", False))) for a in method_cfg.roles[structure]]
-    if len(agents) < 2:
-        raise UserError(f"method.roles.{structure} needs at least two agents, got {len(agents)}.")
+def unique_names(agents: list[Agent], where: str) -> list[Agent]:
     if len({a.name for a in agents}) != len(agents):
-        raise UserError(f"method.roles.{structure} has agents with the same name; names must be unique.")
+        raise ValueError(f"{where} has agents with the same name; names must be unique.")
     return agents
+
+
+class Roles(Section):
+    """conf/roles/mas.yaml: the agents text_mas and latent_mas share, per structure, and their system line."""
+
+    system: Annotated[str | None, wanted("a system message or null")]
+    sequential: Annotated[list[Agent], wanted("a list of at least two agents", min_length=2)]
+    hierarchical: Annotated[list[Agent], wanted("a list of at least two agents", min_length=2)]
+
+    @field_validator("sequential", "hierarchical")
+    @classmethod
+    def named_apart(cls, agents: list[Agent], info) -> list[Agent]:
+        return unique_names(agents, f"method.roles.{info.field_name}")
+
+
+Structure = Annotated[Literal[STRUCTURES], choice(STRUCTURES)]
+
+
+def agents_for(settings) -> list[Agent]:
+    """The configured structure's agents in order; the last one is the final agent."""
+    roles = settings.roles
+    return list(roles.sequential if settings.structure == "sequential" else roles.hierarchical)
 
 
 def agent_messages(system: str | None, agent: Agent, question: str, answer_instruction: str,

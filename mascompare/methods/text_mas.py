@@ -15,10 +15,11 @@ experts x samples), so the method runs on any chat backend.
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from mascompare.errors import UserError, is_int_at_least
-from mascompare.methods import MethodOutput
-from mascompare.methods.roles import agent_messages, agents_for, ask_agents
+from mascompare.methods.base import Method, MethodOutput
+from mascompare.methods.roles import Roles, Structure, agent_messages, agents_for, ask_agents
+from mascompare.settings import Flag, Section, Text, wanted
 
 THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL)  # a closed block, or an unclosed tail
 
@@ -30,32 +31,27 @@ def strip_thoughts(text: str) -> str:
     return text.rpartition("</think>")[2]
 
 
-class Method:
-    requires = frozenset({"chat"})
+class TextMASSettings(Section):
+    name: Text
+    structure: Structure
+    strip_think: Flag
+    handoff_max_tokens: Annotated[int | None, wanted("null or a positive integer", ge=1)]
+    roles: Roles
 
-    @staticmethod
-    def check_config(cfg) -> None:
-        """Every knob checked before the model loads."""
-        agents_for(cfg)
-        strip = cfg.get("strip_think", False)
-        if not isinstance(strip, bool):
-            raise UserError(f"method.strip_think must be true or false, got {strip!r}.")
-        cap = cfg.get("handoff_max_tokens")
-        if cap is not None and not is_int_at_least(cap, 1):
-            raise UserError(f"method.handoff_max_tokens must be null or a positive integer, got {cap!r}.")
 
-    def __init__(self, cfg, backend, task, gen, accountant):
-        self.check_config(cfg)
-        self.cfg, self.backend, self.task, self.gen, self.accountant = cfg, backend, task, gen, accountant
-        self.agents = agents_for(cfg)
-        self.system = cfg.roles.get("system")
-        self.strip_think = cfg.get("strip_think", False)
-        self.handoff_max_tokens = cfg.get("handoff_max_tokens")
+class TextMAS(Method):
+    name = "text_mas"
+    Settings = TextMASSettings
+
+    def __init__(self, settings: TextMASSettings, backend, task, gen, accountant):
+        super().__init__(settings, backend, task, gen, accountant)
+        self.agents = agents_for(settings)
+        self.system = settings.roles.system
 
     def run(self, samples) -> list[MethodOutput]:
         outputs = [MethodOutput("") for _ in samples]
         *first, final = self.agents
-        if self.cfg.structure == "sequential":
+        if self.settings.structure == "sequential":
             handoffs = [[] for _ in samples]  # per sample: the labelled texts of the agents so far
             for round, agent in enumerate(first):
                 (texts,) = self.ask([agent], samples, [_joined(h) for h in handoffs], round, outputs)
@@ -84,10 +80,10 @@ class Method:
 
     def handoff(self, agent, text: str) -> str:
         """What later agents read of this agent's text: thoughts stripped and length capped if configured."""
-        if self.strip_think:
+        if self.settings.strip_think:
             text = strip_thoughts(text)
-        if self.handoff_max_tokens is not None:
-            text = self.backend.truncate_tokens(text, self.handoff_max_tokens)
+        if self.settings.handoff_max_tokens is not None:
+            text = self.backend.truncate_tokens(text, self.settings.handoff_max_tokens)
         return f"[{agent.name}]\n{text.strip()}"
 
 

@@ -1,10 +1,10 @@
 """Task registry: `task=<name>` resolves here by name; each task's config lives in conf/task/<name>.yaml."""
 
 from mascompare.registry import Registry
-from mascompare.tasks.base import Extraction, Sample, Task
+from mascompare.tasks.base import Extraction, Sample, Task, TaskSettings
 
 TASKS = Registry(
-    "task",
+    "task", Task,
     {
         "gsm8k": "mascompare.tasks.gsm8k:GSM8K",
         "arith": "mascompare.tasks.arith:Arith",
@@ -27,9 +27,14 @@ TASKS = Registry(
 )
 
 
-def build_task(cfg) -> Task:
-    """Build the task named by cfg.name from its config node (conf/task/<name>.yaml)."""
-    return TASKS.get(cfg.name)(cfg)
+def build_task(settings: TaskSettings) -> Task:
+    """The task named by its settings (conf/task/<name>.yaml, validated)."""
+    return TASKS.get(settings.name)(settings)
 
 
-__all__ = ["TASKS", "Extraction", "Sample", "Task", "build_task"]
+def task_settings(node) -> TaskSettings:
+    """A composed `task` section as its task's typed settings (settings.validate does this for whole configs)."""
+    return TASKS.get(node.name).Settings.of(node, "task")
+
+
+__all__ = ["TASKS", "Extraction", "Sample", "Task", "build_task", "task_settings"]

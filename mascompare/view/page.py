@@ -28,7 +28,8 @@ from importlib import resources
 from pathlib import Path
 
 from mascompare import report
-from mascompare.results import capped_share_warning
+from mascompare.records import Summary
+from mascompare.stats import capped_share_warning
 from mascompare.view.records import RunRecords, Sample, SharedText, read_run
 
 VIEW_FILE = "view.html"
@@ -229,7 +230,7 @@ def _detail(sample: Sample, texts: TextTable) -> dict:
 
 
 def _run(run: report.Run, row: dict, records: RunRecords, out_dir: Path) -> dict:
-    environment = report.flatten(run.info.get("environment") or {})
+    environment = report.flatten(run.info.environment or {})
     return {
         "label": row["label"], "method": row["method"], "status": row.get("status"),
         "dir": _relative(run.dir, out_dir),
@@ -268,7 +269,7 @@ def _group(comparison: report.Comparison, task: str, model: str, rows, order: di
 
     paired = report.columns(rows, by, metric, "paired") if report.has_reference(rows) else None
     warnings = list(comparison.warnings.get((task, model), []))
-    warnings += [f"{row['label']}: {line}" for row in records if (line := capped_share_warning(row))]
+    warnings += [f"{row['label']}: {line}" for row in records if (line := _capped_warning(row))]
     return {
         "task": str(task), "model": str(model), "runs": runs, "questions": questions,
         "runs_table": part(runs_spec), "label_columns": labels,
@@ -276,6 +277,11 @@ def _group(comparison: report.Comparison, task: str, model: str, rows, order: di
         "caption": report._caption(comparison, rows) if paired else None,
         "warnings": warnings, "notes": list(comparison.notes.get((task, model), [])),
     }
+
+
+def _capped_warning(row: dict) -> str | None:
+    return capped_share_warning(Summary(decoding_calls=int(row["decoding_calls"]),
+                                        calls_at_max_new_tokens=int(row["calls_at_max_new_tokens"])))
 
 
 def _description(comparison: report.Comparison) -> str:

@@ -1,9 +1,9 @@
 """What the viewer reads of a run folder: `read_run` turns one run directory into the viewer's data.
 
 Everything the page knows about a run's samples passes through this file, so that a change of the
-record format (samples.jsonl, prompts.jsonl, masks.json) is met here and nowhere else. Fields a
-record lacks (older runs, synthetic test runs, failed samples) come out as None; fields it has
-that the viewer does not know are left out.
+record format (samples.jsonl, prompts.jsonl, masks.json) is met here and nowhere else. It reads
+through the store's typed records (mascompare.records), which upgrade older lines; fields a record
+lacks (failed samples, calls that were not latent) come out as None.
 
 Message texts come back whole, as the exact paragraphs the call was sent: paragraphs stored once
 in prompts.jsonl come back as `SharedText` (a str), which the page stores once for every sample
@@ -16,7 +16,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mascompare.results import PARAGRAPH, SAMPLES_FILE, latest_rows, read_texts, short_hash
+from mascompare.identity import short_hash
+from mascompare.records import RunRecord, SampleRecord, UsageRecord
+from mascompare.store import PARAGRAPH, latest_records, read_texts
 
 MASKS_FILE = "masks.json"  # written by the pruned methods next to run.json
 
@@ -57,34 +59,32 @@ class RunRecords:
     graph: dict | None  # the pruned methods' communication graph (see read_graph)
 
 
-def read_run(directory: str | Path, info: dict) -> RunRecords:
+def read_run(directory: str | Path, info: RunRecord) -> RunRecords:
     """The samples (latest line per id and repeat) and graph of a run directory; `info` is its run.json."""
     directory = Path(directory)
-    texts = read_texts(directory)
-    shared = {ref: SharedText(text) for ref, text in texts.items()}
+    shared = {ref: SharedText(text) for ref, text in read_texts(directory).items()}
     questions: dict[str, str | None] = {}
-    samples = [_sample(row, shared, questions) for row in latest_rows(directory / SAMPLES_FILE).values()]
+    samples = [_sample(record, shared, questions) for record in latest_records(directory).values()]
     return RunRecords(samples, read_graph(directory, info))
 
 
-def _sample(row: dict, shared: dict[str, SharedText], questions: dict[str, str | None]) -> Sample:
-    usage = row.get("usage") or {}
-    calls = [_call(record, shared) for record in row.get("agents") or []]
-    _attach_replies(calls, row.get("transcript") or [])
-    question_hash = row.get("question_hash") or ""
+def _sample(record: SampleRecord, shared: dict[str, SharedText], questions: dict[str, str | None]) -> Sample:
+    usage = record.usage
+    calls = [_call(call, shared) for call in record.agents]
+    _attach_replies(calls, record.transcript)
+    question_hash = record.question_hash or ""
     if question_hash not in questions:
-        questions[question_hash] = row.get("question") or _recover_question(calls, question_hash)
-    details = row.get("score_details") or {}
+        questions[question_hash] = _recover_question(calls, question_hash)
+    details = record.score_details or {}
     return Sample(
-        id=str(row["id"]), repeat=int(row.get("repeat", 0)), pair=f"{row['id']}|{question_hash}",
-        question=questions[question_hash], target=_text(row.get("target")),
-        correct_strict=bool(row.get("correct_strict")), correct_flexible=bool(row.get("correct_flexible")),
-        answer_strict=_text(row.get("extracted_strict")), answer_flexible=_text(row.get("extracted_flexible")),
-        output_tokens=int(usage.get("output_tokens") or 0), input_tokens=int(usage.get("input_tokens") or 0),
-        latent_steps=int(usage.get("latent_steps") or 0), calls=int(usage.get("calls") or len(calls)),
-        time_s=float(usage.get("wall_time_s") or 0.0), calls_cut_off=int(usage.get("calls_at_max_new_tokens") or 0),
-        error=_text(row.get("error")), final_text=_text(row.get("final_text")), agent_calls=calls,
-        sandbox=_sandbox(details.get("sandbox")), metadata=row.get("metadata") or None,
+        id=record.id, repeat=record.repeat, pair=f"{record.id}|{question_hash}",
+        question=questions[question_hash], target=_text(record.target),
+        correct_strict=bool(record.correct_strict), correct_flexible=bool(record.correct_flexible),
+        answer_strict=_text(record.extracted_strict), answer_flexible=_text(record.extracted_flexible),
+        output_tokens=usage.output_tokens, input_tokens=usage.input_tokens, latent_steps=usage.latent_steps,
+        calls=usage.calls or len(calls), time_s=float(usage.wall_time_s or 0.0),
+        calls_cut_off=usage.calls_at_max_new_tokens, error=_text(record.error), final_text=_text(record.final_text),
+        agent_calls=calls, sandbox=_sandbox(details.get("sandbox")), metadata=record.metadata or None,
     )
 
 
@@ -92,20 +92,17 @@ def _text(value) -> str | None:
     return None if value is None else str(value)
 
 
-def _call(record: dict, shared: dict[str, SharedText]) -> dict:
+def _call(call: UsageRecord, shared: dict[str, SharedText]) -> dict:
     return {
-        "agent": _text(record.get("agent")), "role": _text(record.get("role")), "round": record.get("round"),
-        "phase": _text(record.get("phase")),
+        "agent": call.agent, "role": call.role, "round": call.round, "phase": call.phase,
         "messages": [{"role": _text(m.get("role")), "content": _paragraphs(m.get("content"), shared)}
-                     for m in record.get("messages") or []],
+                     for m in call.messages or []],
         "reply": None,
-        "finish_reason": _text(record.get("finish_reason")), "seed": record.get("seed"),
-        "input_tokens": record.get("input_tokens"), "output_tokens": record.get("output_tokens"),
-        "latent_steps": record.get("latent_steps"), "forward_passes": record.get("forward_passes"),
-        "kv_positions_received": record.get("kv_positions_received"),
-        "kv_received_from": record.get("kv_received_from") or None,  # {agent: positions}, where recorded
-        "time_s": record.get("wall_time_s"), "cost_usd": record.get("cost_usd"),
-        "usage_source": _text(record.get("usage_source")),
+        "finish_reason": call.finish_reason, "seed": call.seed,
+        "input_tokens": call.input_tokens, "output_tokens": call.output_tokens, "latent_steps": call.latent_steps,
+        "forward_passes": call.forward_passes, "kv_positions_received": call.kv_positions_received,
+        "kv_received_from": call.kv_received_from or None,  # {agent: positions}, where recorded
+        "time_s": call.wall_time_s, "cost_usd": call.cost_usd, "usage_source": call.usage_source,
     }
 
 
@@ -119,11 +116,11 @@ def _paragraphs(content, shared: dict[str, SharedText]) -> list[str]:
             if isinstance(part, dict) else str(part) for part in content]
 
 
-def _attach_replies(calls: list[dict], transcript: list[dict]) -> None:
+def _attach_replies(calls: list[dict], transcript: list) -> None:
     """Each call's reply: the transcript's turns, matched to the calls by agent and round, in order."""
     turns: dict[tuple, list] = {}
     for turn in transcript:
-        turns.setdefault((turn.get("agent"), turn.get("round")), []).append(turn.get("text"))
+        turns.setdefault((turn.agent, turn.round), []).append(turn.text)
     for call in calls:
         waiting = turns.get((call["agent"], call["round"]))
         if waiting:
@@ -164,7 +161,7 @@ def _sandbox(sandbox) -> dict | None:
 # ---------------------------------------------------------------- the pruned methods' graph
 
 
-def read_graph(directory: Path, info: dict) -> dict | None:
+def read_graph(directory: Path, info: RunRecord) -> dict | None:
     """The graph a pruned method evaluated with, or None for the other methods:
     {"agents", "final", "final_reads" ("all", or "learned": its in-edges are among "edges"),
     "edges": [[from, to], ...] within a round, "temporal": [[from, to], ...] from the round before,
@@ -172,7 +169,7 @@ def read_graph(directory: Path, info: dict) -> dict | None:
 
     Edges come from masks.json (the evaluated masks) where it is in the run directory, else from what
     run.json's method_info.graph lists."""
-    graph = (info.get("method_info") or {}).get("graph")
+    graph = (info.method_info or {}).get("graph")
     if not isinstance(graph, dict):
         return None
     masks = _read_json(directory / MASKS_FILE) or {}
@@ -210,11 +207,11 @@ def _mask_edges(mask, agents: list[str]) -> list[list[str]]:
             for j, kept in enumerate(row or []) if kept and j < len(agents)]
 
 
-def _decider(info: dict, graph: dict) -> str | None:
+def _decider(info: RunRecord, graph: dict) -> str | None:
     """pruned_mas's decision agent, which reads every agent's last answer (decision=llm)."""
     if graph.get("decision") != "llm":
         return None
-    decider = (((info.get("config") or {}).get("method") or {}).get("decider") or {})
+    decider = ((info.config or {}).get("method") or {}).get("decider") or {}
     return str(decider.get("name") or "decider")
 
 

@@ -1,14 +1,12 @@
 """Continuous batching in the hf backend's chat (backend.decode_rows): with more conversations than rows, a row
 that finishes takes the next waiting conversation, and every conversation's completion is its batch-1 one."""
 
-import copy
-from dataclasses import replace
 
 import pytest
 from transformers import AutoTokenizer
 
+from conftest import decoding
 from mascompare.backends.hf import HFBackend
-from mascompare.generation import GenerationConfig
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],
@@ -22,8 +20,8 @@ CONVERSATIONS = [
     # the longest last: it arrives in a cache shorter than itself, which then grows columns before every row
     [{"role": "user", "content": "word " * 40}],
 ]
-GREEDY = GenerationConfig(max_new_tokens=12)
-SAMPLED = GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=7)
+GREEDY = decoding(max_new_tokens=12)
+SAMPLED = decoding(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=7)
 SEEDS = [11, 12, 13, 14, 15, 16, 17]
 
 
@@ -38,7 +36,8 @@ def generated_tokens(backend, gen, seeds=None, conversations=CONVERSATIONS) -> l
     for prompt, seed in zip(backend.encode_chat(conversations), seeds or SEEDS):
         state = backend.new_cache(1)
         _, logits = backend.prefill(state, [prompt])
-        tokens += backend.decode(state, logits, gen, seeds=None if seeds is None else [seed])
+        tokens += [decoded.tokens for decoded in backend.decode(state, logits, gen,
+                                                                seeds=None if seeds is None else [seed])]
     return tokens
 
 
@@ -77,7 +76,7 @@ def test_plain_text_rows_end_at_the_turn_marker_and_are_refilled(tiny_model, tin
     backend = HFBackend.from_loaded(tiny_model, tokenizer, "base", "cpu", decode_rows=2)
     first = alone(backend, GREEDY)[0]
     tokens = tokenizer(first.text, add_special_tokens=False)["input_ids"]
-    backend.plain_turn_end = tokenizer.decode(tokens[3:5])  # what the first conversation writes at steps 4 and 5
+    backend.prompts.turn_end = tokenizer.decode(tokens[3:5])  # what the first conversation writes at steps 4 and 5
     expected = alone(backend, GREEDY)
     assert expected[0].finish_reason == "stop" and expected[0].completion_tokens <= 5
     assert backend.chat(CONVERSATIONS, GREEDY) == expected
@@ -87,16 +86,16 @@ def test_sliding_window_rows_refilled_see_what_they_see_alone(tiny_sliding_gemma
     """Refilled rows hold their tokens contiguous at the cache's end, so a window of 90 columns covers the same
     tokens as at batch 1, also once rows run past it."""
     backend = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu", decode_rows=2)
-    gen = replace(GREEDY, max_new_tokens=40)
+    gen = GREEDY.model_copy(update=dict(max_new_tokens=40))
     expected = end_some_rows_early(backend, gen)
-    assert max(p.prompt_tokens + p.completion_tokens for p in expected) > backend.sliding_window
+    assert max(p.prompt_tokens + p.completion_tokens for p in expected) > backend.layout.sliding_window
     assert backend.chat(CONVERSATIONS, gen) == expected
 
 
 def test_a_prompt_too_long_for_the_window_fails_alone(tiny_model, smollm2_tokenizer):
     backend = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", "cpu", decode_rows=1)
     long = [{"role": "user", "content": "word " * 4000}]
-    gen = GenerationConfig(max_new_tokens=100)
+    gen = decoding(max_new_tokens=100)
     completions = backend.chat([CONVERSATIONS[0], long, CONVERSATIONS[1]], gen)
     assert completions[1].error.startswith("ContextWindowExceeded: the prompt has 4,031 tokens")
     assert completions[::2] == [backend.chat([c], gen)[0] for c in CONVERSATIONS[:2]]
@@ -114,13 +113,11 @@ def test_compiled_static_cache_keeps_its_shape_and_outputs(tiny_model, smollm2_t
     expected = [eager.chat([c], GREEDY)[0] for c in conversations]
     assert expected[0].prompt_tokens + GREEDY.max_new_tokens == 256
     assert [c.completion_tokens for c in expected] == [12, 4, 12]
-    # a copy: the fast path sets its model's attention function, and the session's tiny model is shared
-    fast = HFBackend.from_loaded(copy.deepcopy(tiny_model), smollm2_tokenizer, "tiny", "cpu", compiled=True,
-                                 decode_rows=2)
+    fast = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", "cpu", compiled=True, decode_rows=2)
     fast.eos_token_ids = eager.eos_token_ids
     seen = []
-    relayout = fast._relayout
-    monkeypatch.setattr(fast, "_relayout", lambda state, *args, **kwargs: seen.append(
+    relayout = fast.layout.relayout
+    monkeypatch.setattr(fast.layout, "relayout", lambda state, *args, **kwargs: seen.append(
         (state.cache.get_max_length(), state.length, "arrivals" if len(args) > 2 else "full")) or relayout(
         state, *args, **kwargs))
     assert fast.chat(conversations, GREEDY) == expected

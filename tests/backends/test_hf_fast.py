@@ -1,31 +1,27 @@
 """The hf backend's fast path (static KV cache, compiled one-token steps) against the eager path, on tiny models."""
 
-import copy
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 import transformers.integrations.sdpa_attention as transformers_sdpa
-from omegaconf import OmegaConf
+from conftest import decoding, make_method, make_task, make_tiny_model
 from transformers import StaticCache
 
-from mascompare.accounting import Accountant
-from mascompare.app import compose_config
-from mascompare.backends.hf import STEP_ATTENTION, HFBackend, pick_compile, sdpa_grouped_steps, static_columns
-from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
-from mascompare.methods import build_method
-from mascompare.tasks.arith import Arith
+from mascompare.backends.hf import HFBackend
+from mascompare.backends.hf.attention import STEP_ATTENTION, sdpa_grouped_steps
+from mascompare.backends.hf.cache import static_columns
+from mascompare.backends.hf.loading import pick_compile
 
-GREEDY = GenerationConfig(max_new_tokens=8)
+GREEDY = decoding(max_new_tokens=8)
 
 
 def test_compile_setting():
     assert pick_compile("auto", torch.device("cuda")) is True
     assert pick_compile("auto", torch.device("cpu")) is False
     assert pick_compile(True, torch.device("cpu")) is True and pick_compile(False, torch.device("cuda")) is False
-    with pytest.raises(UserError, match="backend.compile must be auto, true or false, got 'yes'"):
-        pick_compile("yes", torch.device("cpu"))
     assert [static_columns(n) for n in (1, 64, 65, 257, 1000)] == [64, 64, 128, 512, 1024]
 
 
@@ -48,12 +44,31 @@ def test_compiled_one_token_steps_read_shared_key_value_heads_in_place(monkeypat
     assert torch.allclose(output, expected.transpose(1, 2), atol=1e-6)
 
 
-def test_only_the_fast_path_changes_the_attention_function(tiny_model, smollm2_tokenizer):
-    model = type(tiny_model)(copy.deepcopy(tiny_model.config))
-    HFBackend.from_loaded(model, smollm2_tokenizer, "tiny", device="cpu")
+def test_importing_the_backend_registers_nothing():
+    code = ("import mascompare.backends.hf\n"
+            "from transformers.modeling_utils import AttentionInterface\n"
+            "from mascompare.backends.hf.attention import STEP_ATTENTION\n"
+            "assert STEP_ATTENTION not in AttentionInterface().valid_keys()")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_what_the_backend_changes_on_its_model(smollm2_tokenizer):
+    """One hook on the output head, however many backends; on the fast path the attention function, which
+    outside compiled steps is sdpa itself: the model's eager outputs do not change."""
+    model = make_tiny_model(smollm2_tokenizer, tie=False)  # its own model: this test watches it change
+    ids, mask = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]]), torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    with torch.inference_mode():
+        before = model(input_ids=ids, attention_mask=mask).logits
+    hooks = len(model.get_output_embeddings()._forward_pre_hooks)
+    for _ in range(2):
+        HFBackend.from_loaded(model, smollm2_tokenizer, "tiny", device="cpu")
     assert model.config._attn_implementation == "sdpa"
+    assert len(model.get_output_embeddings()._forward_pre_hooks) == hooks + 1
     HFBackend.from_loaded(model, smollm2_tokenizer, "tiny", device="cpu", compiled=True)
     assert model.config._attn_implementation == STEP_ATTENTION
+    assert len(model.get_output_embeddings()._forward_pre_hooks) == hooks + 1
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, before)
 
 
 @pytest.fixture
@@ -95,16 +110,16 @@ def method_outputs(backend, task, samples):
         runs[f"latent_mas/{structure}"] = [f"method.structure={structure}", "method.latent_steps=3"]
     texts = {}
     for name, overrides in runs.items():
-        cfg = compose_config(f"method={name.split('/')[0]}", "task=arith", *overrides)
-        method = build_method(cfg.method, backend, task, GREEDY, Accountant())
+        method = make_method(name.split("/")[0], backend, task, *overrides, gen=GREEDY)
+        method.prepare(None, samples, resume=True)
         texts[name] = [output.final_text for output in method.run(samples)]
     return texts
 
 
 @pytest.fixture(scope="module")
 def arith_samples():
-    task = Arith(OmegaConf.create({"name": "arith", "seed": 1, "size_per_level": 2, "limit": 4}))
-    return task, task.load()
+    task = make_task("arith", "task.seed=1", "task.size_per_level=2", "task.limit=4")
+    return task, task.samples()
 
 
 def test_traced_fast_path_gives_the_eager_outputs_of_every_method(tiny_tied_model, smollm2_tokenizer, arith_samples):
@@ -113,7 +128,7 @@ def test_traced_fast_path_gives_the_eager_outputs_of_every_method(tiny_tied_mode
     task, samples = arith_samples
     eager = HFBackend.from_loaded(tiny_tied_model, smollm2_tokenizer, "tiny", device="cpu")
     fast = HFBackend.from_loaded(tiny_tied_model, smollm2_tokenizer, "tiny", device="cpu", compiled=True)
-    fast.compile_config.backend = "eager"
+    fast.steps.compile_config.backend = "eager"
     expected = method_outputs(eager, task, samples)
     assert method_outputs(fast, task, samples) == expected
     assert all(len(set(texts)) > 1 for texts in expected.values())  # the rows really differ
@@ -124,8 +139,7 @@ def test_compiled_fast_path_gives_the_eager_outputs(tiny_model, smollm2_tokenize
     eager = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", device="cpu")
     fast = HFBackend.from_loaded(tiny_model, smollm2_tokenizer, "tiny", device="cpu", compiled=True)
     for name, overrides in (("baseline", []), ("latent_mas", ["method.latent_steps=3"])):
-        cfg = compose_config(f"method={name}", "task=arith", *overrides)
-        texts = [[o.final_text for o in build_method(cfg.method, backend, task, GREEDY, Accountant()).run(samples)]
+        texts = [[o.final_text for o in make_method(name, backend, task, *overrides, gen=GREEDY).run(samples)]
                  for backend in (eager, fast)]
         assert texts[0] == texts[1] and len(set(texts[0])) > 1
 
@@ -136,16 +150,16 @@ def test_sliding_window_models_take_the_fast_path_with_the_eager_outputs(tiny_sl
     refilled, rows running past the window) and latent_mas give the eager outputs (traced, as above)."""
     task, samples = arith_samples
     eager = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu", decode_rows=2)
-    fast = HFBackend.from_loaded(copy.deepcopy(tiny_sliding_gemma3), smollm2_tokenizer, "sliding", "cpu",
-                                 compiled=True, decode_rows=2)
-    fast.compile_config.backend = "eager"
+    fast = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu", compiled=True,
+                                 decode_rows=2)
+    fast.steps.compile_config.backend = "eager"
     assert isinstance(fast.new_cache(1).cache, StaticCache)
     conversations = [[{"role": "user", "content": "word " * words}] for words in (5, 60, 100, 20, 140)]
-    expected = eager.chat(conversations, GenerationConfig(max_new_tokens=40))
-    assert max(c.prompt_tokens + c.completion_tokens for c in expected) > eager.sliding_window
-    assert [c.text for c in fast.chat(conversations, GenerationConfig(max_new_tokens=40))] == [c.text for c in expected]
+    expected = eager.chat(conversations, decoding(max_new_tokens=40))
+    assert max(c.prompt_tokens + c.completion_tokens for c in expected) > eager.layout.sliding_window
+    assert [c.text for c in fast.chat(conversations, decoding(max_new_tokens=40))] == [c.text for c in expected]
     for structure in ("sequential", "hierarchical"):
-        cfg = compose_config("method=latent_mas", "task=arith", f"method.structure={structure}", "method.latent_steps=3")
-        texts = [[o.final_text for o in build_method(cfg.method, backend, task, GREEDY, Accountant()).run(samples)]
+        overrides = (f"method.structure={structure}", "method.latent_steps=3")
+        texts = [[o.final_text for o in make_method("latent_mas", backend, task, *overrides, gen=GREEDY).run(samples)]
                  for backend in (eager, fast)]
         assert texts[0] == texts[1] and len(set(texts[0])) > 1

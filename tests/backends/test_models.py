@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import decoding
 from mascompare.backends import models
 from mascompare.backends.hf import HFBackend
 from mascompare.backends.models import PARTIAL_PREFIX, STAMP_FILE, resolve
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 CPU = {"name": "hf", "device": "cpu", "dtype": "auto"}
@@ -72,7 +72,7 @@ def test_embedded_model_is_converted_once_then_loaded_from_the_cache(cache, site
 
     backend = HFBackend(CPU, embedded_cfg())
     assert len(conversions) == 1 and backend.model_name == "fake-model"
-    assert backend.chat([[{"role": "user", "content": "Hi"}]], GenerationConfig(max_new_tokens=2))[0].text
+    assert backend.chat([[{"role": "user", "content": "Hi"}]], decoding(max_new_tokens=2))[0].text
 
 
 def test_a_changed_embedded_source_is_converted_again(cache, site, conversions):
@@ -197,7 +197,7 @@ def preset(name: str):
 def test_embedded_smollm2_generates():
     backend = HFBackend(CPU, preset("smollm2-135m"))
     conversations = [[{"role": "user", "content": "What is 2 + 3?"}], [{"role": "user", "content": "Say hello."}]]
-    completions = backend.chat(conversations, GenerationConfig(max_new_tokens=6))
+    completions = backend.chat(conversations, decoding(max_new_tokens=6))
     assert all(c.text and c.prompt_tokens > 20 and 1 <= c.completion_tokens <= 6 for c in completions)
 
 
@@ -208,5 +208,5 @@ def test_embedded_gemma3_generates():
         pytest.skip("the gemma3-270m packages are not installed (see conf/model/gemma3-270m.yaml)")
     backend = HFBackend(CPU, preset("gemma3-270m"))
     (completion,) = backend.chat([[{"role": "user", "content": "The capital of France is"}]],
-                                 GenerationConfig(max_new_tokens=4))
+                                 decoding(max_new_tokens=4))
     assert completion.text and completion.completion_tokens >= 1

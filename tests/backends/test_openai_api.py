@@ -11,11 +11,11 @@ import openai
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import decoding
 from mascompare.backends.base import Completion
 from mascompare.backends.openai_api import OPENAI_URL, OpenAIBackend, retry_after
 from mascompare.backends.tokens import TokenCounter
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
 
 SECRET = "sk-test-0123456789abcdef"
 USAGE = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
@@ -87,10 +87,10 @@ def test_bad_settings_are_one_sentence(monkeypatch, key, value, expected):
 def test_request_carries_the_runs_decoding_settings(monkeypatch):
     b = backend(monkeypatch, token_limit_param="max_completion_tokens")
     messages = [{"role": "user", "content": "hi"}]
-    greedy = b.request_params(messages, GenerationConfig(max_new_tokens=7, seed=3))
+    greedy = b.request_params(messages, decoding(max_new_tokens=7, seed=3))
     assert greedy == {"model": "served-model", "messages": messages, "max_completion_tokens": 7,
                       "temperature": 0.0, "seed": 3}
-    sampled = b.request_params(messages, GenerationConfig(temperature=0.7, top_p=0.9, top_k=20))
+    sampled = b.request_params(messages, decoding(temperature=0.7, top_p=0.9, top_k=20))
     assert sampled["top_p"] == 0.9 and sampled["extra_body"] == {"top_k": 20}
 
 
@@ -99,7 +99,7 @@ def test_chat_template_kwargs_go_to_the_server_with_every_request(monkeypatch):
     b = OpenAIBackend(OmegaConf.create({"name": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": None}),
                       OmegaConf.create({"name": "m", "api_model": "served-model",
                                         "chat_template_kwargs": {"enable_thinking": False}}))
-    params = b.request_params([{"role": "user", "content": "hi"}], GenerationConfig(temperature=0.7, top_k=20))
+    params = b.request_params([{"role": "user", "content": "hi"}], decoding(temperature=0.7, top_k=20))
     assert params["extra_body"] == {"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}}
     assert b.counter.template_kwargs == {"enable_thinking": False}
 
@@ -109,7 +109,7 @@ def test_each_request_carries_its_own_calls_seed(monkeypatch):
     sent = []
     monkeypatch.setattr(b._client.chat.completions, "create",
                         lambda **params: sent.append(params) or chat_completion(USAGE))
-    gen = GenerationConfig(temperature=0.7, seed=5)
+    gen = decoding(temperature=0.7, seed=5)
     conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
     seeds = gen.call_seeds([(f"s{i}", "answerer", 0) for i in range(3)])
     b.chat(conversations, gen, seeds)
@@ -130,7 +130,7 @@ def test_reasoning_model_preset_sends_only_parameters_the_model_accepts(monkeypa
 
     cfg = compose_config("model=gpt-5-mini", "generation.temperature=0.7", "generation.top_p=0.9")
     b = backend(monkeypatch, **{k: cfg.backend[k] for k in ("token_limit_param", "omit_params")})
-    params = b.request_params([{"role": "user", "content": "hi"}], GenerationConfig(temperature=0.7, top_p=0.9))
+    params = b.request_params([{"role": "user", "content": "hi"}], decoding(temperature=0.7, top_p=0.9))
     assert "temperature" not in params and "top_p" not in params and "max_tokens" not in params
     assert params["max_completion_tokens"] == 256
 
@@ -248,13 +248,13 @@ def test_a_cached_request_is_answered_without_a_call(monkeypatch, tmp_path):
     b = backend(monkeypatch, max_retries=0)  # nothing listens on its port: any call would fail
     b.use_cache(ResponseCache(tmp_path / "cache.sqlite"))
     messages = [{"role": "user", "content": "2+2?"}]
-    greedy, sampled = GenerationConfig(max_new_tokens=8), GenerationConfig(temperature=0.9, seed=None)
+    greedy, sampled = decoding(max_new_tokens=8), decoding(temperature=0.9, seed=None)
     b.cache.put(b.request_params(messages, greedy), Completion("4", 12, 1, usage_source="api"))
     b.cache.put(b.request_params(messages, sampled), Completion("5", 12, 1, usage_source="api"))
     hit = b.complete(messages, greedy)
     assert (hit.text, hit.prompt_tokens, hit.usage_source, hit.error) == ("4", 12, "cache", None)
     unseeded = b.complete(messages, sampled)  # never answered from the cache: it goes out, and fails here
     assert unseeded.error and "Connection" in unseeded.error
-    missed = b.complete(messages, GenerationConfig(max_new_tokens=9))
-    assert missed.error and b.cache.get(b.request_params(messages, GenerationConfig(max_new_tokens=9))) is None
+    missed = b.complete(messages, decoding(max_new_tokens=9))
+    assert missed.error and b.cache.get(b.request_params(messages, decoding(max_new_tokens=9))) is None
     b.close()

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
+from conftest import decoding
 from mascompare.backends.base import Completion
 from mascompare.backends.response_cache import CACHE_FILE, ResponseCache, cacheable, request_key
-from mascompare.generation import GenerationConfig
 
 PARAMS = {"model": "served-model", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 16,
           "temperature": 0.0, "seed": 42}
@@ -57,9 +57,9 @@ def test_failed_calls_are_never_kept(cache):
 
 
 def test_only_greedy_or_seeded_calls_are_cacheable():
-    assert cacheable(GenerationConfig(temperature=0.0, seed=None))
-    assert cacheable(GenerationConfig(temperature=0.8, seed=7))
-    assert not cacheable(GenerationConfig(temperature=0.8, seed=None))
+    assert cacheable(decoding(temperature=0.0, seed=None))
+    assert cacheable(decoding(temperature=0.8, seed=7))
+    assert not cacheable(decoding(temperature=0.8, seed=None))
 
 
 def test_one_file_serves_other_processes_and_threads(tmp_path):

@@ -14,12 +14,12 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
+from conftest import decoding
 from mascompare.app import compose_config
 from mascompare.backends import llama_server
 from mascompare.backends.openai_api import OpenAIBackend
 from mascompare.cli import app
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
 from mascompare.runner import execute
 from fault_proxy import Fault, FaultProxy
 
@@ -141,7 +141,7 @@ def test_completions_keep_input_order_under_concurrency(proxy):
     backend = OpenAIBackend(compose_config(*overrides(proxy, "/tmp")).backend,
                             compose_config(*overrides(proxy, "/tmp")).model)
     conversations = [[{"role": "user", "content": "Say yes. " + "word " * (40 * k)}] for k in range(8)]
-    completions = backend.chat(conversations, GenerationConfig(max_new_tokens=4))
+    completions = backend.chat(conversations, decoding(max_new_tokens=4))
     assert [c.prompt_tokens for c in completions] == [backend.count_tokens(m) for m in conversations]
     assert proxy.max_in_flight > 1
 

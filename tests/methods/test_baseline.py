@@ -1,39 +1,38 @@
 """baseline on a tiny random-weight model (greedy): its prompt, its records, batching."""
 
 import pytest
-from omegaconf import OmegaConf
 
+from conftest import decoding, make_task
 from mascompare.accounting import Accountant, prompt_hash
 from mascompare.app import compose_config
-from mascompare.generation import GenerationConfig
-from mascompare.methods.baseline import Method
-from mascompare.tasks.arith import Arith
+from mascompare.methods import method_settings
+from mascompare.methods.baseline import Baseline
 
-GEN = GenerationConfig(max_new_tokens=12)
+GEN = decoding(max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")
 def cfg():
-    """cfg.method of `method=baseline`, composed from the real conf/."""
-    return compose_config("method=baseline").method
+    """The settings of `method=baseline`, composed from the real conf/."""
+    return method_settings(compose_config("method=baseline").method)
 
 
 @pytest.fixture
 def task():
-    return Arith(OmegaConf.create({"limit": 8}))
+    return make_task("arith", "task.limit=8")
 
 
 def test_prompt_has_the_system_message_the_question_and_the_answer_format(cfg, task, tiny_backend):
-    question = task.load()[3].question
-    system, user = Method(cfg, tiny_backend, task, GEN, Accountant()).prompt(question)
+    question = task.samples()[3].question
+    system, user = Baseline(cfg, tiny_backend, task, GEN, Accountant()).prompt(question)
     assert system == {"role": "system", "content": cfg.system} and cfg.system
     assert user["role"] == "user"
     assert question in user["content"] and task.answer_instruction() in user["content"]
 
 
 def test_one_record_per_sample_with_its_tokens(cfg, task, tiny_backend):
-    accountant, samples = Accountant(), task.load()[:3]
-    method = Method(cfg, tiny_backend, task, GEN, accountant)
+    accountant, samples = Accountant(), task.samples()[:3]
+    method = Baseline(cfg, tiny_backend, task, GEN, accountant)
     outputs = method.run(samples)
     completions = tiny_backend.chat([method.prompt(s.question) for s in samples], GEN)
     for sample, output, completion in zip(samples, outputs, completions):
@@ -45,8 +44,8 @@ def test_one_record_per_sample_with_its_tokens(cfg, task, tiny_backend):
 
 
 def test_records_keep_the_messages_their_hash_and_why_decoding_ended(cfg, task, tiny_backend):
-    accountant, samples = Accountant(), task.load()
-    method = Method(cfg, tiny_backend, task, GenerationConfig(max_new_tokens=3), accountant)
+    accountant, samples = Accountant(), task.samples()
+    method = Baseline(cfg, tiny_backend, task, decoding(max_new_tokens=3), accountant)
     method.run(samples)
     reasons = set()
     for sample in samples:
@@ -62,8 +61,8 @@ def test_records_keep_the_messages_their_hash_and_why_decoding_ended(cfg, task, 
 
 
 def test_batch_of_eight_equals_one_at_a_time(cfg, task, tiny_backend):
-    samples = task.load()
-    batched = Method(cfg, tiny_backend, task, GEN, Accountant()).run(samples)
-    alone = [Method(cfg, tiny_backend, task, GEN, Accountant()).run([s])[0] for s in samples]
+    samples = task.samples()
+    batched = Baseline(cfg, tiny_backend, task, GEN, Accountant()).run(samples)
+    alone = [Baseline(cfg, tiny_backend, task, GEN, Accountant()).run([s])[0] for s in samples]
     assert batched == alone
     assert len({o.final_text for o in batched}) > 1

@@ -5,20 +5,18 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from recording_backend import ThoughtRecorder
 from typer.testing import CliRunner
 
+from conftest import make_method as build_method
+from conftest import make_task
 from mascompare import runner as run_module
 from mascompare.accounting import Accountant, prompt_hash
 from mascompare.app import compose_config
-from mascompare.backends import BACKENDS
 from mascompare.backends.hf import HFBackend
 from mascompare.cli import app
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
-from mascompare.methods.latent_mas import RIDGE_LAMBDA, Method, realignment
-from mascompare.tasks.arith import Arith
+from mascompare.methods.latent import RIDGE_LAMBDA, latent_thought, realignment
 
 
 def compose_cfg(*overrides):
@@ -27,12 +25,12 @@ def compose_cfg(*overrides):
 
 @pytest.fixture(scope="module")
 def task():
-    return Arith(OmegaConf.create({"name": "arith", "seed": 3, "size_per_level": 4, "limit": 8}))
+    return make_task("arith", "task.seed=3", "task.size_per_level=4", "task.limit=8")
 
 
 @pytest.fixture(scope="module")
 def samples(task):
-    return task.load()
+    return task.samples()
 
 
 @pytest.fixture(params=["untied", "tied"])
@@ -41,15 +39,18 @@ def backend(request, tiny_backend, tiny_tied_backend):
 
 
 def make_method(backend, task, *overrides, max_new_tokens=10, accountant=None):
-    cfg = compose_cfg(*overrides)
-    return Method(cfg.method, backend, task, GenerationConfig(max_new_tokens=max_new_tokens), accountant or Accountant())
+    return build_method("latent_mas", backend, task, *overrides, max_new_tokens=max_new_tokens, accountant=accountant)
+
+
+def to_input_space(method, hidden):
+    return latent_thought(hidden, method.thinker.w_a, method.thinker.target_norm)
 
 
 def test_m0_final_logits_equal_one_forward_over_the_concatenated_prompts(backend, task, samples):
     method = make_method(backend, task, "method.latent_steps=0")
     sample = samples[:1]
-    state, _, _ = method.think_together(sample)
-    logits, *_ = method.prefill_final(state, sample)
+    state, segments, *_ = method.think_together(sample)
+    logits, *_ = method.prefill_final(state, segments, sample)
     ids = sum((method.prompts(agent, sample)[0] for agent in method.agents), [])
     with torch.inference_mode():
         reference = backend.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
@@ -111,8 +112,8 @@ def test_final_logits_equal_one_forward_over_hand_built_embeddings(family, struc
     backend = HFBackend.from_loaded(model, smollm2_tokenizer, family, "cpu")
     method = make_method(backend, task, f"method.structure={structure}", "method.latent_steps=3")
     sample = samples[:1]
-    state, _, _ = method.think_together(sample)
-    logits, *_ = method.prefill_final(state, sample)
+    state, segments, *_ = method.think_together(sample)
+    logits, *_ = method.prefill_final(state, segments, sample)
     prompts = [method.prompts(agent, sample)[0] for agent in method.agents]
     reference = hand_built_final_logits(backend.model, prompts, 3, structure == "hierarchical")
     torch.testing.assert_close(logits[0], reference, atol=2e-4, rtol=1e-4)
@@ -123,8 +124,8 @@ def test_final_logits_equal_one_forward_over_hand_built_embeddings(family, struc
 def test_the_hierarchical_summarizer_sees_every_expert(backend, task, samples):
     def summarizer_logits(*overrides):
         method = make_method(backend, task, "method.structure=hierarchical", "method.latent_steps=2", *overrides)
-        state, _, _ = method.think_together(samples[:1])
-        return method.prefill_final(state, samples[:1])[0][0]
+        state, segments, *_ = method.think_together(samples[:1])
+        return method.prefill_final(state, segments, samples[:1])[0][0]
 
     unchanged = summarizer_logits()
     for expert in range(3):
@@ -140,13 +141,15 @@ def test_cache_grows_by_each_prompt_plus_m_latent_steps(backend, task, samples, 
     for sample in samples[:3]:
         records = accountant.take(sample.id)
         assert [r.role for r in records] == ["planner", "critic", "refiner", "judger"]
-        expected = 0
+        expected, earlier = 0, {}
         for record in records:
             assert record.kv_positions_received == expected  # everything before this agent, no padding
+            assert record.kv_received_from == earlier  # and from whom: each earlier agent's prompt and thoughts
             expected += record.input_tokens + record.latent_steps
+            earlier = {**earlier, record.agent: record.input_tokens + record.latent_steps}
         assert [r.latent_steps for r in records] == [steps] * 3 + [0]
         assert [r.forward_passes for r in records[:3]] == [1 + steps] * 3
-    state, _, _ = method.think_together(samples[:1])
+    state, *_ = method.think_together(samples[:1])
     prompt_lengths = [len(method.prompts(a, samples[:1])[0]) for a in method.agents[:-1]]
     assert state.length == sum(prompt_lengths) + steps * len(prompt_lengths)
 
@@ -171,19 +174,20 @@ def test_recorded_forward_passes_and_output_tokens_are_what_happened(tiny_backen
     assert len(calls) == experts * (1 + 2) + 5
 
 
-def test_realignment_is_identity_for_tied_and_solves_ridge_for_untied(tiny_tied_model, tiny_model):
-    w_a, target_norm = realignment(tiny_tied_model)
+def test_realignment_is_identity_for_tied_and_solves_ridge_for_untied(tiny_tied_backend, tiny_backend):
+    tiny_tied_model, tiny_model = tiny_tied_backend.model, tiny_backend.model
+    w_a, target_norm = realignment(tiny_tied_backend)
     assert torch.allclose(w_a, torch.eye(w_a.shape[0]), atol=1e-4)
     w_in = tiny_tied_model.get_input_embeddings().weight.detach().float()
     assert target_norm == pytest.approx(float(w_in.norm(dim=1).mean()))
 
-    w_a, _ = realignment(tiny_model)
+    w_a, _ = realignment(tiny_backend)
     w_in = tiny_model.get_input_embeddings().weight.detach().float()
     w_out = tiny_model.get_output_embeddings().weight.detach().float()
     lhs = (w_out.T @ w_out + RIDGE_LAMBDA * torch.eye(w_out.shape[1])) @ w_a
     assert torch.allclose(lhs, w_out.T @ w_in, atol=1e-3 * float((w_out.T @ w_in).abs().max()))
     assert not torch.allclose(w_a, torch.eye(w_a.shape[0]), atol=1e-2)
-    assert realignment(tiny_model)[0] is w_a  # computed once per model
+    assert realignment(tiny_backend)[0] is w_a  # computed once per backend
 
 
 class Reached(Exception):
@@ -216,14 +220,14 @@ def test_thoughts_enter_at_the_scale_the_first_layer_receives(family, tiny_tied_
     must live in that scaled space, where an input embedding replaces the module's output."""
     model = tiny_tied_model if family == "llama" else tiny_gemma3
     vocabulary = first_layer_input(model, input_ids=torch.arange(len(smollm2_tokenizer))[:, None])[:, 0]
-    w_a, target_norm = realignment(model)
+    backend = HFBackend.from_loaded(model, smollm2_tokenizer, family, "cpu")
+    w_a, target_norm = realignment(backend)
     assert float(target_norm) == pytest.approx(float(vocabulary.norm(dim=-1).mean()), rel=1e-5)
     scale = model.config.hidden_size ** 0.5 if family == "gemma3" else 1.0
     assert torch.allclose(w_a, scale * torch.eye(w_a.shape[0]), atol=1e-3 * scale)  # tied: the scale itself
-    backend = HFBackend.from_loaded(model, smollm2_tokenizer, family, "cpu")
     method = make_method(backend, task, "method.latent_steps=1")
     hidden, _ = backend.prefill(backend.new_cache(1), method.prompts(method.agents[0], samples[:1]))
-    thought = method.to_input_space(hidden)
+    thought = to_input_space(method, hidden)
     received = first_layer_input(model, inputs_embeds=thought[:, None, :])[0, 0]
     assert float(received.norm()) == pytest.approx(float(vocabulary.norm(dim=-1).mean()), rel=1e-4)
 
@@ -231,8 +235,8 @@ def test_thoughts_enter_at_the_scale_the_first_layer_receives(family, tiny_tied_
 def test_realign_false_keeps_the_norm_rescale(tiny_backend, task):
     method = make_method(tiny_backend, task, "method.realign=false")
     hidden = torch.randn(3, tiny_backend.model.config.hidden_size) * 5
-    thought = method.to_input_space(hidden)
-    assert torch.allclose(thought.norm(dim=-1), method.target_norm.expand(3), rtol=1e-5)
+    thought = to_input_space(method, hidden)
+    assert torch.allclose(thought.norm(dim=-1), method.thinker.target_norm.expand(3), rtol=1e-5)
     assert torch.allclose(torch.nn.functional.cosine_similarity(thought, hidden), torch.ones(3), atol=1e-6)
 
 
@@ -251,20 +255,22 @@ def test_plain_format_decoding_ends_at_the_turn_marker_as_chat_does(tiny_model, 
     tokenizer = copy.deepcopy(smollm2_tokenizer)
     tokenizer.chat_template = None
     backend = HFBackend.from_loaded(tiny_model, tokenizer, "base", "cpu")
-    backend.plain_turn_end = "\u0000 never written"
+    backend.prompts.turn_end = "\u0000 never written"
     method = make_method(backend, task, "method.latent_steps=2", max_new_tokens=12)
-    state, _, _ = method.think_together(samples[:1])
-    logits, *_ = method.prefill_final(state, samples[:1])
-    (expected,) = backend.decode(state, logits, method.gen)
-    assert len(expected) == 12
+    state, segments, *_ = method.think_together(samples[:1])
+    logits, *_ = method.prefill_final(state, segments, samples[:1])
+    (decoded,) = backend.decode(state, logits, method.gen)
+    expected = decoded.tokens
+    assert len(expected) == 12 and decoded.finish_reason == "length"
     # pretend that what the final agent writes at steps 5 and 6 starts a new user turn
-    backend.plain_turn_end = marker = tokenizer.decode(expected[4:6], skip_special_tokens=True)
+    backend.prompts.turn_end = marker = tokenizer.decode(expected[4:6], skip_special_tokens=True)
     end = next(k for k in range(1, 13) if marker in tokenizer.decode(expected[:k]))
     accountant = Accountant()
     (output,) = make_method(backend, task, "method.latent_steps=2", max_new_tokens=12,
                             accountant=accountant).run(samples[:1])
-    assert end <= 6 and accountant.take(samples[0].id)[-1].output_tokens == end
-    assert output.final_text == tokenizer.decode(expected[:end]).split(marker)[0] == backend.completion_text(expected)
+    final = accountant.take(samples[0].id)[-1]
+    assert end <= 6 and final.output_tokens == end and final.finish_reason == "stop"
+    assert output.final_text == tokenizer.decode(expected[:end]).split(marker)[0]
 
 
 @pytest.mark.parametrize("structure", ["sequential", "hierarchical"])
@@ -272,7 +278,7 @@ def test_sliding_window_batches_give_the_same_texts_as_one_at_a_time(tiny_slidin
                                                                      samples, structure):
     backend = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu")
     method = make_method(backend, task, f"method.structure={structure}", "method.latent_steps=3")
-    assert backend.sliding_window < max(len(p) for p in method.prompts(method.agents[-1], samples))
+    assert backend.layout.sliding_window < max(len(p) for p in method.prompts(method.agents[-1], samples))
     batched = [o.final_text for o in method.run(samples)]
     assert batched == [method.run([s])[0].final_text for s in samples]
     assert len(set(batched)) > 1
@@ -312,18 +318,10 @@ def test_negative_latent_steps_is_a_user_error(tiny_backend, task):
         make_method(tiny_backend, task, "method.latent_steps=-1")
 
 
-class ChatOnlyBackend:
-    name = "chat_only"
-    capabilities = frozenset({"chat"})
-
-    def __init__(self, *args):
-        raise AssertionError("the backend must not even be built")
-
-
-def test_backend_without_hidden_states_fails_before_any_work(monkeypatch, tmp_path):
-    monkeypatch.setitem(BACKENDS._entries, "chat_only", f"{__name__}:ChatOnlyBackend")
-    cfg = compose_cfg("backend.name=chat_only")
-    with pytest.raises(UserError, match="Method 'latent_mas' needs hidden_states, which backend 'chat_only' does not"):
+def test_a_backend_without_a_model_in_this_process_fails_before_any_work(tmp_path):
+    cfg = compose_cfg("backend=openai", "backend.base_url=http://127.0.0.1:9/v1")
+    with pytest.raises(UserError, match="Method 'latent_mas' thinks in latent space and needs a model running in this "
+                                        "process, which backend 'openai' is not; use backend=hf."):
         run_module.execute(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -360,8 +358,9 @@ def test_smoke_on_the_embedded_model(tmp_path, structure):
 def test_records_keep_each_agents_messages_and_the_final_agents_finish_reason(tiny_backend, task, samples):
     accountant = Accountant()
     method = make_method(tiny_backend, task, "method.latent_steps=1", max_new_tokens=3, accountant=accountant)
-    tokens = method.answer(method.think_together(samples[:4])[0], samples[:4])
-    for sample, row in zip(samples[:4], tokens):
+    state, segments, *_ = method.think_together(samples[:4])
+    for sample, answer in zip(samples[:4], method.answer(state, segments, samples[:4])):
+        row = answer.tokens
         records = accountant.take(sample.id)
         for agent, record in zip(method.agents, records):
             (messages,) = method.messages(agent, [sample])
@@ -379,7 +378,7 @@ def test_a_sample_whose_shared_cache_outgrows_the_window_fails_alone(tiny_backen
     accountant = Accountant()
     method = make_method(tiny_backend, task, "method.latent_steps=3", accountant=accountant)
     long = replace(samples[1], question="word " * 1000)
-    huge = replace(samples[2], question="x" * (tiny_backend.max_chars + 1))
+    huge = replace(samples[2], question="x" * (tiny_backend.prompts.max_chars + 1))
     outputs = method.run([samples[0], long, huge, samples[3]])
     assert outputs[1].error.startswith("ContextWindowExceeded: the agents' shared cache needs")
     assert "context window of 4,096" in outputs[1].error

@@ -1,13 +1,8 @@
 """Hierarchical latent_mas: the experts run side by side as extra rows, with the same results as in sequence."""
 
 import pytest
-from omegaconf import OmegaConf
-
+from conftest import make_method, make_task
 from mascompare.accounting import Accountant
-from mascompare.app import compose_config
-from mascompare.generation import GenerationConfig
-from mascompare.methods.latent_mas import Method
-from mascompare.tasks.arith import Arith
 
 
 class OneAfterAnother:
@@ -44,15 +39,14 @@ class PassCounter(OneAfterAnother):
 
 @pytest.fixture(scope="module")
 def task():
-    return Arith(OmegaConf.create({"name": "arith", "seed": 5, "size_per_level": 3, "limit": 6}))
+    return make_task("arith", "task.seed=5", "task.size_per_level=3", "task.limit=6")
 
 
 def run(backend, task, steps):
-    cfg = compose_config("method=latent_mas", "task=arith", "method.structure=hierarchical",
-                         f"method.latent_steps={steps}", "method.diagnostics=true")
     accountant = Accountant()
-    samples = task.load()
-    outputs = Method(cfg.method, backend, task, GenerationConfig(max_new_tokens=8), accountant).run(samples)
+    samples = task.samples()
+    outputs = make_method("latent_mas", backend, task, "method.structure=hierarchical", f"method.latent_steps={steps}",
+                          "method.diagnostics=true", max_new_tokens=8, accountant=accountant).run(samples)
     records = [[(r.role, r.input_tokens, r.latent_steps, r.kv_positions_received, r.forward_passes, r.output_tokens)
                 for r in accountant.take(s.id)] for s in samples]
     return outputs, records

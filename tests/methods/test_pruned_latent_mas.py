@@ -8,19 +8,18 @@ from omegaconf import OmegaConf
 from recording_backend import ThoughtRecorder
 from typer.testing import CliRunner
 
+from conftest import decoding, make_task
+from conftest import make_method as build_method
 from mascompare import runner as run_module
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
-from mascompare.backends import BACKENDS
 from mascompare.backends.hf import HFBackend
 from mascompare.cli import app
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
-from mascompare.methods import latent_mas
+from mascompare.methods import method_settings
 from mascompare.methods.agent_graph import Graph
-from mascompare.methods.pruned_latent_mas import Method
-from mascompare.methods.pruned_mas import MASKS_FILE, MASKS_PICTURE
-from mascompare.tasks.arith import Arith
+from mascompare.methods.masks import MASKS_FILE, MASKS_PICTURE
+from mascompare.methods.pruned_latent_mas import PrunedLatentMAS
 
 AGENTS = ["algebraist", "calculator", "programmer", "inspector"]
 
@@ -29,13 +28,19 @@ def compose_cfg(*overrides):
     return compose_config("method=pruned_latent_mas", "task=arith", *overrides)
 
 
-TASK = Arith(OmegaConf.create({"name": "arith", "seed": 3, "size_per_level": 4, "limit": 8}))
-SAMPLES = TASK.load()
+TASK = make_task("arith", "task.seed=3", "task.size_per_level=4", "task.limit=8")
+SAMPLES = TASK.samples()
 
 
 def make_method(backend, *overrides, task=TASK, max_new_tokens=6, accountant=None, cfg=None):
-    cfg = cfg if cfg is not None else compose_cfg("method.latent_steps=2", *overrides).method
-    return Method(cfg, backend, task, GenerationConfig(max_new_tokens=max_new_tokens), accountant or Accountant())
+    settings = cfg if cfg is not None else method_settings(compose_cfg("method.latent_steps=2", *overrides).method)
+    return PrunedLatentMAS(settings, backend, task, decoding(max_new_tokens=max_new_tokens), accountant or Accountant())
+
+
+def prepared(method, samples=SAMPLES):
+    """The method with its graph decided, as the runner prepares it before any sample runs."""
+    method.prepare(None, samples, resume=True)
+    return method
 
 
 def graph_with(n, edges) -> Graph:
@@ -70,25 +75,25 @@ def test_a_pruned_edge_carries_no_influence_and_a_kept_one_does(either_tiny_back
 def latent_mas_agents_cfg(*overrides):
     """pruned_latent_mas configured with latent_mas's sequential agents, roles and system message."""
     latent = compose_config("method=latent_mas", "task=arith").method
-    cfg = compose_cfg("method.prune_rate=0", "method.topology=full", *overrides).method
+    cfg = OmegaConf.to_container(compose_cfg("method.prune_rate=0", "method.topology=full", *overrides).method,
+                                 resolve=True)
     roles = OmegaConf.to_container(latent.roles.sequential)
-    cfg.agents, cfg.decider, cfg.system = roles[:-1], roles[-1], latent.roles.system
-    return cfg
+    cfg.update(agents=roles[:-1], decider=roles[-1], system=latent.roles.system)
+    return PrunedLatentMAS.Settings.of(cfg, "method")
 
 
 def test_prune_rate_0_with_latent_mas_agents_equals_latent_mas_sequential(either_tiny_backend):
     backend = either_tiny_backend
     ours, theirs = Accountant(), Accountant()
-    pruned = make_method(backend, cfg=latent_mas_agents_cfg("method.latent_steps=3"), accountant=ours)
-    cfg = compose_config("method=latent_mas", "task=arith", "method.latent_steps=3").method
-    reference = latent_mas.Method(cfg, backend, TASK, GenerationConfig(max_new_tokens=6), theirs)
+    pruned = prepared(make_method(backend, cfg=latent_mas_agents_cfg("method.latent_steps=3"), accountant=ours))
+    reference = build_method("latent_mas", backend, TASK, "method.latent_steps=3", max_new_tokens=6, accountant=theirs)
     mine, expected = pruned.run(SAMPLES), reference.run(SAMPLES)
     assert [o.final_text for o in mine] == [o.final_text for o in expected]
     assert [o.transcript for o in mine] == [o.transcript for o in expected]
     assert len({o.final_text for o in mine}) > 1  # the rows really differ
     for sample in SAMPLES:
-        strip = [{k: v for k, v in r.to_dict().items() if k != "wall_time_s"} for r in ours.take(sample.id)]
-        assert strip == [{k: v for k, v in r.to_dict().items() if k != "wall_time_s"} for r in theirs.take(sample.id)]
+        strip = [{k: v for k, v in r.to_json().items() if k != "wall_time_s"} for r in ours.take(sample.id)]
+        assert strip == [{k: v for k, v in r.to_json().items() if k != "wall_time_s"} for r in theirs.take(sample.id)]
 
 
 @pytest.mark.parametrize("final_sees", ["all", "learned"])
@@ -104,7 +109,7 @@ def test_batch_of_8_gives_the_same_texts_as_one_at_a_time(either_tiny_backend, f
 
 def test_sliding_window_batches_give_the_same_texts_as_one_at_a_time(tiny_sliding_gemma3, smollm2_tokenizer):
     backend = HFBackend.from_loaded(tiny_sliding_gemma3, smollm2_tokenizer, "sliding", "cpu")
-    method = make_method(backend, "method.prune_rate=0")
+    method = prepared(make_method(backend, "method.prune_rate=0"))
     assert method.padding_could_pass_window(SAMPLES)  # windows reach back across padding between segments
     batched = [o.final_text for o in method.run(SAMPLES)]
     assert batched == [method.run([s])[0].final_text for s in SAMPLES]
@@ -142,10 +147,12 @@ def test_an_agent_nobody_may_see_is_not_run_and_savings_are_recorded(tiny_backen
     prompt = {r.agent: r.input_tokens for r in records}
     assert [r.kv_positions_received for r in records] == [
         0, prompt["algebraist"] + 3, prompt["programmer"] + 3]  # each sees exactly its source's segment
+    assert [r.kv_received_from for r in records] == [
+        {}, {"algebraist": prompt["algebraist"] + 3}, {"programmer": prompt["programmer"] + 3}]
     assert [r.forward_passes for r in records[:2]] == [4, 4] and records[-1].forward_passes == records[-1].output_tokens
 
     full = Accountant()
-    make_method(tiny_backend, "method.prune_rate=0", "method.latent_steps=3", accountant=full).run(SAMPLES[:2])
+    prepared(make_method(tiny_backend, "method.prune_rate=0", "method.latent_steps=3", accountant=full)).run(SAMPLES[:2])
     everyone = full.take(SAMPLES[0].id)
     assert len(everyone) == 5 and sum(r.kv_positions_received for r in everyone) > sum(
         r.kv_positions_received for r in records)
@@ -154,7 +161,7 @@ def test_an_agent_nobody_may_see_is_not_run_and_savings_are_recorded(tiny_backen
 def test_calibration_drives_a_harmful_edge_down_over_real_latent_runs(tiny_backend, tmp_path):
     """A scripted utility: a graph is right exactly when it lacks the edge calculator -> programmer.
     Every sampled graph really runs (latent agents, final decoding); only the scoring is scripted."""
-    task = Arith(OmegaConf.create({"name": "arith", "seed": 0, "levels": [1], "limit": 4}))
+    task = make_task("arith", "task.seed=0", "task.levels=[1]", "task.limit=4")
     accountant = Accountant()
     method = make_method(tiny_backend, "method.latent_steps=1", "method.calibration.iterations=20",
                          "method.calibration.batch_size=8", "method.calibration.size=16", task=task, max_new_tokens=1,
@@ -170,7 +177,7 @@ def test_calibration_drives_a_harmful_edge_down_over_real_latent_runs(tiny_backe
         return outputs
 
     method.execute = scripted
-    method.prepare(tmp_path, task.load())
+    method.prepare(tmp_path, task.samples(), resume=True)
     logits = method.edge_policy.scores("spatial")
     others = [logits[i, j] for i in range(4) for j in range(i + 1, 4) if (i, j) != harmful]
     assert logits[harmful] < min(others) and logits[harmful] < 0
@@ -183,12 +190,12 @@ def test_calibration_drives_a_harmful_edge_down_over_real_latent_runs(tiny_backe
 
     # method.masks= reuses the learned logits without calibrating again
     again = make_method(tiny_backend, f"method.masks={tmp_path / MASKS_FILE}", task=task)
-    again.prepare(None, task.load())
+    again.prepare(None, task.samples(), resume=True)
     assert np.array_equal(again.graph.spatial, method.graph.spatial)
     assert again.info["calibration"]["reused_from"] == str(tmp_path / MASKS_FILE)
     other = make_method(tiny_backend, f"method.masks={tmp_path / MASKS_FILE}", "method.final_sees=learned", task=task)
     with pytest.raises(UserError, match="are for graph nodes"):
-        other.prepare(None, task.load())
+        other.prepare(None, task.samples(), resume=True)
 
 
 def test_only_forward_edges_and_the_final_agent_make_the_starting_graph(tiny_backend):
@@ -208,21 +215,12 @@ def test_only_forward_edges_and_the_final_agent_make_the_starting_graph(tiny_bac
 ])
 def test_bad_config_is_refused_before_the_model_loads(override, message):
     with pytest.raises(UserError, match=message):
-        Method.check_config(compose_cfg(override).method)
+        method_settings(compose_cfg(override).method)
 
 
-class ChatOnlyBackend:
-    name = "chat_only"
-    capabilities = frozenset({"chat"})
-
-    def __init__(self, *args):
-        raise AssertionError("the backend must not even be built")
-
-
-def test_backend_without_hidden_states_fails_before_any_work(monkeypatch, tmp_path):
-    monkeypatch.setitem(BACKENDS._entries, "chat_only", f"{__name__}:ChatOnlyBackend")
-    with pytest.raises(UserError, match="Method 'pruned_latent_mas' needs hidden_states"):
-        run_module.execute(compose_cfg("backend.name=chat_only"), tmp_path / "run")
+def test_a_backend_without_a_model_in_this_process_fails_before_any_work(tmp_path):
+    with pytest.raises(UserError, match="Method 'pruned_latent_mas' thinks in latent space"):
+        run_module.execute(compose_cfg("backend=openai", "backend.base_url=http://127.0.0.1:9/v1"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -257,14 +255,14 @@ def test_smoke_on_the_embedded_model(tmp_path):
 
 
 def test_saved_masks_are_refused_where_the_run_would_evaluate_their_calibration_questions(tiny_backend, tmp_path):
-    limited = Arith(OmegaConf.create({"name": "arith", "seed": 0, "levels": [1, 2], "limit": 4}))
-    everything = Arith(OmegaConf.create({"name": "arith", "seed": 0, "levels": [1, 2], "limit": None}))
+    limited = make_task("arith", "task.seed=0", "task.levels=[1,2]", "task.limit=4")
+    everything = make_task("arith", "task.seed=0", "task.levels=[1,2]")
     tail = ["method.calibration.split=tail", "method.calibration.size=2", "method.calibration.iterations=1",
             "method.calibration.batch_size=2"]
-    make_method(tiny_backend, *tail, task=limited, max_new_tokens=1).prepare(tmp_path, limited.load())
+    make_method(tiny_backend, *tail, task=limited, max_new_tokens=1).prepare(tmp_path, limited.samples(), resume=True)
     reuse = make_method(tiny_backend, f"method.masks={tmp_path / MASKS_FILE}", task=everything)
     with pytest.raises(UserError, match="were calibrated on 2 of the questions this run evaluates"):
-        reuse.prepare(None, everything.load())
+        reuse.prepare(None, everything.samples(), resume=True)
     resumed = make_method(tiny_backend, *tail, task=everything)  # task.limit raised, same run directory
     with pytest.raises(UserError, match="were calibrated on 2 of the questions this run evaluates"):
-        resumed.prepare(tmp_path, everything.load(), resume=True)
+        resumed.prepare(tmp_path, everything.samples(), resume=True)

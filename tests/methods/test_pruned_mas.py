@@ -11,31 +11,30 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
+from conftest import decoding, make_task
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.backends.base import Completion
 from mascompare.cli import app
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
-from mascompare.methods.agent_graph import keep_count
-from mascompare.methods.pruned_mas import MASKS_FILE, MASKS_PICTURE, Method, panel_titles
-from mascompare.tasks import build_task
-from mascompare.tasks.arith import Arith
-from mascompare.tasks.gsm8k import GSM8K
+from mascompare.methods import method_settings
+from mascompare.methods.agent_graph import calibration_samples, keep_count
+from mascompare.methods.masks import MASKS_FILE, MASKS_PICTURE
+from mascompare.methods.pruned_mas import PrunedMAS, panel_titles
 
-GEN = GenerationConfig(max_new_tokens=8)
+GEN = decoding(max_new_tokens=8)
 NAMES = ["algebraist", "calculator", "programmer", "inspector"]
 
 
 def method_cfg(*overrides):
-    return compose_config("method=pruned_mas", *overrides).method
+    return method_settings(compose_config("method=pruned_mas", *overrides).method)
 
 
 def arith(limit, levels=(1,), seed=0):
-    return Arith(OmegaConf.create({"limit": limit, "levels": list(levels), "seed": seed}))
+    return make_task("arith", f"task.limit={'null' if limit is None else limit}",
+                     f"task.levels=[{','.join(map(str, levels))}]", f"task.seed={seed}")
 
 
 class Scripted:
@@ -80,7 +79,14 @@ class Scripted:
 
 
 def build(cfg, backend, task, accountant=None):
-    return Method(cfg, backend, task, GEN, accountant or Accountant())
+    return PrunedMAS(cfg, backend, task, GEN, accountant or Accountant())
+
+
+def ready(cfg, backend, task, accountant=None):
+    """A method whose graph is decided (the runner calls prepare before any sample runs)."""
+    method = build(cfg, backend, task, accountant)
+    method.prepare(None, task.samples(), resume=True)
+    return method
 
 
 def prompts_of(backend):
@@ -93,8 +99,8 @@ def prompts_of(backend):
 def test_agents_in_a_layer_share_one_batched_call_and_run_in_topological_order():
     cfg = method_cfg("method.prune_rate=0", "method.rounds=1")
     backend, task = Scripted(cfg), arith(3)
-    method = build(cfg, backend, task)
-    outputs = method.run(task.load())
+    method = ready(cfg, backend, task)
+    outputs = method.run(task.samples())
     # the complete graph, unpruned, is realised as the complete DAG in agent order: 4 layers + decider
     assert method.graph.layers == [[0], [1], [2], [3]]
     assert [len(call) for call in backend.calls] == [3, 3, 3, 3, 3]
@@ -111,7 +117,7 @@ def test_agents_in_a_layer_share_one_batched_call_and_run_in_topological_order()
 def test_debate_runs_each_round_as_one_call_and_temporal_messages_come_from_the_previous_round_only():
     cfg = method_cfg("method.prune_rate=0", "method.rounds=3", "method.topology=debate", "method.decision=vote")
     backend, task = Scripted(cfg), arith(2)
-    outputs = build(cfg, backend, task).run(task.load())
+    outputs = ready(cfg, backend, task).run(task.samples())
     assert [len(call) for call in backend.calls] == [8, 8, 8]  # 4 agents x 2 samples, one call per round
     for round, call in enumerate(backend.calls):
         for conversation in call:
@@ -128,7 +134,7 @@ def test_debate_runs_each_round_as_one_call_and_temporal_messages_come_from_the_
 def test_temporal_and_spatial_messages_follow_the_masks_of_a_chain():
     cfg = method_cfg("method.prune_rate=0", "method.rounds=2", "method.topology=chain")
     backend, task = Scripted(cfg), arith(1)
-    build(cfg, backend, task).run(task.load())
+    ready(cfg, backend, task).run(task.samples())
     agent_prompts = prompts_of(backend)[:-1]  # 2 rounds x 4 agents, one agent per call; then the decider
     assert len(agent_prompts) == 8
     for k, user in enumerate(agent_prompts):
@@ -165,7 +171,7 @@ def test_calibration_learns_to_cut_the_liars_outgoing_edges(rounds, seed, tmp_pa
     backend, task = Scripted(cfg, liar="calculator"), arith(10)
     accountant = Accountant()
     method = build(cfg, backend, task, accountant)
-    method.prepare(tmp_path, task.load())
+    method.prepare(tmp_path, task.samples(), resume=True)
     liar = NAMES.index("calculator")
     prob = 1 / (1 + np.exp(-method.edge_policy.scores("spatial")))
     outgoing = [prob[liar, j] for j in range(4) if j != liar]
@@ -179,7 +185,7 @@ def test_calibration_learns_to_cut_the_liars_outgoing_edges(rounds, seed, tmp_pa
     history = method.info["calibration"]["history"]
     assert np.mean([h["utility"] for h in history[-5:]]) > np.mean([h["utility"] for h in history[:5]])
     assert all(o.final_text.endswith(f"{sum(int(x) for x in re.findall(r'[0-9]+', s.question))}.")
-               for s, o in zip(task.load(), method.run(task.load())))  # the pruned graph answers right
+               for s, o in zip(task.samples(), method.run(task.samples())))  # the pruned graph answers right
 
 
 def test_calibration_is_accounted_separately_and_never_touches_evaluated_questions(tmp_path):
@@ -188,14 +194,14 @@ def test_calibration_is_accounted_separately_and_never_touches_evaluated_questio
     backend, task = Scripted(cfg), arith(10)
     accountant = Accountant()
     method = build(cfg, backend, task, accountant)
-    method.prepare(tmp_path, task.load())
+    method.prepare(tmp_path, task.samples(), resume=True)
     cal = method.run_info()["calibration"]
     assert cal["usage"]["calls"] == 2 * 3 * (4 * 2 + 1) and cal["usage"]["input_tokens"] > 0
     assert cal["usage"]["wall_time_s"] >= 0 and "seed 1" in cal["source"] and len(cal["question_ids"]) == 4
     assert not accountant._records  # calibration records were taken, none left behind
     asked = {c[-1]["content"].split("Problem:\n")[1].split("\n\n")[0] for call in backend.calls for c in call}
-    assert asked and not asked & {s.question for s in task.load()}
-    samples = task.load()[:2]
+    assert asked and not asked & {s.question for s in task.samples()}
+    samples = task.samples()[:2]
     method.run(samples)
     records = [r for s in samples for r in accountant.take(s.id)]
     assert len(records) == 2 * 9 and {r.phase for r in records} == {"eval"}
@@ -209,12 +215,12 @@ def test_saved_masks_reload_to_the_same_pruned_graph_without_calibrating(tmp_pat
                      "method.calibration.size=8", "method.prune_rate=0.4")
     task = arith(5)
     first = build(cfg, Scripted(cfg, liar="programmer"), task)
-    first.prepare(tmp_path / "a", task.load())
+    first.prepare(tmp_path / "a", task.samples(), resume=True)
     saved = tmp_path / "a" / MASKS_FILE
     assert (tmp_path / "a" / MASKS_PICTURE).stat().st_size > 10_000
     backend = Scripted(cfg)
     again = build(method_cfg("method.rounds=2", "method.prune_rate=0.4", f"method.masks={saved}"), backend, task)
-    again.prepare(tmp_path / "b", task.load())
+    again.prepare(tmp_path / "b", task.samples(), resume=True)
     assert backend.calls == []  # no calibration
     np.testing.assert_array_equal(again.graph.spatial, first.graph.spatial)
     np.testing.assert_array_equal(again.graph.temporal, first.graph.temporal)
@@ -223,37 +229,37 @@ def test_saved_masks_reload_to_the_same_pruned_graph_without_calibrating(tmp_pat
     assert b["calibration"]["reused_from"] == str(saved)
     # the same logits at another rate: pruned again, still without calibrating
     other = build(method_cfg("method.rounds=2", "method.prune_rate=0.75", f"method.masks={saved}"), backend, task)
-    other.prepare(None, task.load())
+    other.prepare(None, task.samples(), resume=True)
     assert other.info["graph"]["edges_pruned"] == {"spatial": 3, "temporal": 4} and backend.calls == []
 
 
 def test_masks_for_other_agents_are_refused(tmp_path):
     cfg = method_cfg("method.prune_rate=0")
-    build(cfg, Scripted(cfg), arith(1)).prepare(tmp_path, [])
+    build(cfg, Scripted(cfg), arith(1)).prepare(tmp_path, [], resume=True)
     bad = method_cfg(f"method.masks={tmp_path / MASKS_FILE}", "method.agents.0.name=someone")
     with pytest.raises(UserError, match="are for agents"):
-        build(bad, Scripted(bad), arith(1)).prepare(None, [])
+        build(bad, Scripted(bad), arith(1)).prepare(None, [], resume=True)
 
 
 def test_gsm8k_calibrates_on_the_last_test_questions_and_refuses_an_overlap():
     cfg = method_cfg("method.calibration.size=5")
-    task = GSM8K(OmegaConf.create({"source": "auto", "split": "test", "limit": 20}))
-    method = build(cfg, Scripted(cfg), task)
+    task = make_task("gsm8k", "task.limit=20")
     try:
-        pool, where = method.calibration_samples(task.load())
+        pool = calibration_samples(cfg.calibration, task, task.samples())
     except UserError as exc:
         pytest.skip(f"GSM8K not available offline: {exc}")
-    assert [s.id for s in pool] == [f"gsm8k-test-{i:04d}" for i in range(1314, 1319)] and "1314-1318" in where
-    everything = GSM8K(OmegaConf.create({"source": "auto", "split": "test", "limit": None}))
+    assert [s.id for s in pool.samples] == [f"gsm8k-test-{i:04d}" for i in range(1314, 1319)]
+    assert "1314-1318" in pool.where
+    everything = make_task("gsm8k")
     with pytest.raises(UserError, match="overlap the evaluated ones"):
-        build(cfg, Scripted(cfg), everything).calibration_samples(everything.load())
+        calibration_samples(cfg.calibration, everything, everything.samples())
 
 
 def test_arith_calibration_skips_questions_that_are_evaluated():
     cfg = method_cfg("method.calibration.size=30")
     task = arith(200)  # level 1 has few distinct questions, so other seeds repeat some of them
-    pool, _ = build(cfg, Scripted(cfg), task).calibration_samples(task.load())
-    assert len(pool) == 30 and not {s.question for s in pool} & {s.question for s in task.load()}
+    pool = calibration_samples(cfg.calibration, task, task.samples()).samples
+    assert len(pool) == 30 and not {s.question for s in pool} & {s.question for s in task.samples()}
 
 
 def calibrate_on_the_tail(tmp_path, limit=5, size=4):
@@ -262,19 +268,19 @@ def calibrate_on_the_tail(tmp_path, limit=5, size=4):
                      "method.calibration.iterations=1", f"method.calibration.batch_size={size}")
     task = arith(limit, levels=(1, 2))
     method = build(cfg, Scripted(cfg), task)
-    method.prepare(tmp_path, task.load())
+    method.prepare(tmp_path, task.samples(), resume=True)
     return cfg, method.run_info()["calibration"]
 
 
 def test_reused_masks_are_refused_when_the_run_would_evaluate_their_calibration_questions(tmp_path):
     _, calibration = calibrate_on_the_tail(tmp_path / "a")
     everything = arith(None, levels=(1, 2))
-    assert set(calibration["question_ids"]) <= {s.id for s in everything.load()}
+    assert set(calibration["question_ids"]) <= {s.id for s in everything.samples()}
     reuse = method_cfg(f"method.masks={tmp_path / 'a' / MASKS_FILE}")
     with pytest.raises(UserError, match=r"were calibrated on 4 of the questions this run evaluates"):
-        build(reuse, Scripted(reuse), everything).prepare(tmp_path / "b", everything.load())
+        build(reuse, Scripted(reuse), everything).prepare(tmp_path / "b", everything.samples(), resume=True)
     assert not (tmp_path / "b").exists()  # nothing written
-    build(reuse, Scripted(reuse), arith(5, levels=(1, 2))).prepare(tmp_path / "c", arith(5, levels=(1, 2)).load())
+    build(reuse, Scripted(reuse), arith(5, levels=(1, 2))).prepare(tmp_path / "c", arith(5, levels=(1, 2)).samples(), resume=True)
 
 
 def test_a_resumed_run_whose_limit_grew_into_its_calibration_questions_is_refused(tmp_path):
@@ -282,7 +288,7 @@ def test_a_resumed_run_whose_limit_grew_into_its_calibration_questions_is_refuse
     before = (tmp_path / MASKS_FILE).read_text()
     everything = arith(None, levels=(1, 2))
     with pytest.raises(UserError, match=r"masks\.json were calibrated on 4 of the questions this run evaluates"):
-        build(cfg, Scripted(cfg), everything).prepare(tmp_path, everything.load(), resume=True)
+        build(cfg, Scripted(cfg), everything).prepare(tmp_path, everything.samples(), resume=True)
     assert (tmp_path / MASKS_FILE).read_text() == before
 
 
@@ -290,14 +296,14 @@ def test_reused_masks_are_compared_by_question_text_where_ids_do_not_name_questi
     """Generated arith items reuse ids across seeds: masks calibrated on seed 1 may be evaluated on
     seed 0's questions, but not on seed 1's own."""
     cfg = method_cfg("method.calibration.size=3", "method.calibration.iterations=1", "method.calibration.batch_size=3")
-    build(cfg, Scripted(cfg), arith(3)).prepare(tmp_path / "a", arith(3).load())
+    build(cfg, Scripted(cfg), arith(3)).prepare(tmp_path / "a", arith(3).samples(), resume=True)
     calibration = json.loads((tmp_path / "a" / MASKS_FILE).read_text())["calibration"]
     assert calibration["split"] == "seed" and len(calibration["question_hashes"]) == 3
     reuse = method_cfg(f"method.masks={tmp_path / 'a' / MASKS_FILE}")
-    build(reuse, Scripted(reuse), arith(3)).prepare(None, arith(3).load())  # same ids, other questions
+    build(reuse, Scripted(reuse), arith(3)).prepare(None, arith(3).samples(), resume=True)  # same ids, other questions
     seed_one = arith(40, seed=1)
     with pytest.raises(UserError, match=r"were calibrated on \d+ of the questions this run evaluates"):
-        build(reuse, Scripted(reuse), seed_one).prepare(None, seed_one.load())
+        build(reuse, Scripted(reuse), seed_one).prepare(None, seed_one.samples(), resume=True)
 
 
 @pytest.mark.parametrize("task_name, evaluated, splits", [
@@ -308,15 +314,15 @@ def test_reused_masks_are_compared_by_question_text_where_ids_do_not_name_questi
 ])
 def test_train_calibration_needs_a_train_split_apart_from_the_evaluated_one(task_name, evaluated, splits):
     cfg = method_cfg("method.calibration.split=train")
-    task = build_task(compose_config(f"task={task_name}").task)
+    task = make_task(task_name)
     with pytest.raises(UserError, match=re.escape(f"task={task_name} evaluates {evaluated} and {splits}; ")):
-        build(cfg, Scripted(cfg), task).calibration_samples([])
+        calibration_samples(cfg.calibration, task, [])
 
 
 def test_calibration_summary_reports_the_questions_used_and_the_pool(tmp_path):
     cfg = method_cfg("method.calibration.size=6", "method.calibration.iterations=2", "method.calibration.batch_size=2")
     method = build(cfg, Scripted(cfg), arith(2))
-    method.prepare(tmp_path, arith(2).load())
+    method.prepare(tmp_path, arith(2).samples(), resume=True)
     calibration = method.run_info()["calibration"]
     assert calibration["questions"] == 4 and calibration["question_pool"] == 6
     assert len(calibration["question_ids"]) == len(calibration["question_hashes"]) == 4
@@ -341,7 +347,7 @@ def test_the_masks_picture_says_temporal_edges_are_unused_with_one_round():
 ])
 def test_bad_config_is_refused_before_the_model_loads(override, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        Method.check_config(method_cfg(override))
+        method_cfg(override)
 
 
 # --- through the runner and the CLI --------------------------------------------------------------

@@ -5,31 +5,30 @@ import time
 from dataclasses import replace
 
 import pytest
-from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
+from conftest import decoding, make_task
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.cli import app
 from mascompare.errors import UserError
-from mascompare.generation import GenerationConfig
 from mascompare.methods.roles import agent_messages, agents_for
-from mascompare.methods.text_mas import Method, strip_thoughts
-from mascompare.tasks.arith import Arith
+from mascompare.methods import method_settings
+from mascompare.methods.text_mas import TextMAS, strip_thoughts
 
-GEN = GenerationConfig(max_new_tokens=12)
+GEN = decoding(max_new_tokens=12)
 SEQUENTIAL = ["planner", "critic", "refiner", "judger"]
 EXPERTS = ["math_expert", "science_expert", "code_expert"]
 CONTEXT_HEADER = "Work from the team so far:"
 
 
 def method_cfg(*overrides):
-    """cfg.method composed from the real conf/ with these overrides."""
-    return compose_config("method=text_mas", *overrides).method
+    """The method's settings composed from the real conf/ with these overrides."""
+    return method_settings(compose_config("method=text_mas", *overrides).method)
 
 
 def arith(limit):
-    return Arith(OmegaConf.create({"limit": limit}))
+    return make_task("arith", f"task.limit={limit}")
 
 
 class Recorder:
@@ -56,8 +55,8 @@ class Thinking(Recorder):
 
 
 def run(backend, task, *overrides, accountant=None):
-    method = Method(method_cfg(*overrides), backend, task, GEN, accountant or Accountant())
-    return method.run(task.load())
+    method = TextMAS(method_cfg(*overrides), backend, task, GEN, accountant or Accountant())
+    return method.run(task.samples())
 
 
 def user_text(conversation):
@@ -67,9 +66,9 @@ def user_text(conversation):
 @pytest.mark.parametrize("structure", ["sequential", "hierarchical"])
 def test_batch_of_eight_equals_one_at_a_time(structure, tiny_backend):
     cfg, task = method_cfg(f"method.structure={structure}"), arith(8)
-    samples = task.load()
-    batched = Method(cfg, tiny_backend, task, GEN, Accountant()).run(samples)
-    alone = [Method(cfg, tiny_backend, task, GEN, Accountant()).run([s])[0] for s in samples]
+    samples = task.samples()
+    batched = TextMAS(cfg, tiny_backend, task, GEN, Accountant()).run(samples)
+    alone = [TextMAS(cfg, tiny_backend, task, GEN, Accountant()).run([s])[0] for s in samples]
     assert batched == alone
     assert len({o.final_text for o in batched}) > 1  # the samples really differ
 
@@ -78,7 +77,7 @@ def test_sequential_agents_read_every_earlier_output_in_order_with_labels(tiny_b
     recorder, task = Recorder(tiny_backend), arith(3)
     cfg = method_cfg()
     outputs = run(recorder, task)
-    agents, samples = agents_for(cfg), task.load()
+    agents, samples = agents_for(cfg), task.samples()
     assert [a.name for a in agents] == SEQUENTIAL
     assert len(recorder.calls) == len(agents)  # one batched call per agent
     for i, sample in enumerate(samples):
@@ -98,7 +97,7 @@ def test_hierarchical_experts_answer_alone_in_one_call_and_the_summarizer_reads_
     recorder, task = Recorder(tiny_backend), arith(3)
     cfg = method_cfg("method.structure=hierarchical")
     outputs = run(recorder, task, "method.structure=hierarchical")
-    agents, samples = agents_for(cfg), task.load()
+    agents, samples = agents_for(cfg), task.samples()
     assert [a.name for a in agents] == [*EXPERTS, "summarizer"]
     (expert_prompts, expert_completions, _), (summary_prompts, _, _) = recorder.calls
     n = len(samples)
@@ -149,7 +148,7 @@ def test_handoff_cap_cuts_each_hand_off_to_its_first_tokens(tiny_backend):
 def test_one_record_per_agent_per_sample_with_its_tokens(structure, tiny_backend):
     recorder, accountant, task = Recorder(tiny_backend), Accountant(), arith(3)
     run(recorder, task, f"method.structure={structure}", accountant=accountant)
-    samples, n = task.load(), 3
+    samples, n = task.samples(), 3
     # each sample's completions in call order, with the call's time and how many rows shared it
     per_sample = [[(completions[k * n + i], seconds, len(completions))
                    for _, completions, seconds in recorder.calls for k in range(len(completions) // n)]
@@ -191,7 +190,7 @@ def test_a_failed_completion_marks_its_sample(tiny_backend):
 ])
 def test_bad_knobs_are_one_sentence(override, shown, tiny_backend):
     with pytest.raises(UserError) as error:
-        Method(method_cfg(override), tiny_backend, arith(1), GEN, Accountant())
+        TextMAS(method_cfg(override), tiny_backend, arith(1), GEN, Accountant())
     key = override.split("=")[0]
     assert str(error.value).startswith(key) and str(error.value).endswith(f"got {shown}.")
 

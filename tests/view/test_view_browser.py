@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from mascompare import report
-from mascompare.results import RunStore, expand_messages, latest_rows, read_texts
+from mascompare.records import SampleRecord
+from mascompare.store import RunStore, expand_messages, read_texts
 from mascompare.view import page
-from view_texts import BASELINE_RIGHT, HOSTILE_REPLY, QUESTIONS
+from view_texts import BASELINE_RIGHT, HOSTILE_REPLY, QUESTIONS, latest_rows
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 # A headless browser on a build machine: no sandbox (CI runs as root), nothing fetched in the background.
@@ -201,7 +202,8 @@ def test_fields_the_records_add_are_shown(tiny_sweep, open_page, tmp_path):
         calls[-1]["kv_received_from"] = {"planner": 81, "critic": [81, 170]}
         sandbox = {"ending": "failed", "status": "exited with status 1", "seconds": 0.05,
                    "stdout": "partial output\n", "stderr": "Traceback (most recent call last):\nNameError: x"}
-        store.append({**row, "agents": calls, "score_details": {"sandbox": {"strict": None, "flexible": sandbox}}})
+        store.append(SampleRecord.from_json({**row, "agents": calls,
+                                             "score_details": {"sandbox": {"strict": None, "flexible": sandbox}}}))
     view = open_page(write_view(tmp_path / "runs", tmp_path), "#question/0")
     view.wait_for_selector("#question li.call")
     assert "KV from planner (81 positions), critic (positions 81–170)" in view.text_content("li.call:last-child")

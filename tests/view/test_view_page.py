@@ -8,9 +8,8 @@ from typer.testing import CliRunner
 
 from mascompare import report
 from mascompare.cli import app
-from mascompare.results import latest_rows
 from mascompare.view import page
-from view_texts import HOSTILE_REPLY
+from view_texts import HOSTILE_REPLY, latest_rows
 
 runner = CliRunner()
 SCRIPT_DATA = re.compile(r'<script type="application/json" id="([\w-]+)">(.*?)</script>', re.S)

@@ -5,7 +5,10 @@ import json
 import shutil
 from pathlib import Path
 
-from mascompare.results import RunStore, expand_messages, read_texts, short_hash
+from mascompare.identity import short_hash
+from mascompare.records import SampleRecord
+from mascompare.store import RunStore, expand_messages, read_texts
+from mascompare.store import read_run as read_run_json
 from mascompare.view.records import read_graph, read_run
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "results_v0"
@@ -19,8 +22,8 @@ def rows_of(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
-def info_of(run_dir: Path) -> dict:
-    return json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+def info_of(run_dir: Path):
+    return read_run_json(run_dir)
 
 
 def check_against_records(run_dir: Path) -> None:
@@ -48,7 +51,7 @@ def test_every_call_of_every_method_comes_back_as_sent(tiny_sweep):
     methods = []
     for run_dir in run_dirs(tiny_sweep):
         check_against_records(run_dir)
-        methods.append(info_of(run_dir)["method"])
+        methods.append(info_of(run_dir).method)
     assert methods == ["baseline", "text_mas", "latent_mas", "pruned_mas", "pruned_latent_mas"]
 
 
@@ -58,31 +61,31 @@ def test_records_written_before_the_redesign_read_as_well():
 
 
 def test_the_pruned_methods_graph_is_the_evaluated_mask():
-    (pruned,) = [d for d in run_dirs(GOLDEN) if info_of(d)["method"] == "pruned_mas"]
+    (pruned,) = [d for d in run_dirs(GOLDEN) if info_of(d).method == "pruned_mas"]
     masks = json.loads((pruned / "masks.json").read_text())
     graph = read_graph(pruned, info_of(pruned))
     agents = masks["agents"]
     spatial = masks["evaluated"]["spatial"]
     assert graph["agents"] == agents and graph["final"] == "decider" and graph["final_reads"] == "all"
     assert graph["edges"] == [[agents[i], agents[j]] for i in range(4) for j in range(4) if spatial[i][j]]
-    assert len(graph["edges"]) == info_of(pruned)["method_info"]["graph"]["edges_evaluated"]["spatial"]
+    assert len(graph["edges"]) == info_of(pruned).method_info["graph"]["edges_evaluated"]["spatial"]
     temporal = masks["evaluated"]["temporal"]  # two rounds: each agent reads some of the round before
     assert graph["temporal"] == [[agents[i], agents[j]] for i in range(4) for j in range(4) if temporal[i][j]]
     assert "spatial edges: 5 of 12" in graph["summary"]
 
-    (latent,) = [d for d in run_dirs(GOLDEN) if info_of(d)["method"] == "pruned_latent_mas"]
+    (latent,) = [d for d in run_dirs(GOLDEN) if info_of(d).method == "pruned_latent_mas"]
     info = info_of(latent)
     graph = read_graph(latent, info)
-    kept = info["method_info"]["graph"]["kept"]
-    assert graph["final"] == info["method_info"]["graph"]["final_agent"]
+    kept = info.method_info["graph"]["kept"]
+    assert graph["final"] == info.method_info["graph"]["final_agent"]
     assert graph["edges"] == kept and graph["final"] not in graph["agents"]
-    baseline = next(d for d in run_dirs(GOLDEN) if info_of(d)["method"] == "baseline")
+    baseline = next(d for d in run_dirs(GOLDEN) if info_of(d).method == "baseline")
     assert read_graph(baseline, info_of(baseline)) is None
 
 
 def test_fields_the_records_add_are_read_and_missing_ones_tolerated(tmp_path):
     """kv_received_from on latent calls and the sandbox's stdout and stderr, written through the real store."""
-    source = next(d for d in run_dirs(GOLDEN) if info_of(d)["method"] == "latent_mas")
+    source = next(d for d in run_dirs(GOLDEN) if info_of(d).method == "latent_mas")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     shutil.copy(source / "run.json", run_dir / "run.json")
@@ -94,8 +97,8 @@ def test_fields_the_records_add_are_read_and_missing_ones_tolerated(tmp_path):
     calls[3]["kv_received_from"] = {"planner": 80, "critic": 90, "refiner": 78}
     sandbox = {"strict": None, "flexible": {"ending": "failed", "status": "AssertionError", "seconds": 0.2,
                                             "stdout": "printed\n", "stderr": "Traceback ...\nAssertionError"}}
-    store.append({**row, "agents": calls, "score_details": {"sandbox": sandbox}, "schema": 2})
-    store.append({"id": "bare", "correct_flexible": True, "usage": {"output_tokens": 3}})
+    store.append(SampleRecord.from_json({**row, "agents": calls, "score_details": {"sandbox": sandbox}}))
+    store.append(SampleRecord.from_json({"id": "bare", "correct_flexible": True, "usage": {"output_tokens": 3}}))
     sample, bare = read_run(run_dir, info_of(run_dir)).samples
     assert [c["kv_received_from"] for c in sample.agent_calls] == \
         [None, {"planner": 80}, None, {"planner": 80, "critic": 90, "refiner": 78}]

@@ -1,4 +1,4 @@
-"""The texts the viewer's test folders are made of: hostile ones, and which answers are right."""
+"""The texts the viewer's test folders are made of (hostile ones, and which answers are right), and their raw lines."""
 
 HOSTILE_REPLY = ("</script><script>window.__pwned='reply'</script><!-- <img src=x onerror=\"window.__pwned='img'\"> "
                  "<b>bold</b> [click](javascript:window.__pwned='link') javascript:window.__pwned='url' "
@@ -14,3 +14,12 @@ QUESTIONS = [
 CALIBRATION = [(f"calibration-{i}", f"What is {i} plus {i}?") for i in range(4)]  # the pruned arms learn on these
 HOSTILE_TARGET = "<b>nine</b> [x](javascript:window.__pwned='target')"
 BASELINE_RIGHT = ("plain-0", "plain-2")
+
+
+def latest_rows(samples_path) -> dict:
+    """samples.jsonl as its raw lines, the latest per (id, repeat): what the records say, read apart from the store."""
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in Path(samples_path).read_text(encoding="utf-8").split("\n") if line.strip()]
+    return {(row["id"], row.get("repeat", 0)): row for row in rows}

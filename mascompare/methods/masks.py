@@ -1,0 +1,104 @@
+"""The life of a pruned method's edge masks, shared by pruned_mas and pruned_latent_mas: where the learned
+logits come from (a given masks.json, the run's own on resume, calibration, or none at prune rate 0), and
+how they are kept (masks.json and masks.png in the run directory). The graph, the optimiser and the
+calibration loop are in methods/agent_graph.py; what a masks file holds is each method's own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import field_validator
+
+from mascompare.errors import UserError
+from mascompare.methods.agent_graph import EdgePolicy, calibrate, refuse_calibration_overlap
+from mascompare.settings import NonNegativeInt, PositiveInt, Section, choice, wanted
+from mascompare.tasks.base import CALIBRATION_SPLITS
+
+MASKS_FILE = "masks.json"
+MASKS_PICTURE = "masks.png"
+SPLITS = ("auto", *CALIBRATION_SPLITS)
+
+
+class CalibrationSettings(Section):
+    """`method.calibration` (conf/method/pruned_mas.yaml explains each knob)."""
+
+    split: Annotated[Literal[SPLITS], choice(SPLITS)]
+    seed: Annotated[int | None, wanted("a non-negative integer or null", ge=0)]
+    size: PositiveInt
+    iterations: PositiveInt
+    batch_size: PositiveInt
+    graphs_per_question: PositiveInt
+    lr: Annotated[float, wanted("a positive number", gt=0, allow_inf_nan=False)]
+    initial_probability: Annotated[float, wanted("a number in (0, 1)", gt=0, lt=1)]
+    baseline_momentum: Annotated[float, wanted("a number in [0, 1)", ge=0, lt=1)]
+    lowrank_weight: Annotated[float, wanted("a non-negative number", ge=0, allow_inf_nan=False)]
+    anchor_weight: Annotated[float, wanted("a non-negative number", ge=0, allow_inf_nan=False)]
+    delta: Annotated[float, wanted("a non-negative number", ge=0, allow_inf_nan=False)]
+
+
+class MaskSettings(Section):
+    """The knobs both pruned methods share (beside their agents)."""
+
+    prune_rate: Annotated[float, wanted("a number in [0, 1)", ge=0, lt=1)]
+    masks: Annotated[str | None, wanted("a masks.json that a run wrote, or null")]
+    seed: NonNegativeInt
+    calibration: CalibrationSettings
+
+    @field_validator("masks")
+    @classmethod
+    def masks_file_exists(cls, masks: str | None) -> str | None:
+        if masks is not None and not Path(masks).is_file():
+            raise ValueError(f"method.masks names {masks!r}, which is not a file; give a masks.json that a run "
+                             "wrote, or null.")
+        return masks
+
+
+def learned_logits(policy: EdgePolicy, settings: MaskSettings, *, run_dir: Path | None, resume: bool, evaluated,
+                   task, accountant, execute, read: Callable[[Path, EdgePolicy], dict]) -> dict:
+    """Fill `policy` with the logits this run evaluates with; returns the calibration summary.
+
+    In order: method.masks (saved logits, pruned again at this run's rate, no calibration); the run's own
+    masks.json when resuming (the graph its earlier samples used); calibration when prune_rate > 0; else the
+    unpruned starting graph. `read(path, policy)` fills the policy from a masks file of the method's format and
+    returns the file's data. Saved masks learned on questions this run evaluates are refused.
+    """
+    own = run_dir / MASKS_FILE if run_dir is not None else None
+    path = Path(settings.masks) if settings.masks is not None else own if own is not None and resume \
+        and own.is_file() else None
+    if path is not None:
+        calibration = dict(read(path, policy).get("calibration") or {})
+        refuse_calibration_overlap(calibration, evaluated, path)
+        return {**calibration, "reused_from": str(path)}
+    if settings.prune_rate > 0:
+        return calibrate(policy, settings.calibration, task, accountant, evaluated, execute)
+    return {"performed": False, "reason": "method.prune_rate is 0: the unpruned starting graph"}
+
+
+def keep_masks(run_dir: Path, data: dict, draw: Callable[[Path], None]) -> Path:
+    """masks.json (written whole or not at all: a run killed while writing leaves the old one) and masks.png."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / MASKS_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    draw(run_dir / MASKS_PICTURE)
+    return path
+
+
+def read_masks(path: Path, masks_format: str, method: str, names: list[str], what: str) -> dict:
+    """The contents of a masks file that `method` wrote in `masks_format` for graph nodes `names`; one clear
+    error otherwise (`what` says which settings name the nodes)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"Could not read the masks file {path} ({exc}).") from exc
+    if not isinstance(data, dict) or data.get("format") != masks_format:
+        raise UserError(f"{path} is not a masks file written by {method} (format {masks_format}).")
+    if data.get("agents") != names:
+        raise UserError(f"The masks in {path} are for {what} {data.get('agents')}, but this run's are {names}.")
+    return data
+

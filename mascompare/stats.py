@@ -1,0 +1,210 @@
+"""The statistics of runs, computed one way for the run summary (run.json, `show`) and for `compare`.
+
+Everything starts from a run's latest sample records, laid out as a table (`sample_table`: one row per sample
+and repeat). `summarize` gives a run's figures; `paired` sets a run against a reference run on the samples both
+answered. Intervals are 95%: Wilson for accuracy with one answer per sample, else percentile bootstraps over
+clusters (a sample with all its repeats; a batch, since a batch's samples share its wall time).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from mascompare.records import SampleRecord, Summary
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_CHUNK = 1_000
+MAX_NEW_TOKENS_WARN_SHARE = 0.10  # a run warns when more of its calls than this were cut off
+METRICS = ("strict", "flexible")
+USAGE_COLUMNS = ("input_tokens", "context_tokens", "output_tokens", "latent_steps", "calls", "decoding_calls",
+                 "calls_at_max_new_tokens", "forward_passes")
+SAMPLE_COLUMNS = ("id", "repeat", "batch", "pair", "error", "correct_strict", "correct_flexible", *USAGE_COLUMNS,
+                  "time_s", "cost_usd", "extractor_version")
+MEAN_COLUMNS = ("input_tokens", "context_tokens", "output_tokens", "latent_steps", "calls", "forward_passes")
+
+
+def sample_table(records: list[SampleRecord]) -> pd.DataFrame:
+    """One row per record. `pair` matches a sample across runs: its id and its question, since ids alone can
+    collide across task settings (arith seeds). `batch` is a string: records without a batch number (written
+    before batches were numbered) are a batch each."""
+    rows = []
+    for k, record in enumerate(records):
+        usage = record.usage
+        rows.append({
+            "id": record.id, "repeat": record.repeat,
+            "batch": str(record.batch) if record.batch is not None else f"line {k}",
+            "pair": f"{record.id}|{record.question_hash or ''}",
+            "error": record.error or None,
+            "correct_strict": bool(record.correct_strict), "correct_flexible": bool(record.correct_flexible),
+            **{column: getattr(usage, column) for column in USAGE_COLUMNS},
+            "time_s": usage.wall_time_s, "cost_usd": usage.cost_usd, "extractor_version": record.extractor_version,
+        })
+    return pd.DataFrame.from_records(rows, columns=list(SAMPLE_COLUMNS))
+
+
+def summarize(table: pd.DataFrame) -> Summary:
+    """A run's figures from its sample table: accuracy (strict and flexible, with 95% intervals, per repeat when
+    there are several), mean usage per answer, time per sample with its interval over batches, calls cut off at
+    max_new_tokens, and cost (unknown when any answer's is)."""
+    done = table[table.error.isna()]
+    n = len(done)
+    repeats = sorted(done.repeat.unique().tolist())
+    summary = Summary(n=n, errors=len(table) - n, samples=int(done.id.nunique()), repeats=len(repeats),
+                      decoding_calls=int(table.decoding_calls.sum()),
+                      calls_at_max_new_tokens=int(table.calls_at_max_new_tokens.sum()))
+    for kind in METRICS:
+        column = f"correct_{kind}"
+        setattr(summary, f"accuracy_{kind}", float(done[column].mean()) if n else None)
+        interval = accuracy_interval(done.groupby("pair")[column].apply(list).to_dict())
+        setattr(summary, f"accuracy_{kind}_ci95", list(interval) if interval else None)
+        if len(repeats) > 1:
+            setattr(summary, f"accuracy_{kind}_per_repeat",
+                    [float(done[done.repeat == k][column].mean()) for k in repeats])
+    for column in MEAN_COLUMNS:
+        setattr(summary, f"mean_{column}", float(done[column].mean()) if n else None)
+    summary.mean_time_per_sample_s = float(done.time_s.mean()) if n else None
+    estimates = batch_time_estimates(done, seed=0)
+    summary.time_per_sample_s_ci95 = list(percentile_interval(estimates)) if estimates is not None else None
+    summary.cost_usd = None if not n or done.cost_usd.isna().any() else float(done.cost_usd.sum())
+    return summary
+
+
+def summarize_records(records: list[SampleRecord]) -> Summary:
+    return summarize(sample_table(records))
+
+
+def capped_share_warning(summary: Summary) -> str | None:
+    """One line when more than MAX_NEW_TOKENS_WARN_SHARE of the calls that decode were cut off at max_new_tokens."""
+    calls, capped = summary.decoding_calls or 0, summary.calls_at_max_new_tokens or 0
+    if not calls or capped / calls <= MAX_NEW_TOKENS_WARN_SHARE:
+        return None
+    return (f"{capped} of {calls} decoding calls ({100 * capped / calls:.0f}%) stopped at "
+            "generation.max_new_tokens: their answers may be cut off; raise generation.max_new_tokens")
+
+
+# ---------------------------------------------------------------- intervals
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """95% Wilson score interval: unlike the normal approximation it stays inside [0, 1] at small n."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def cluster_bootstrap(totals, sizes, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """Bootstrap estimates of sum(totals) / sum(sizes), resampling clusters (not rows) with replacement.
+
+    A cluster is whatever varies together: a sample with all its repeats (accuracy), or one batch
+    (time per sample, since a batch's samples share its wall time).
+    """
+    totals, sizes = np.asarray(totals, dtype=float), np.asarray(sizes, dtype=float)
+    rng = np.random.default_rng(seed)
+    n, estimates = len(totals), []
+    for start in range(0, resamples, BOOTSTRAP_CHUNK):  # a resamples-by-n count matrix, a chunk at a time
+        counts = rng.multinomial(n, np.full(n, 1 / n), size=min(BOOTSTRAP_CHUNK, resamples - start))
+        estimates.append((counts @ totals) / (counts @ sizes))
+    return np.concatenate(estimates)
+
+
+def percentile_interval(estimates, level: float = 0.95) -> tuple[float, float]:
+    tail = (1 - level) / 2
+    low, high = np.quantile(estimates, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def accuracy_interval(correct_by_sample: dict[str, list[bool]]) -> tuple[float, float] | None:
+    """95% interval of the mean accuracy. One answer per sample: Wilson's. Several (run.repeats): a
+    percentile bootstrap over samples, each drawn with all its repeats, so repeats of one question are
+    not counted as independent evidence."""
+    if not correct_by_sample:
+        return None
+    outcomes = list(correct_by_sample.values())
+    if all(len(o) == 1 for o in outcomes):
+        return wilson_interval(sum(o[0] for o in outcomes), len(outcomes))
+    if len(outcomes) < 2:
+        return None
+    return percentile_interval(cluster_bootstrap([sum(o) for o in outcomes], [len(o) for o in outcomes]))
+
+
+def batch_time_estimates(rows: pd.DataFrame, seed: int) -> np.ndarray | None:
+    """Bootstrap estimates of a run's mean time per sample, resampling its batches (None with fewer than two)."""
+    batches = rows.groupby(rows.batch.astype(str)).time_s.agg(["sum", "count"])
+    if len(batches) < 2:
+        return None
+    return cluster_bootstrap(batches["sum"].to_numpy(), batches["count"].to_numpy(), seed=seed)
+
+
+# ---------------------------------------------------------------- a run against a reference
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs: b = only the first right, c = only the second.
+
+    Under no difference each discordant pair goes either way with probability 1/2, so the test is a
+    two-sided binomial test of min(b, c) in b + c trials.
+    """
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def paired_bootstrap_interval(x, y, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of mean(x - y) for paired outcomes (0/1, or each sample's mean over its repeats),
+    resampling pairs with replacement."""
+    d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
+    if len(d) == 0:
+        return None
+    return percentile_interval(cluster_bootstrap(d, np.ones(len(d)), seed=seed), level)
+
+
+def speedup_interval(rows: pd.DataFrame, ref_rows: pd.DataFrame) -> tuple[float, float] | None:
+    """95% interval of (reference time per sample) / (this run's), from independent bootstraps of the
+    two runs' batches: it shows the spread between batches, not the load on the machine on the day."""
+    ours, theirs = batch_time_estimates(rows, seed=1), batch_time_estimates(ref_rows, seed=2)
+    if ours is None or theirs is None or (ours <= 0).any():
+        return None
+    return percentile_interval(theirs / ours)
+
+
+def paired(ours: pd.DataFrame, theirs: pd.DataFrame, metric: str) -> dict:
+    """A run's sample table against its reference's, on the samples both answered; each sample's repeats are
+    pooled into its mean, so a sample counts once however often either run answered it."""
+    ours, theirs = ours[ours.error.isna()], theirs[theirs.error.isna()]
+    shared = set(ours.pair) & set(theirs.pair)
+    if not shared:
+        return {"n_paired": 0}
+    ours, theirs = ours[ours.pair.isin(shared)], theirs[theirs.pair.isin(shared)]
+    columns = [f"correct_{metric}", "output_tokens", "input_tokens", "context_tokens"]
+    both = ours.groupby("pair")[columns].mean().merge(theirs.groupby("pair")[columns].mean(), how="left",
+                                                      left_index=True, right_index=True, suffixes=("", "_ref"))
+    x, y = both[f"correct_{metric}"].to_numpy(), both[f"correct_{metric}_ref"].to_numpy()
+    low, high = paired_bootstrap_interval(x, y)
+    one_answer_each = ours.pair.is_unique and theirs.pair.is_unique
+    run_time, ref_time = ours.time_s.mean(), theirs.time_s.mean()
+    speedup = float(ref_time / run_time) if run_time > 0 and ref_time > 0 else None
+    interval = speedup_interval(ours, theirs) if speedup is not None else None
+    xb, yb = x.astype(bool), y.astype(bool)
+    return {
+        "n_paired": len(both),
+        "accuracy_diff": float(x.mean() - y.mean()),
+        "accuracy_diff_low": low, "accuracy_diff_high": high,
+        # McNemar's test needs one right-or-wrong answer per sample and run
+        "mcnemar_p": mcnemar_exact(int((xb & ~yb).sum()), int((~xb & yb).sum())) if one_answer_each else None,
+        **{f"{kind}_token_reduction": _reduction(both[f"{kind}_tokens"].mean(), both[f"{kind}_tokens_ref"].mean())
+           for kind in ("output", "input", "context")},
+        "speedup": speedup, "speedup_low": interval[0] if interval else None,
+        "speedup_high": interval[1] if interval else None,
+    }
+
+
+def _reduction(value: float, ref: float) -> float | None:
+    return float(1 - value / ref) if ref > 0 else None
