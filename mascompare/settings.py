@@ -22,6 +22,8 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mascompare.errors import UserError
+from mascompare.tracking import TRACKERS
+from mascompare.tracking import check as check_tracking
 
 # --- the schema base and its one kind of error ------------------------------------------------------------
 
@@ -173,6 +175,7 @@ class RunSettings(Section):
     dry_run: Flag
     cache: Flag
     on_busy: Annotated[Literal[ON_BUSY], choice(ON_BUSY)]
+    tracking: Annotated[Literal[TRACKERS] | None, wanted("null or one of " + ", ".join(TRACKERS))]
 
 
 class TaskCommon(Section):
@@ -282,6 +285,7 @@ def validate(cfg) -> Settings:
 
     generation = GenerationConfig.of(cfg.generation, "generation")
     run = RunSettings.of(cfg.run, "run")
+    check_tracking(run.tracking)
     backend_name = cfg.backend.get("name")
     if backend_name not in BACKEND_SETTINGS:
         from mascompare.registry import unknown
