@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -10,13 +11,18 @@ from mascompare.backends.base import Completion, Decoded, LatentBackend, Message
 from mascompare.backends.hf.attention import use_step_attention
 from mascompare.backends.hf.cache import CacheLayout, SharedCache
 from mascompare.backends.hf.decode import Sequence, StopRule, decode_sequences
+from mascompare.backends.hf.fast_path_check import check_fast_path
 from mascompare.backends.hf.forward import ForwardSteps
-from mascompare.backends.hf.loading import load_pretrained, pick_compile, pick_device, pick_dtype
+from mascompare.backends.hf.loading import (load_pretrained, pick_compile, pick_device, pick_dtype,
+                                            pick_fast_path_check)
 from mascompare.backends.hf.prompts import ContextWindowExceeded, Prompts, context_window, conversation_chars
 from mascompare.backends.hf.sampling import row_generator
 from mascompare.backends.models import resolve
 from mascompare.environment import backend_environment, model_fingerprint
+from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
+
+log = logging.getLogger(__name__)
 
 EMBEDDING_CHUNK = 16384  # tokens embedded at a time for W_in (bounds the model-dtype copy in memory)
 # run.batch_size=auto. Off CUDA a step's cost grows about linearly with the batch beyond a few rows, so a larger
@@ -39,7 +45,10 @@ class HFBackend(LatentBackend):
     (continuous batching, `backend.decode_rows`). A conversation whose prompt does not fit the context window
     fails its own row; the latent primitives refuse a prefill beyond the window for the whole batch.
 
-    The fast path (`backend.compile`): static KV caches and compiled one-token steps (CUDA graphs on CUDA).
+    The fast path (`backend.compile`): static KV caches and compiled one-token steps (CUDA graphs on CUDA). Before
+    it is trusted, it is checked against the eager path on the first batch (`fast_path_check.py`); where it fails,
+    `backend.fast_path_check` chooses: fall back to eager with one warning (fallback), stop the run (fail), or
+    run unchecked (skip). `run_info()` records which path ran and what the check found.
 
     What the backend changes on the model it is given: it moves it to the device (`model.to`) and puts it in
     eval mode; it adds one forward pre-hook to its output head (once per head: it keeps the head's input, the
@@ -58,23 +67,25 @@ class HFBackend(LatentBackend):
         template_kwargs = chat_template_kwargs(model_cfg)
         source = resolve(model_cfg)
         compiled = pick_compile(backend_cfg.get("compile", "auto"), device)
+        fast_path_check = pick_fast_path_check(backend_cfg.get("fast_path_check", "fallback"))
         model, tokenizer = load_pretrained(source, device, dtype)
-        self._setup(model, tokenizer, source.name, device, template_kwargs, compiled, backend_cfg.get("decode_rows"))
+        self._setup(model, tokenizer, source.name, device, template_kwargs, compiled, backend_cfg.get("decode_rows"),
+                    fast_path_check)
         self.load_seconds = time.perf_counter() - start
 
     @classmethod
     def from_loaded(cls, model, tokenizer, model_name: str, device: str | torch.device | None = None,
                     template_kwargs: dict | None = None, compiled: bool = False,
-                    decode_rows: int | None = None) -> HFBackend:
+                    decode_rows: int | None = None, fast_path_check: str = "fallback") -> HFBackend:
         """A backend around a model and tokenizer already in memory (tests, notebooks)."""
         backend = cls.__new__(cls)
         backend._setup(model, tokenizer, model_name, torch.device(device) if device is not None else model.device,
-                       template_kwargs or {}, compiled, decode_rows)
+                       template_kwargs or {}, compiled, decode_rows, pick_fast_path_check(fast_path_check))
         backend.load_seconds = 0.0
         return backend
 
     def _setup(self, model, tokenizer, model_name: str, device: torch.device, template_kwargs: dict,
-               compiled: bool, decode_rows: int | None) -> None:
+               compiled: bool, decode_rows: int | None, fast_path_check: str) -> None:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.model_name = model_name
@@ -92,11 +103,37 @@ class HFBackend(LatentBackend):
         self.layout = CacheLayout(model.config, device, static=compiled)
         self.steps = ForwardSteps(model, self.layout, pad if pad is not None else (self.eos_token_ids or [0])[0],
                                   self.context_window)
+        self.fast_path_check = fast_path_check
+        # which path runs, and what the check found (run.json's backend_info)
+        self.fast_path = {"path": "fast" if compiled else "eager", "check": fast_path_check if compiled else None}
+        self._check_pending = compiled and fast_path_check != "skip"
 
     @property
     def compiled(self) -> bool:
         """Whether the fast path runs: static caches and compiled one-token steps."""
         return self.layout.static
+
+    def _check_fast_path(self, state: SharedCache, prompts: list[list[int]], room: int, latent: bool) -> None:
+        """Before the first prefill on the fast path: check it on these prompts (see fast_path_check.py), and fall
+        back to eager, or stop, where it fails. `state` (made before the check) takes the path that runs."""
+        if not self._check_pending:
+            return
+        self._check_pending = False
+        result = check_fast_path(self.steps, prompts, room, latent)
+        self.fast_path.update(passed=result.passed, reason=result.reason, **result.figures)
+        if result.passed:
+            return
+        if self.fast_path_check == "fail":
+            raise UserError(f"The fast path (backend.compile) failed its check against the eager path: {result.reason}; "
+                            "set backend.fast_path_check=fallback to run eagerly instead, or backend.compile=false.")
+        log.warning("The fast path (backend.compile) failed its check against the eager path, so this run is eager: "
+                    "%s.", result.reason)
+        self.layout.static = False
+        self.fast_path["path"] = "eager"
+        self.layout.conform(state)
+
+    def run_info(self) -> dict:
+        return {"fast_path": dict(self.fast_path)}
 
     # ---- chat -----------------------------------------------------------------------------------------
 
@@ -121,9 +158,13 @@ class HFBackend(LatentBackend):
             return []
         rows = min(len(prompts), self.decode_rows or len(prompts))
         state = self.layout.new(rows)
+        width, waiting = max(map(len, prompts[:rows])), prompts[rows:]
+        # the room decoding makes after the prefill (see decode_sequences)
+        self._check_fast_path(state, prompts[:rows], max([width, *map(len, waiting)]) - width + gen.max_new_tokens,
+                              latent=False)
         _, logits = self.steps.prefill(state, prompts[:rows])
         sequences = self._sequences(gen, seeds, len(prompts))
-        decode_sequences(self.steps, state, logits, gen, self._stop_rule(gen), sequences, waiting=prompts[rows:])
+        decode_sequences(self.steps, state, logits, gen, self._stop_rule(gen), sequences, waiting=waiting)
         return [Completion(text=self.prompts.completion_text(s.tokens), prompt_tokens=len(prompt),
                            completion_tokens=len(s.tokens), finish_reason=s.finish_reason)
                 for prompt, s in zip(prompts, sequences)]
@@ -185,6 +226,7 @@ class HFBackend(LatentBackend):
         return self.layout.new(batch_size, first_positions)
 
     def prefill(self, state: SharedCache, prompts: list[list[int]], visible: torch.Tensor | None = None):
+        self._check_fast_path(state, prompts, 0, latent=True)
         return self.steps.prefill(state, prompts, visible)
 
     def step_embeds(self, state: SharedCache, embeds: torch.Tensor, visible: torch.Tensor | None = None):

@@ -10,6 +10,7 @@ from mascompare.backends.models import ModelSource
 from mascompare.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FAST_PATH_CHECKS = ("fallback", "fail", "skip")
 
 
 def pick_device(spec: str) -> torch.device:
@@ -50,6 +51,14 @@ def pick_compile(spec, device: torch.device) -> bool:
         return device.type == "cuda"
     if not isinstance(spec, bool):
         raise UserError(f"backend.compile must be auto, true or false, got {spec!r}.")
+    return spec
+
+
+def pick_fast_path_check(spec) -> str:
+    """What the check of the fast path against the eager path does when the fast path fails it: fall back to
+    eager (the default), fail the run, or skip the check."""
+    if spec not in FAST_PATH_CHECKS:
+        raise UserError(f"backend.fast_path_check must be fallback, fail or skip, got {spec!r}.")
     return spec
 
 
