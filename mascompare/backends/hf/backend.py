@@ -113,24 +113,28 @@ class HFBackend(LatentBackend):
         """Whether the fast path runs: static caches and compiled one-token steps."""
         return self.layout.static
 
-    def _check_fast_path(self, state: SharedCache, prompts: list[list[int]], room: int, latent: bool) -> None:
-        """Before the first prefill on the fast path: check it on these prompts (see fast_path_check.py), and fall
-        back to eager, or stop, where it fails. `state` (made before the check) takes the path that runs."""
+    def _prefill(self, state: SharedCache, prompts: list[list[int]], visible: torch.Tensor | None, room: int,
+                 latent: bool):
+        """The prefill of `prompts`; the first on the fast path also checks it (see fast_path_check.py) and falls
+        back to eager, or stops, where it fails. `room`: the columns the run makes room for next; `latent`: whether
+        latent steps follow."""
         if not self._check_pending:
-            return
+            return self.steps.prefill(state, prompts, visible)
+        # a prefill that fails on the eager path as well (e.g. beyond the context window) leaves the check pending
+        result, hidden, logits = check_fast_path(self.steps, state, prompts, visible, room, latent)
         self._check_pending = False
-        result = check_fast_path(self.steps, prompts, room, latent)
         self.fast_path.update(passed=result.passed, reason=result.reason, **result.figures)
         if result.passed:
-            return
+            return hidden, logits
         if self.fast_path_check == "fail":
-            raise UserError(f"The fast path (backend.compile) failed its check against the eager path: {result.reason}; "
-                            "set backend.fast_path_check=fallback to run eagerly instead, or backend.compile=false.")
+            raise UserError("The fast path (backend.compile) failed its check against the eager path: "
+                            f"{result.reason}; set backend.fast_path_check=fallback to run eagerly instead, or "
+                            "backend.compile=false.")
         log.warning("The fast path (backend.compile) failed its check against the eager path, so this run is eager: "
                     "%s.", result.reason)
         self.layout.static = False
         self.fast_path["path"] = "eager"
-        self.layout.conform(state)
+        return hidden, logits  # the eager prefill's, on the state (now a dynamic cache)
 
     def run_info(self) -> dict:
         return {"fast_path": dict(self.fast_path)}
@@ -160,9 +164,8 @@ class HFBackend(LatentBackend):
         state = self.layout.new(rows)
         width, waiting = max(map(len, prompts[:rows])), prompts[rows:]
         # the room decoding makes after the prefill (see decode_sequences)
-        self._check_fast_path(state, prompts[:rows], max([width, *map(len, waiting)]) - width + gen.max_new_tokens,
-                              latent=False)
-        _, logits = self.steps.prefill(state, prompts[:rows])
+        room = max([width, *map(len, waiting)]) - width + gen.max_new_tokens
+        _, logits = self._prefill(state, prompts[:rows], None, room, latent=False)
         sequences = self._sequences(gen, seeds, len(prompts))
         decode_sequences(self.steps, state, logits, gen, self._stop_rule(gen), sequences, waiting=waiting)
         return [Completion(text=self.prompts.completion_text(s.tokens), prompt_tokens=len(prompt),
@@ -226,8 +229,7 @@ class HFBackend(LatentBackend):
         return self.layout.new(batch_size, first_positions)
 
     def prefill(self, state: SharedCache, prompts: list[list[int]], visible: torch.Tensor | None = None):
-        self._check_fast_path(state, prompts, 0, latent=True)
-        return self.steps.prefill(state, prompts, visible)
+        return self._prefill(state, prompts, visible, 0, latent=True)
 
     def step_embeds(self, state: SharedCache, embeds: torch.Tensor, visible: torch.Tensor | None = None):
         return self.steps.step_embeds(state, embeds, visible)

@@ -1,10 +1,12 @@
 """The fast path checked against the eager path on the run's own model and first batch, before it is trusted.
 
-Both paths prefill the batch's prompts, then take the same steps under teacher forcing: for latent methods
+Both paths prefill the batch's prompts (the fast path's prefill is the run's own), then take the same steps under
+teacher forcing: for latent methods
 LATENT_STEPS latent steps (their input is the eager path's last-layer state, scaled to the mean norm of the
 prompts' input embeddings, as a latent thought is), then DECODE_STEPS one-token steps fed the eager path's greedy
 tokens. The eager path runs first, on dynamic caches, and whatever it raises is the run's own failure; the fast
-path then runs on static caches, its one-token steps compiled, with the same inputs.
+path then runs on static caches, its one-token steps compiled, with the same inputs (its steps on a copy of the
+run's cache, which the run goes on from).
 
 The fast path fails the check if it raises, or if its logits differ from the eager path's by more than the dtype's
 tolerance (TOLERANCES, in logits) anywhere, or if its top token differs where the eager path's margin between its
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mascompare.backends.hf.cache import SharedCache
 from mascompare.backends.hf.forward import ForwardSteps
 
 # The largest difference in logits allowed between the paths. float32 differs by reordered sums only; a half
@@ -75,47 +78,68 @@ def thought(hidden: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     return (hidden.float() * (norm / hidden.float().norm(dim=-1, keepdim=True).clamp_min(1e-6))).to(hidden.dtype)
 
 
+@dataclass
+class Reference:
+    """The eager path's run of the check: its prefill (kept, for a run that falls back) and every step after it."""
+
+    state: SharedCache  # as the prefill left it
+    hidden: torch.Tensor
+    logits: torch.Tensor
+    inputs: list[tuple[str, torch.Tensor]]  # ("latent", embeddings) or ("token", ids) per step
+    outputs: list[torch.Tensor]  # the logits after each step
+
+
 @torch.inference_mode()
-def eager_reference(steps: ForwardSteps, prompts: list[list[int]], latent: bool):
-    """The eager path's inputs and logits at every compared step: [(kind, input)], [logits]."""
-    state = steps.layout.new(len(prompts), static=False)
-    hidden, logits = steps.prefill(state, prompts)
-    inputs, outputs = [], [logits]
+def eager_reference(steps: ForwardSteps, state: SharedCache, prompts: list[list[int]], visible, latent: bool):
+    """The eager path from where `state` stands: the prefill of `prompts`, then the teacher-forced steps."""
+    layout = steps.layout
+    working = SharedCache(layout.holding(state.contents(), 0, static=False), state.mask, state.next_position)
+    hidden, logits = steps.prefill(working, prompts, visible)
+    # the prefill's keys and values stay as they are: the steps below append to new tensors
+    prefilled = SharedCache(layout.holding(working.contents(), 0, static=False), working.mask, working.next_position)
+    reference = Reference(prefilled, hidden, logits, [], [])
     if latent:
         ids, mask = steps.left_pad(prompts)
         norm = steps.model.get_input_embeddings()(ids)[mask.bool()].float().norm(dim=-1).mean()
         for _ in range(LATENT_STEPS):
-            inputs.append(("latent", thought(hidden, norm)))
-            hidden, logits = steps.step_embeds(state, inputs[-1][1])
-            outputs.append(logits)
+            reference.inputs.append(("latent", thought(hidden, norm)))
+            hidden, logits = steps.step_embeds(working, reference.inputs[-1][1])
+            reference.outputs.append(logits)
     for _ in range(DECODE_STEPS):
-        inputs.append(("token", logits.argmax(dim=-1)))
-        _, logits = steps.step_tokens(state, inputs[-1][1])
-        outputs.append(logits)
-    return inputs, outputs
+        reference.inputs.append(("token", logits.argmax(dim=-1)))
+        _, logits = steps.step_tokens(working, reference.inputs[-1][1])
+        reference.outputs.append(logits)
+    return reference
 
 
 @torch.inference_mode()
-def check_fast_path(steps: ForwardSteps, prompts: list[list[int]], room: int, latent: bool) -> CheckResult:
-    """Compare the paths on `prompts`. `room`: the columns the run makes room for after its prefill, so that the
-    fast path's static cache, and the shape compiled for it, are the run's own."""
+def check_fast_path(steps: ForwardSteps, state: SharedCache, prompts: list[list[int]], visible: torch.Tensor | None,
+                    room: int, latent: bool) -> tuple[CheckResult, torch.Tensor, torch.Tensor]:
+    """Prefill `prompts` into the run's `state` on the fast path, as the run would, and check that path on them.
+
+    The eager path prefills the same prompts on a dynamic copy of the state; both then take the same steps, the
+    fast path on a copy of the run's static cache (the run goes on from its prefill). `room`: the columns the run
+    makes room for after its prefill, so that the static cache, and the shape compiled for it, are the run's own.
+    Returns the result and the prefill's last-layer states and logits; where the fast path failed, `state` holds
+    the eager prefill instead (a dynamic cache) and these are the eager path's."""
     started = time.perf_counter()
     dtype = steps.model.dtype
     comparison = Comparison(TOLERANCES.get(dtype, TOLERANCES[torch.float32]))
-    inputs, expected = eager_reference(steps, prompts, latent)
+    reference = eager_reference(steps, state, prompts, visible, latent)
     figures = {"dtype": str(dtype).removeprefix("torch."), "tolerance": comparison.tolerance, "rows": len(prompts),
                "latent_steps": LATENT_STEPS if latent else 0, "decode_steps": DECODE_STEPS}
     reason = None
     try:
-        state = steps.layout.new(len(prompts), static=True)
-        _, logits = steps.prefill(state, prompts)
+        hidden, logits = steps.prefill(state, prompts, visible)
         steps.layout.make_room(state, room)
-        comparison.add(expected[0], logits)
-        for index, (kind, value) in enumerate(inputs, start=1):
+        comparison.add(reference.logits, logits)
+        probe = SharedCache(steps.layout.holding(state.contents(), state.cache.get_max_length() - state.length,
+                                                 static=True), state.mask, state.next_position)
+        for index, ((kind, value), expected) in enumerate(zip(reference.inputs, reference.outputs)):
             first = time.perf_counter()
-            _, logits = (steps.step_embeds if kind == "latent" else steps.step_tokens)(state, value)
-            comparison.add(expected[index], logits)
-            if index == 1:  # compiling happens here (the run would have paid for it at its first step)
+            _, step_logits = (steps.step_embeds if kind == "latent" else steps.step_tokens)(probe, value)
+            comparison.add(expected, step_logits)
+            if index == 0:  # compiling happens here (the run would have paid for it at its first step)
                 figures["first_compiled_step_s"] = round(_synchronized(steps.device) - first, 3)
         failure = comparison.failure()
         if failure:
@@ -123,12 +147,16 @@ def check_fast_path(steps: ForwardSteps, prompts: list[list[int]], room: int, la
     except Exception as error:  # whatever the fast path raises makes the run fall back (or fail, if so asked)
         message = (str(error).strip().splitlines() or [""])[0][:300]
         reason = f"the compiled path raised {type(error).__name__}" + (f": {message}" if message else "")
+    if reason is not None:
+        state.cache, state.mask, state.next_position = (reference.state.cache, reference.state.mask,
+                                                        reference.state.next_position)
+        hidden, logits = reference.hidden, reference.logits
     max_diff = comparison.max_abs_diff
     figures.update(max_abs_diff=None if math.isnan(max_diff) else round(max_diff, 6),
                    top_token_differences=comparison.top_token_differences,
                    decisive_top_token_differences=comparison.decisive_differences,
                    seconds=round(_synchronized(steps.device) - started, 3))
-    return CheckResult(reason is None, reason, figures)
+    return CheckResult(reason is None, reason, figures), hidden, logits
 
 
 def _synchronized(device: torch.device) -> float:
