@@ -20,7 +20,7 @@ NON_IDENTITY_KEYS = {
     "run": ("output_root", "resume", "progress", "max_cost_usd", "dry_run", "cache", "repeats", "on_busy", "tracking"),
     "task": ("limit",),
     "backend": ("base_url", "api_key", "api_key_file", "max_concurrency", "stream", "timeout_s", "max_retries",
-                "backoff_s", "max_backoff_s"),
+                "backoff_s", "max_backoff_s", "fast_path_check"),
 }
 MAX_SWEEP_NAME = 80  # characters of a sweep directory's readable part
 

@@ -225,6 +225,7 @@ class ModelSettings(Section):
 
 
 HF_DTYPES = ("auto", "float32", "bfloat16", "float16")
+FAST_PATH_CHECKS = ("fallback", "fail", "skip")
 HF_DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 TOKEN_LIMIT_PARAMS = ("max_tokens", "max_completion_tokens")
 
@@ -235,6 +236,7 @@ class HFSettings(Section):
     dtype: Annotated[Literal[HF_DTYPES], choice(HF_DTYPES)]
     compile: Annotated[Union[bool, Literal["auto"]], wanted("auto, true or false")]
     decode_rows: Annotated[int | None, wanted("an integer of at least 1 or null", ge=1)]
+    fast_path_check: Annotated[Literal[FAST_PATH_CHECKS], choice(FAST_PATH_CHECKS)]
 
 
 class OpenAISettings(Section):
