@@ -102,7 +102,8 @@ class Refused(BaseException):
 
 
 class CandidateGone(BaseException):
-    """The program's sandbox ended (or broke the protocol) while the tests still needed it."""
+    """The program ended, or left a call with SystemExit and the like, while the tests still needed it; the
+    sample fails whatever the tests do."""
 
 
 class CandidateError(Exception):
@@ -113,11 +114,16 @@ class Judge:
     def __init__(self, channel, wire):
         self.channel, self.wire = channel, wire
         self.refusals: list[str] = []
+        self.departures: list[str] = []  # recorded, since tests with a bare except would swallow them
         self.handles: dict[int, CandidateObject] = {}
 
     def refuse(self, reason: str):
         self.refusals.append(reason)
         raise Refused(reason)
+
+    def gone(self, reason: str):
+        self.departures.append(reason)
+        raise CandidateGone(reason)
 
     def ask(self, request: list) -> list:
         wire = self.wire
@@ -125,7 +131,7 @@ class Judge:
             self.channel.send(request)
             answer = self.channel.receive()
         except (wire.ChannelClosed, BrokenPipeError):
-            raise CandidateGone("the program ended before the tests did") from None
+            self.gone("the program ended before the tests did")
         except wire.NotBuiltin as error:
             self.refuse(f"the program sent {error}")
         if type(answer) is not list or not answer or type(answer[0]) is not str:
@@ -143,8 +149,9 @@ class Judge:
             return self.handle(answer[1])
         if kind == "module" and len(answer) == 2 and type(answer[1]) is str:
             module = answer[1]
-            if module.partition(".")[0] not in sys.stdlib_module_names:
-                self.refuse(f"the tests use the program's module {module}, which is not a standard module")
+            if module != name or module.partition(".")[0] not in sys.stdlib_module_names:
+                self.refuse(f"the tests use the program's {name}, which is module {module}: only standard modules "
+                            "imported under their own name are shared")
             import importlib
 
             return importlib.import_module(module)
@@ -213,52 +220,59 @@ class Judge:
         if type(type_name) is not str or type(message) is not str:
             self.refuse("the program sent a malformed exception")
         kind = getattr(builtins, type_name, None)
+        if isinstance(kind, type) and issubclass(kind, BaseException) and not issubclass(kind, Exception):
+            self.gone(f"the program raised {type_name} during a call")  # SystemExit: leaving early is no pass
         if isinstance(kind, type) and issubclass(kind, Exception):
             try:
                 error = kind(message)
             except Exception:  # one whose constructor wants more (UnicodeDecodeError)
                 error = CandidateError(f"{type_name}: {message}")
-        else:  # the program's own class, or SystemExit and the like, which must not end the judge
+        else:  # the program's own class
             error = CandidateError(f"{type_name}: {message}")
         error.add_note("(raised by the program)")
         return error
 
     def run(self, suite: TestSuite) -> dict:
-        import linecache
-        import traceback
-
         namespace = TestNamespace(self, suite.from_program)
         namespace.update(__name__="tests", __builtins__=builtins)
         try:
-            _execute(suite.helpers, HELPERS_FILE, namespace, linecache)
+            _execute(suite.helpers, HELPERS_FILE, namespace)
             if suite.entry_point:
                 try:
                     namespace[suite.entry_point] = self.name(suite.entry_point)
                 except NameError:
                     return {"passed": False, "reason": f"the program does not define {suite.entry_point}"}
-            _execute(suite.code, TESTS_FILE, namespace, linecache)
+            _execute(suite.code, TESTS_FILE, namespace)
             if suite.entry_point:
                 namespace["check"](namespace[suite.entry_point])
         except BaseException as error:  # an assert, a refusal, the program gone, SystemExit: all fail
             if self.refusals:
                 return {"passed": False, "reason": f"refused: {self.refusals[0]}", "refused": True}
-            return {"passed": False, "reason": _failure(error, traceback)}
+            return _failure(error, suite)
         if self.refusals:  # the tests caught the refusal: still no pass
             return {"passed": False, "reason": f"refused: {self.refusals[0]}", "refused": True}
+        if self.departures:
+            return {"passed": False, "reason": self.departures[0], "summary": self.departures[0]}
         return {"passed": True, "reason": ""}
 
 
-def _failure(error: BaseException, traceback) -> str:
-    """The traceback from the tests' own frames on (the judge's are of no interest), its last line first."""
-    frames = error.__traceback__
-    while frames is not None and frames.tb_frame.f_code.co_filename not in (TESTS_FILE, HELPERS_FILE):
-        frames = frames.tb_next
-    text = "".join(traceback.format_exception(type(error), error, frames or error.__traceback__))
-    return text[-REASON_CHARS:]
+def _failure(error: BaseException, suite: TestSuite) -> dict:
+    """A failed verdict: the traceback through the tests' own frames (the judge's are of no interest), quoting
+    their lines, and a one-line summary."""
+    import linecache  # here, not at the top: a passing sample never needs them, and imports cost start-up
+    import traceback
+
+    for source, filename in ((suite.helpers, HELPERS_FILE), (suite.code, TESTS_FILE)):
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if frame.filename in (TESTS_FILE, HELPERS_FILE)]
+    what = "".join(traceback.format_exception_only(type(error), error)).strip()
+    where = f"{frames[-1].filename} line {frames[-1].lineno}: {frames[-1].line}: " if frames else ""
+    text = "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames)) + what + "\n"
+    return {"passed": False, "reason": text[-REASON_CHARS:], "summary": (where + " ".join(what.split()))[:300]}
 
 
-def _execute(source: str, filename: str, namespace: dict, linecache) -> None:
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+def _execute(source: str, filename: str, namespace: dict) -> None:
     exec(compile(source, filename, "exec"), namespace)
 
 

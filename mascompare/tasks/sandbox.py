@@ -57,8 +57,10 @@ import pwd
 import re
 import secrets
 import shutil
+import select
 import signal
 import site
+import socket
 import subprocess
 import sys
 import tempfile
@@ -206,7 +208,7 @@ class Sandbox:
                 "output_bytes": self.limits.output_kb * 2**10, "shown_bytes": 4 * SHOWN_OUTPUT_CHARS,
                 "cgroups": all(groups.values()),
             }
-            report = _launch(plan, self.limits.timeout_s + LAUNCHER_MARGIN_S)
+            report = _LAUNCHER.run(plan, self.limits.timeout_s + LAUNCHER_MARGIN_S)
             leftovers = sum(entry["leftovers"] for entry in report["sandboxes"].values())
             for group in groups.values():
                 if group is not None:
@@ -289,28 +291,90 @@ def _end_live_groups() -> None:
             pass
 
 
-def _launch(plan: dict, wait_s: float) -> dict:
-    """Run the launcher on a plan; its report. The launcher ends its sandboxes if this process goes away."""
-    lifeline_read, lifeline_write = os.pipe()
-    plan["lifeline_fd"] = lifeline_read
-    try:
-        launcher = subprocess.Popen([_python_path(), "-I", "-S", sandbox_launch.__file__], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=[lifeline_read],
-                                    start_new_session=True, env={})
-    finally:
-        os.close(lifeline_read)
-    try:
-        stdout, stderr = launcher.communicate(json.dumps(plan).encode(), timeout=wait_s)
-    except subprocess.TimeoutExpired:
-        launcher.kill()  # bwrap's --die-with-parent ends each sandbox with it
-        launcher.communicate()
-        raise SandboxUnavailable(f"the sandbox launcher did not finish {wait_s:g} s after it started") from None
-    finally:
-        os.close(lifeline_write)
-    if launcher.returncode != 0:
-        last = (stderr.decode("utf-8", errors="replace").strip().splitlines() or ["no message"])[-1]
-        raise SandboxUnavailable(f"the sandbox launcher failed ({last})")
-    return json.loads(stdout)
+class _Launcher:
+    """The launcher process (sandbox_launch.py), started once per runner process and shared by its threads."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._socket: socket.socket | None = None
+        self._owner = 0  # the pid that started it: a forked runner starts its own
+
+    def _connection(self) -> socket.socket:
+        if self._process is not None and self._process.poll() is None and self._owner == os.getpid():
+            return self._socket
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._process = subprocess.Popen([_python_path(), "-I", "-S", sandbox_launch.__file__, str(theirs.fileno())],
+                                             stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()], env={},
+                                             start_new_session=True)
+        finally:
+            theirs.close()
+        self._socket, self._owner = ours, os.getpid()
+        return ours
+
+    def run(self, plan: dict, wait_s: float) -> dict:
+        """The report on one sample's plan. Past `wait_s` the launcher is told to end the sample."""
+        plan_fd = os.memfd_create("plan", os.MFD_CLOEXEC)
+        report_read, report_write = os.pipe()
+        lifeline_read, lifeline_write = os.pipe()
+        try:
+            data = memoryview(json.dumps(plan).encode())
+            while data:
+                data = data[os.write(plan_fd, data):]
+            os.lseek(plan_fd, 0, os.SEEK_SET)
+            with self._lock:
+                try:
+                    socket.send_fds(self._connection(), [b"plan"], [plan_fd, report_write, lifeline_read])
+                except OSError:  # the launcher has gone: start another
+                    self._process = None
+                    socket.send_fds(self._connection(), [b"plan"], [plan_fd, report_write, lifeline_read])
+        finally:
+            for fd in (plan_fd, report_write, lifeline_read):
+                os.close(fd)
+        lifeline = [lifeline_write]
+        try:
+            report = _read_report(report_read, wait_s, lifeline)
+        finally:
+            os.close(report_read)
+            if lifeline[0] is not None:
+                os.close(lifeline[0])
+        if not report:
+            raise SandboxUnavailable("the sandbox launcher ended without a report")
+        report = json.loads(report)
+        if "error" in report:
+            raise SandboxUnavailable(f"the sandbox launcher failed: {report['error'].strip().splitlines()[-1]}")
+        return report
+
+    def close(self) -> None:
+        if self._process is not None and self._owner == os.getpid():
+            self._socket.close()
+            try:
+                self._process.wait(timeout=LAUNCHER_MARGIN_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+
+
+def _read_report(fd: int, wait_s: float, lifeline: list) -> bytes:
+    """Everything the worker writes on `fd`. Past `wait_s` the lifeline closes, which makes the worker end
+    its sample and report; past as long again, the worker is given up."""
+    chunks, deadline = [], time.monotonic() + wait_s
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            if lifeline[0] is None:
+                raise SandboxUnavailable(f"the sandbox launcher did not report {wait_s:g} s after the sample began")
+            os.close(lifeline[0])
+            lifeline[0], deadline = None, time.monotonic() + LAUNCHER_MARGIN_S
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+_LAUNCHER = _Launcher()
+atexit.register(_LAUNCHER.close)
 
 
 def _rlimits(limits: Limits) -> dict[str, list[int]]:
@@ -515,9 +579,8 @@ def _ending(passed: bool, report: dict, candidate: dict, verdict: dict, limits: 
         return "refused", re.search(r"^refused (.*)$", notes, re.MULTILINE)[1]
     if returncode < 0:
         return "failed", f"killed by {signal.Signals(-returncode).name}"
-    if verdict.get("reason"):
-        last = verdict["reason"].strip().splitlines()[-1:] or ["no reason"]
-        return "failed", f"failed the tests: {last[0]}"[:300]
+    if verdict.get("summary") or verdict.get("reason"):
+        return "failed", f"failed the tests: {verdict.get('summary') or verdict['reason'].strip().splitlines()[-1]}"
     if returncode > 0:
         return "failed", f"exited with status {returncode}"
     return "failed", "exited before the end of the program"

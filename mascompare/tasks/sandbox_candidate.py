@@ -39,7 +39,6 @@ import json
 import os
 import re
 import sys
-import types
 
 PROGRAM_NAME = "solution.py"  # as tracebacks name the program
 
@@ -142,7 +141,7 @@ class Kept:
 
 def describe(value, kept: Kept, wire) -> list:
     """How a global or an attribute crosses: a builtin value, a callable, a module, or a handle."""
-    if isinstance(value, types.ModuleType) and isinstance(getattr(value, "__name__", None), str):
+    if isinstance(value, type(sys)) and isinstance(getattr(value, "__name__", None), str):
         return ["module", value.__name__]
     if callable(value):
         return ["callable", kept.add(value)]
@@ -152,10 +151,8 @@ def describe(value, kept: Kept, wire) -> list:
         return ["handle", kept.add(value)]
 
 
-def serve(module, channel, kept: Kept, wire) -> str | None:
+def serve(module, channel, kept: Kept, wire, source: str) -> str | None:
     """Answer the judge until it closes the pipes; the traceback of the last exception a call raised."""
-    import traceback
-
     last_traceback = None
     while True:
         try:
@@ -177,7 +174,7 @@ def serve(module, channel, kept: Kept, wire) -> str | None:
             else:
                 answer = ["refused", "the judge sent a malformed request"]
         except BaseException as error:  # SystemExit too: the program's function may call sys.exit
-            last_traceback = "".join(traceback.format_exception(type(error), error, error.__traceback__.tb_next))
+            last_traceback = _traceback(error, source)
             answer = ["raise", type(error).__name__, _message(error)]
         try:
             channel.send(answer)
@@ -212,6 +209,18 @@ def call(target, raw_args, raw_kwargs, kept: Kept, wire) -> list:
     return ["return", value, changed]
 
 
+def _traceback(error: BaseException, source: str) -> str:
+    """From the program's frames on, quoting its lines (the interpreter's own report reads them from disk)."""
+    import linecache  # here, not at the top: imports cost every sandbox's start-up
+    import traceback
+
+    linecache.cache[PROGRAM_NAME] = (len(source), None, source.splitlines(True), PROGRAM_NAME)
+    frames = error.__traceback__
+    while frames is not None and frames.tb_frame.f_code.co_filename != PROGRAM_NAME:
+        frames = frames.tb_next
+    return "".join(traceback.format_exception(type(error), error, frames))
+
+
 def _message(error: BaseException) -> str:
     try:
         return str(error)[:2000]
@@ -220,9 +229,6 @@ def _message(error: BaseException) -> str:
 
 
 def main() -> None:
-    import linecache
-    import traceback
-
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import sandbox_wire as wire
 
@@ -232,23 +238,21 @@ def main() -> None:
     os.set_blocking(report_fd, False)
     sys.addaudithook(guard(os.path.realpath(request["work"]), report_fd))
     source = request["program"]
-    linecache.cache[PROGRAM_NAME] = (len(source), None, source.splitlines(True), PROGRAM_NAME)  # tracebacks quote it
-    module = types.ModuleType("solution")
+    module = type(sys)("solution")
     sys.modules["solution"] = module
     try:
         exec(compile(source, PROGRAM_NAME, "exec"), module.__dict__)
         sys.stdout.flush()
     except BaseException as error:  # SystemExit too: leaving early is no pass
         report(report_fd, f"raised {type(error).__name__} {getattr(error, 'errno', None) or 0}")
-        # from the program's frames on, quoting its lines (the interpreter's own report reads them from disk)
-        traceback.print_exception(type(error), error, error.__traceback__.tb_next)
+        sys.stderr.write(_traceback(error, source))
         sys.stderr.flush()
         os._exit(1)
     if request["mode"] == "alone":
         report(report_fd, "done")
         os._exit(0)  # lingering threads and the program's exit handlers change nothing now
     channel = wire.Channel(request["requests_fd"], request["replies_fd"], request["message_limit"])
-    last_traceback = serve(module, channel, Kept(), wire)
+    last_traceback = serve(module, channel, Kept(), wire, source)
     if last_traceback:
         sys.stderr.write(last_traceback)
     sys.stdout.flush()

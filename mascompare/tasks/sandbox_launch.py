@@ -1,12 +1,16 @@
-"""The launcher: one process per sample that starts its sandboxes, watches them and ends them.
+"""The launcher: starts a sample's sandboxes, watches them and ends them.
 
-The runner starts it as `python -I -S sandbox_launch.py` (it is single-threaded, so it may fork
-and run Python in the child before exec, which a threaded runner may not) and sends a plan as
-JSON on stdin: for each sandbox its command, the request its harness reads on stdin, the
-files bound into it, the seccomp filter, its cgroups, rlimits, and the namespace steps below.
-It answers with a report as JSON on stdout once every process of the sample is gone.
+The runner starts it once, as `python -I -S sandbox_launch.py FD` (FD: its end of a Unix socket
+pair), and it stays single-threaded, so that it may fork and run Python in the child before
+exec, which a threaded runner may not. For each sample the runner sends, over the socket, three
+descriptors: a memfd holding the plan as JSON (for each sandbox its command, the request its
+harness reads on stdin, the files bound into it, the seccomp filter, its cgroups, rlimits, and
+the namespace steps below), the pipe for the report and a lifeline pipe. The launcher forks a
+worker for the sample (a fork, not a new interpreter: a few milliseconds instead of tens), which
+answers with a report as JSON on the report pipe once every process of the sample is gone. The
+launcher ends when the runner's end of the socket closes.
 
-For each sandbox it forks a child that, in this order:
+For each sandbox the worker forks a child that, in this order:
 
 1. joins a new, empty session keyring (so nothing of the runner's keys is in reach);
 2. joins the sandbox's cgroups, before any process of the sandbox exists;
@@ -29,7 +33,7 @@ filter, then the harness files from FIRST_FILE_FD on.
 
 Ends: the judge's exit ends the sample (the candidate gets `grace_s` to end by itself, since its
 pipes close); the timeout, an output past the cap or the runner's going away (the lifeline
-pipe closes) kill what is left. A sandbox is killed through bwrap (its --die-with-parent kills
+pipe closes, as it does when the runner stops waiting) kill what is left. A sandbox is killed through bwrap (its --die-with-parent kills
 the namespace's init, and with it every process of the namespace), and, where the runner gave no
 cgroup, the host's process table is then searched for any process of the sandbox's PID namespace
 (or, in process isolation, its session), which is killed and counted.
@@ -49,8 +53,10 @@ import os
 import resource
 import select
 import signal
+import socket
 import sys
 import time
+import traceback
 
 REPORT_FD, IN_FD, OUT_FD, INFO_FD, SECCOMP_FD, FIRST_FILE_FD = 3, 4, 5, 6, 7, 8
 REPORT_BYTES = 1 << 16
@@ -88,8 +94,46 @@ class Watched:
                 pass
 
 
-def main() -> None:
-    plan = json.loads(sys.stdin.buffer.read())
+def serve(connection: socket.socket) -> None:
+    """Fork a worker for each sample the runner sends, until the runner's end closes."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(connection, 16, 3)
+        except InterruptedError:
+            continue
+        if not message:
+            return
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            continue
+        if os.fork() == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            connection.close()
+            _work(*fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+
+
+def _work(plan_fd: int, report_fd: int, lifeline_fd: int) -> None:
+    """One sample, in a forked worker: its report (or the error that stopped it) goes down the report pipe."""
+    try:
+        with os.fdopen(plan_fd, "rb") as file:
+            plan = json.loads(file.read())
+        plan["lifeline_fd"] = lifeline_fd
+        report = run_sample(plan)
+    except BaseException:  # noqa: BLE001: the runner must hear of it, whatever it was
+        report = {"error": traceback.format_exc(limit=-3)}
+    data = memoryview(json.dumps(report).encode())
+    try:
+        while data:
+            data = data[os.write(report_fd, data):]
+    finally:
+        os._exit(0)
+
+
+def run_sample(plan: dict) -> dict:
     os.set_blocking(plan["lifeline_fd"], False)
     begun = time.monotonic()
     links = _link_pipes() if plan["link"] else None
@@ -101,8 +145,7 @@ def main() -> None:
     report = {"seconds": time.monotonic() - begun, "timed_out": timed_out, "sandboxes": {}}
     for sandbox in watched:
         report["sandboxes"][sandbox.name] = _describe(sandbox, plan)
-    sys.stdout.write(json.dumps(report))
-    sys.stdout.flush()
+    return report
 
 
 def _link_pipes() -> dict[str, int]:
@@ -375,4 +418,4 @@ def _describe(sandbox: Watched, plan: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    serve(socket.socket(fileno=int(sys.argv[1])))

@@ -122,9 +122,9 @@ def decode(data, handle=None):
         if tag == "d":
             return {decode(key, handle): decode(item, handle) for key, item in (_pair(p) for p in _list(body))}
         if tag == "b":
-            return binascii.a2b_base64(_str(body))
+            return binascii.a2b_base64(_str(body), strict_mode=True)
         if tag == "a":
-            return bytearray(binascii.a2b_base64(_str(body)))
+            return bytearray(binascii.a2b_base64(_str(body), strict_mode=True))
         if tag == "x":
             return _SPECIAL_FLOATS[_str(body)]
         if tag == "i":
