@@ -13,7 +13,7 @@ rlimits set before the sandbox starts are what is left). With no writable hierar
 ordinary user on most machines), `SandboxGroup.create` returns None and the sandbox falls back
 to killing by process tree.
 
-Standard library only: the sandbox's launcher (sandbox_launch.py) uses it too.
+Used on the runner's side only (the launcher just writes into the groups it is given).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+
+from mascompare.tasks.sandbox_launch import exiting
 
 CPU_PERIOD_US = 100_000
 ONE_CPU = CPU_PERIOD_US  # a sandbox may use at most one CPU at a time
@@ -165,9 +167,10 @@ class SandboxGroup:
         return found
 
     def kill(self, wait_s: float = 5.0) -> int:
-        """End every process in the groups; how many there were. Raises if any is still there after `wait_s`."""
-        alive = self.processes()
-        if not alive:
+        """End every process in the groups; how many were there and not already exiting. Raises if any is
+        still there after `wait_s`."""
+        alive = {pid for pid in self.processes() if not exiting(pid)}
+        if not self.processes():
             return 0
         one_write = bool(self.v2) and _try_write(self.v2, "cgroup.kill", 1)
         deadline = time.monotonic() + wait_s

@@ -23,7 +23,8 @@ For each sandbox the worker forks a child that, in this order:
    with `size` and `nr_inodes` (bwrap's own --tmpfs has no inode limit), and so that RLIMIT_NPROC
    counts this sandbox's processes alone (the kernel counts it per user namespace);
 7. sets the rlimits, which bwrap, its init and the harness inherit;
-8. executes bwrap (through a descriptor opened before step 5) or, in process isolation, Python.
+8. executes bwrap (through a descriptor opened before step 5, unless it is a script) or, in process
+   isolation, Python.
 
 Descriptors in each sandbox: 0 the request (a sealed memfd), 1 and 2 pipes this process reads
 with a cap (no host file a sandbox could grow), REPORT_FD a pipe to this process (the
@@ -175,11 +176,14 @@ def _start(spec: dict, links: dict | None) -> Watched:
         child_fds[SECCOMP_FD] = _sealed_memfd(base64.b64decode(spec["seccomp"]))
     for number, path in enumerate(spec.get("files", ())):
         child_fds[FIRST_FILE_FD + number] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    executable = os.open(spec["argv"][0], os.O_PATH | os.O_CLOEXEC)  # reachable before the user changes
+    executable = os.open(spec["argv"][0], os.O_RDONLY | os.O_CLOEXEC)  # reachable before the user changes
+    if os.pread(executable, 2, 0) == b"#!":  # a script cannot run from a close-on-exec descriptor: by path
+        os.close(executable)
+        executable = None
     pid = os.fork()
     if pid == 0:
         _become_sandbox(spec, child_fds, executable)  # never returns
-    for fd in [*child_fds.values(), executable]:
+    for fd in [*child_fds.values(), *([executable] if executable is not None else [])]:
         if fd not in (links or {}).values():
             os.close(fd)
     for fd in parent_fds.values():
@@ -241,7 +245,7 @@ def _become_sandbox(spec: dict, child_fds: dict[int, int], executable: int) -> N
             resource.setrlimit(_RLIMITS[name], (soft, hard))
         step = "starting"
         os.chdir(spec["cwd"])
-        os.execve(executable, spec["argv"], spec["env"])
+        os.execve(spec["argv"][0] if executable is None else executable, spec["argv"], spec["env"])
     except BaseException as error:  # noqa: BLE001: whatever it was, the sandbox did not start
         try:
             os.write(REPORT_FD, f"launch failed: {step}: {error}\n".encode())
@@ -249,15 +253,17 @@ def _become_sandbox(spec: dict, child_fds: dict[int, int], executable: int) -> N
             os._exit(127)
 
 
-def _place(child_fds: dict[int, int], executable: int) -> int:
+def _place(child_fds: dict[int, int], executable: int | None) -> int | None:
     """Put each descriptor at its number and close every other but the executable's (close-on-exec)."""
     moved = {target: fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, 100) for target, source in child_fds.items()}
-    executable = fcntl.fcntl(executable, fcntl.F_DUPFD_CLOEXEC, 100)
+    if executable is not None:
+        executable = fcntl.fcntl(executable, fcntl.F_DUPFD_CLOEXEC, 100)
     for target, source in moved.items():
         os.dup2(source, target)
     top = max(child_fds) + 1
-    os.closerange(top, executable)
-    os.closerange(executable + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    keep = executable if executable is not None else top - 1
+    os.closerange(top, keep)
+    os.closerange(max(keep + 1, top), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     for fd in range(3, top):
         if fd not in child_fds:
             try:
@@ -370,11 +376,11 @@ def _note_namespace(sandbox: Watched) -> None:
 def _leftovers(sandbox: Watched) -> int:
     """Processes of the sandbox still in the host's process table after its end: killed and counted."""
     found = 0
-    for _ in range(100):
+    for _ in range(500):
         alive = [pid for pid in _host_processes() if _belongs(pid, sandbox)]
         if not alive:
             return found
-        found = max(found, len(alive))
+        found = max(found, sum(1 for pid in alive if not exiting(pid)))
         for pid in alive:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -382,6 +388,16 @@ def _leftovers(sandbox: Watched) -> int:
                 pass
         time.sleep(0.01)
     raise RuntimeError(f"processes of the {sandbox.name} sandbox survived SIGKILL")
+
+
+def exiting(pid: int) -> bool:
+    """Whether a process is on its way out (a tmpfs of many files takes a while to free as it goes)."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    return fields[0] in "ZX" or bool(int(fields[6]) & 0x4)  # PF_EXITING
 
 
 def _host_processes() -> list[int]:
@@ -394,7 +410,7 @@ def _belongs(pid: int, sandbox: Watched) -> bool:
         if sandbox.namespace is not None and os.readlink(f"/proc/{pid}/ns/pid") == sandbox.namespace:
             return True
         with open(f"/proc/{pid}/stat") as file:
-            session = int(file.read().rsplit(")", 1)[1].split()[4])
+            session = int(file.read().rsplit(")", 1)[1].split()[3])
         return session == sandbox.pid
     except (OSError, ValueError, IndexError):
         return False
