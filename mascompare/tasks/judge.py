@@ -248,11 +248,11 @@ class Judge:
         except BaseException as error:  # an assert, a refusal, the program gone, SystemExit: all fail
             if self.refusals:
                 return {"passed": False, "reason": f"refused: {self.refusals[0]}", "refused": True}
-            return _failure(error, suite)
+            return {**_failure(error, suite), "gone": bool(self.departures)}
         if self.refusals:  # the tests caught the refusal: still no pass
             return {"passed": False, "reason": f"refused: {self.refusals[0]}", "refused": True}
         if self.departures:
-            return {"passed": False, "reason": self.departures[0], "summary": self.departures[0]}
+            return {"passed": False, "reason": self.departures[0], "summary": self.departures[0], "gone": True}
         return {"passed": True, "reason": ""}
 
 

@@ -14,7 +14,8 @@ package ships), started by a launcher process of its own (`sandbox_launch.py`), 
   changes, so the sandbox reads what `nobody` may read of it and nothing else);
 - a read-only view of only what the interpreter needs (/usr, the /bin and /lib links into it,
   the interpreter's prefix) and the harness files; a working directory (/sandbox) that is a
-  tmpfs of `output_kb` and at most `files` inodes in all; a read-only root and minimal /dev;
+  tmpfs of `output_kb` in all, with at most one file or directory per KiB of it (`work_inodes`);
+  a read-only root and minimal /dev;
 - an empty environment but for single-threaded numeric libraries, `--die-with-parent`,
   `--new-session`, a new empty session keyring;
 - the seccomp filter of `sandbox_seccomp.py` (no new processes, no ptrace, no keyrings, no
@@ -87,7 +88,7 @@ LAUNCHER_MARGIN_S = 30.0  # past the timeout, how long the launcher may take bef
 # memory, output or disk), refused (the guard refused something, or the candidate answered the
 # judge with something that may not cross, and the sample did not pass).
 ENDINGS = ("passed", "failed", "timeout", "limit", "refused")
-_LIMIT_SIGNALS = {"SIGXCPU": " (CPU time limit)", "SIGXFSZ": " (file size limit)", "SIGKILL": " (CPU time limit)"}
+_LIMIT_SIGNALS = {"SIGXCPU": " (CPU time limit)", "SIGXFSZ": " (file size limit)"}
 _LIMIT_ERRNOS = {28, 27, 24, 12}  # ENOSPC, EFBIG, EMFILE, ENOMEM
 _SIGNAL_NUMBERS = {int(number) for number in signal.Signals}
 _HERE = Path(__file__).resolve().parent
@@ -103,7 +104,6 @@ class Limits:
     memory_mb: int = 1024  # per sandbox: its cgroup's memory, and each process's address space
     output_kb: int = 1024  # per sandbox: stdout and stderr together, and the working directory's files together
     processes: int = 64  # per sandbox, threads included
-    files: int = 1024  # per sandbox: files and directories in the working directory
 
 
 @dataclass(frozen=True)
@@ -257,7 +257,7 @@ class Sandbox:
                 cwd="/", env={}, files=files, info=True,
                 seccomp=base64.b64encode(compiled_filter()).decode(), stage_binds=stage_binds,
                 user=_sandbox_host_user() if os.geteuid() == 0 else None,
-                work_tmpfs=[str(work), f"size={self.limits.output_kb * 2**10},nr_inodes={self.limits.files},"
+                work_tmpfs=[str(work), f"size={self.limits.output_kb * 2**10},nr_inodes={work_inodes(self.limits)},"
                                        "mode=0755"])
         else:
             request["work"] = str(work)
@@ -265,6 +265,11 @@ class Sandbox:
                         env=_clean_environment(work))
         spec["stdin"] = json.dumps(request)
         return spec
+
+
+def work_inodes(limits: Limits) -> int:
+    """Files and directories the working directory may hold: one per KiB it may hold, at least 64."""
+    return max(64, limits.output_kb)
 
 
 def run_python(program: str, limits: Limits = Limits(), isolation: str = "bwrap") -> Outcome:
@@ -570,6 +575,8 @@ def _ending(passed: bool, report: dict, candidate: dict, verdict: dict, limits: 
     if returncode < 0 and signal.Signals(-returncode).name in _LIMIT_SIGNALS:
         name = signal.Signals(-returncode).name
         return "limit", f"killed by {name}{_LIMIT_SIGNALS[name]}"
+    if returncode == -signal.SIGKILL and candidate["cpu_s"] >= limits.cpu_s:  # RLIMIT_CPU's hard limit
+        return "limit", "killed by SIGKILL (CPU time limit)"
     raised = re.search(r"^raised (\w+) (-?\d+)$", notes, re.MULTILINE)
     if raised and (raised[1] == "MemoryError" or int(raised[2]) in _LIMIT_ERRNOS):
         return "limit", f"raised {raised[1]} (a limit)"
@@ -579,6 +586,8 @@ def _ending(passed: bool, report: dict, candidate: dict, verdict: dict, limits: 
         return "refused", re.search(r"^refused (.*)$", notes, re.MULTILINE)[1]
     if returncode < 0:
         return "failed", f"killed by {signal.Signals(-returncode).name}"
+    if verdict.get("gone") and candidate["stderr"].strip():  # it failed before or during the tests: its own words
+        return "failed", f"the program failed: {candidate['stderr'].strip().splitlines()[-1]}"[:300]
     if verdict.get("summary") or verdict.get("reason"):
         return "failed", f"failed the tests: {verdict.get('summary') or verdict['reason'].strip().splitlines()[-1]}"
     if returncode > 0:

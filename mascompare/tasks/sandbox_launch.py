@@ -67,6 +67,7 @@ _MS_BIND, _MS_REC, _MS_PRIVATE, _MS_NOSUID, _MS_NODEV = 0x1000, 0x4000, 0x40000,
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 _SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
 _PR_SET_DUMPABLE = 4
+_PR_SET_CHILD_SUBREAPER = 36
 _RLIMITS = {name: getattr(resource, name) for name in
             ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_CORE")}
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -82,6 +83,7 @@ class Watched:
         self.stdout, self.stderr, self.report, self.info = bytearray(), bytearray(), bytearray(), bytearray()
         self.output_bytes = 0
         self.status: int | None = None
+        self.cpu_s = 0.0  # of bwrap and every process it waited for
         self.killed: str | None = None  # why this process killed it: timeout, output, end, runner
         self.namespace: str | None = None  # its PID namespace, from bwrap's info
         self.namespace_init: int | None = None
@@ -120,6 +122,7 @@ def serve(connection: socket.socket) -> None:
 def _work(plan_fd: int, report_fd: int, lifeline_fd: int) -> None:
     """One sample, in a forked worker: its report (or the error that stopped it) goes down the report pipe."""
     try:
+        _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of its sandboxes come here to be reaped
         with os.fdopen(plan_fd, "rb") as file:
             plan = json.loads(file.read())
         plan["lifeline_fd"] = lifeline_fd
@@ -146,7 +149,19 @@ def run_sample(plan: dict) -> dict:
     report = {"seconds": time.monotonic() - begun, "timed_out": timed_out, "sandboxes": {}}
     for sandbox in watched:
         report["sandboxes"][sandbox.name] = _describe(sandbox, plan)
+    _reap_orphans()
     return report
+
+
+def _reap_orphans(wait_s: float = 2.0) -> None:
+    """Reap what was handed to this worker (a namespace's init whose bwrap was killed first) as it ends."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.002)
+        except ChildProcessError:
+            return
 
 
 def _link_pipes() -> dict[str, int]:
@@ -319,7 +334,8 @@ def _watch(watched: list[Watched], plan: dict, begun: float) -> bool:
                 continue
             if fd in exits:
                 sandbox = exits.pop(fd)
-                sandbox.status = os.waitpid(sandbox.pid, 0)[1]
+                _, sandbox.status, usage = os.wait4(sandbox.pid, 0)
+                sandbox.cpu_s = usage.ru_utime + usage.ru_stime
                 os.close(fd)
                 if sandbox.name == "judge" and grace_until is None:
                     grace_until = time.monotonic() + plan["grace_s"]
@@ -377,7 +393,7 @@ def _leftovers(sandbox: Watched) -> int:
     """Processes of the sandbox still in the host's process table after its end: killed and counted."""
     found = 0
     for _ in range(500):
-        alive = [pid for pid in _host_processes() if _belongs(pid, sandbox)]
+        alive = [pid for pid in _host_processes() if _belongs(pid, sandbox) and not _dead(pid)]
         if not alive:
             return found
         found = max(found, sum(1 for pid in alive if not exiting(pid)))
@@ -400,6 +416,15 @@ def exiting(pid: int) -> bool:
     return fields[0] in "ZX" or bool(int(fields[6]) & 0x4)  # PF_EXITING
 
 
+def _dead(pid: int) -> bool:
+    """A zombie, or gone: nothing that runs any more."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] in "ZX"
+    except (OSError, IndexError):
+        return True
+
+
 def _host_processes() -> list[int]:
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
 
@@ -420,10 +445,12 @@ def _describe(sandbox: Watched, plan: dict) -> dict:
     status = sandbox.status
     if status is None:  # its pipes outlived the drain: end it now
         sandbox.kill("end")
-        status = os.waitpid(sandbox.pid, 0)[1]
+        _, status, usage = os.wait4(sandbox.pid, 0)
+        sandbox.cpu_s = usage.ru_utime + usage.ru_stime
     leftovers = 0 if plan["cgroups"] else _leftovers(sandbox)
     return {
         "returncode": os.waitstatus_to_exitcode(status),
+        "cpu_s": round(sandbox.cpu_s, 3),
         "killed": sandbox.killed,
         "stdout": sandbox.stdout.decode("utf-8", errors="replace"),
         "stderr": sandbox.stderr.decode("utf-8", errors="replace"),
