@@ -13,7 +13,7 @@ package ships), started by a launcher process of its own (`sandbox_launch.py`), 
   interpreter's prefix, which may lie under root's home, is bound in by root before the user
   changes, so the sandbox reads what `nobody` may read of it and nothing else);
 - a read-only view of only what the interpreter needs (/usr, the /bin and /lib links into it,
-  the interpreter's prefix) and the harness files; a working directory (/sandbox) that is a
+  the interpreter's prefix), the harness files and the runner's numpy; a working directory (/sandbox) that is a
   tmpfs of `output_kb` in all, with at most one file or directory per KiB of it (`work_inodes`);
   a read-only root and minimal /dev;
 - an empty environment but for single-threaded numeric libraries, `--die-with-parent`,
@@ -51,6 +51,7 @@ from __future__ import annotations
 import atexit
 import base64
 import functools
+import importlib.util
 import itertools
 import json
 import os
@@ -79,6 +80,10 @@ OPEN_FILES = 64
 ISOLATIONS = ("bwrap", "process")
 WORK = "/sandbox"  # the working directory inside bubblewrap
 HARNESS_DIR = "/harness"  # where the harness files are, inside bubblewrap
+SHARED_PACKAGES_DIR = "/packages"  # where SHARED_PACKAGES are, inside bubblewrap, first on the path
+# Packages of the runner's environment bound into each sandbox, read-only: a virtual environment lies
+# outside the sandbox's view, and HumanEval+ and MBPP+ tests need numpy.
+SHARED_PACKAGES = ("numpy",)
 SANDBOX_UID = 65534  # "nobody" inside the user namespace
 MINIMUM_BWRAP = (0, 10)
 MESSAGE_LIMIT_BYTES = 64 * 2**20  # the largest value that crosses between candidate and judge
@@ -242,18 +247,20 @@ class Sandbox:
         spec = {"name": role, "cgroup_procs": group.procs_files if group else [], "rlimits": _rlimits(self.limits)}
         if self.bwrap:
             request["work"] = WORK
+            request["packages"] = [SHARED_PACKAGES_DIR, *request["packages"]]
             files = [str(_HERE / file) for file in harness]
-            stage_binds, prefix_binds = [], []
-            for number, prefix in enumerate(_interpreter_prefixes()):
+            stage_binds, binds = [], []
+            sources = [(prefix, prefix) for prefix in _interpreter_prefixes()]
+            sources += [(path, f"{SHARED_PACKAGES_DIR}/{os.path.basename(path)}") for path in _shared_packages()]
+            for number, (source, target) in enumerate(sources):
                 if os.geteuid() == 0:  # bound by root in the launcher's own mount namespace, read as nobody
-                    staged = directory / f"prefix{number}"
+                    staged = directory / f"bind{number}"
                     staged.mkdir()
-                    stage_binds.append([prefix, str(staged)])
-                    prefix_binds += ["--ro-bind", str(staged), prefix]
-                else:
-                    prefix_binds += ["--ro-bind", prefix, prefix]
+                    stage_binds.append([source, str(staged)])
+                    source = str(staged)
+                binds += ["--ro-bind", source, target]
             spec.update(
-                argv=_bwrap_command(self.bwrap[0], prefix_binds, str(work), harness),
+                argv=_bwrap_command(self.bwrap[0], binds, str(work), harness),
                 cwd="/", env={}, files=files, info=True,
                 seccomp=base64.b64encode(compiled_filter()).decode(), stage_binds=stage_binds,
                 user=_sandbox_host_user() if os.geteuid() == 0 else None,
@@ -261,6 +268,7 @@ class Sandbox:
                                        "mode=0755"])
         else:
             request["work"] = str(work)
+            request["packages"] = [*request["packages"], *site.getsitepackages()]  # the runner's own too
             spec.update(argv=[_python_path(), "-I", "-S", str(_HERE / harness[-1])], cwd=str(work),
                         env=_clean_environment(work))
         spec["stdin"] = json.dumps(request)
@@ -393,7 +401,7 @@ def _rlimits(limits: Limits) -> dict[str, list[int]]:
     }
 
 
-def _bwrap_command(bwrap: str, prefix_binds: list[str], work: str, harness: tuple[str, ...]) -> list[str]:
+def _bwrap_command(bwrap: str, binds: list[str], work: str, harness: tuple[str, ...]) -> list[str]:
     files = []
     for number, name in enumerate(harness):
         files += ["--ro-bind-data", str(sandbox_launch.FIRST_FILE_FD + number), f"{HARNESS_DIR}/{name}"]
@@ -402,9 +410,11 @@ def _bwrap_command(bwrap: str, prefix_binds: list[str], work: str, harness: tupl
         bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
         "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
         "--die-with-parent", "--new-session", "--clearenv", *environment, "--hostname", "sandbox",
-        *_read_only_roots(), *prefix_binds,
+        *_read_only_roots(), *binds,
         "--dir", HARNESS_DIR, *files,
-        "--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
+        # /proc/keys lists the keys the sandbox's host user may view: a runner that is not root shares that user
+        "--proc", "/proc", "--ro-bind", "/dev/null", "/proc/keys", "--ro-bind", "/dev/null", "/proc/key-users",
+        "--remount-ro", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
         "--bind", work, WORK, "--chdir", WORK,
         "--remount-ro", "/",
         "--seccomp", str(sandbox_launch.SECCOMP_FD), "--info-fd", str(sandbox_launch.INFO_FD),
@@ -428,6 +438,18 @@ def _interpreter_prefixes() -> list[str]:
     """The base interpreter's prefixes outside /usr (which is bound anyway)."""
     prefixes = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}
     return sorted(prefix for prefix in prefixes if prefix != "/usr" and not prefix.startswith("/usr/"))
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_packages() -> list[str]:
+    """The runner's own copies of SHARED_PACKAGES (and the libraries their wheels carry), wherever installed."""
+    found = []
+    for name in SHARED_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            package = os.path.realpath(list(spec.submodule_search_locations)[0])
+            found += [path for path in (package, f"{package}.libs") if os.path.isdir(path)]
+    return found
 
 
 @functools.lru_cache(maxsize=1)

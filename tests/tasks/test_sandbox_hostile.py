@@ -39,7 +39,7 @@ KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING = -3, -4
 # The runner: judges each program it is sent and answers with the outcome, what is left of it in
 # the host's process table, and whether its own key is intact.
 RUNNER = """
-import ctypes, dataclasses, json, os, sys
+import ctypes, dataclasses, json, os, sys, time
 from mascompare.tasks import sandbox
 from mascompare.tasks.judge import TestSuite
 libc = ctypes.CDLL(None, use_errno=True)
@@ -55,6 +55,15 @@ def key_intact():
     return size == len(secret) and buffer.raw[:size] == secret
 
 def host_leftovers():
+    # a worker of the launcher may still be on its way out when its report has arrived: look again
+    for _ in range(100):
+        left = host_processes_left()
+        if not left:
+            return left
+        time.sleep(0.02)
+    return left
+
+def host_processes_left():
     # every process on the host that descends from this runner (but its launcher, which stays) or sits in
     # one of its sandboxes' cgroups
     me, launcher = os.getpid(), sandbox._LAUNCHER._process.pid
@@ -71,14 +80,21 @@ def host_leftovers():
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
         if grouped:
-            left.append(f"{entry} (in a sandbox cgroup)")
+            left.append(f"{entry} {describe(entry)} (in a sandbox cgroup)")
     waiting = list(children.get(me, []))
     while waiting:
         pid = waiting.pop()
         waiting += children.get(pid, [])
         if pid != launcher:
-            left.append(f"{pid} (descends from the runner)")
+            left.append(f"{pid} {describe(pid)} (descends from the runner)")
     return left
+
+def describe(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read()[:120]
+    except OSError:
+        return "gone"
 
 for line in sys.stdin:
     request = json.loads(line)
