@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import errno
 import functools
 import importlib.util
 import itertools
@@ -94,7 +95,7 @@ LAUNCHER_MARGIN_S = 30.0  # past the timeout, how long the launcher may take bef
 # judge with something that may not cross, and the sample did not pass).
 ENDINGS = ("passed", "failed", "timeout", "limit", "refused")
 _LIMIT_SIGNALS = {"SIGXCPU": " (CPU time limit)", "SIGXFSZ": " (file size limit)"}
-_LIMIT_ERRNOS = {28, 27, 24, 12}  # ENOSPC, EFBIG, EMFILE, ENOMEM
+_LIMIT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EMFILE, errno.ENOMEM}
 _SIGNAL_NUMBERS = {int(number) for number in signal.Signals}
 _HERE = Path(__file__).resolve().parent
 _HARNESS_FILES = {"candidate": ("sandbox_wire.py", "sandbox_candidate.py"), "judge": ("sandbox_wire.py", "judge.py")}
@@ -153,8 +154,11 @@ class Sandbox:
 
     def info(self) -> dict:
         """What run.json records of the sandbox: isolation, limits, and what held each limit."""
+        cgroups = self.layout.describe()
+        if self.layout.describe() != "none" and all(value is None for value in self._probe_mechanisms.values()):
+            cgroups += ", none of them writable here"
         info = {"isolation": self.isolation, "limits": asdict(self.limits), "user": _host_user_words(),
-                "cgroups": self.layout.describe(), "mechanisms": self.mechanisms(),
+                "cgroups": cgroups, "mechanisms": self.mechanisms(),
                 "leftover_processes_killed": self._leftovers}
         if self.bwrap:
             info["bwrap"] = {"path": self.bwrap[0], "version": ".".join(map(str, self.bwrap[1]))}
@@ -282,10 +286,6 @@ def work_inodes(limits: Limits) -> int:
 
 def run_python(program: str, limits: Limits = Limits(), isolation: str = "bwrap") -> Outcome:
     return Sandbox(limits, isolation).run(program)
-
-
-def judge_python(program: str, tests: TestSuite, limits: Limits = Limits(), isolation: str = "bwrap") -> Outcome:
-    return Sandbox(limits, isolation).judge(program, tests)
 
 
 # --- starting a sample ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ Two layouts occur. Pure cgroup v2: one hierarchy; a sandbox's group holds `memor
 those controllers, and `cgroup.kill` ends it. Hybrid: v1 hierarchies carry the `memory`, `pids`
 and `cpu` controllers (a group in each, with `memory.limit_in_bytes` and
 `memory.memsw.limit_in_bytes`, `pids.max`, `cpu.cfs_quota_us`) and a v2 hierarchy without them
-still offers `cgroup.kill` and CPU accounting. Groups nest under the runner's own group in each
+still offers `cgroup.kill`. Groups nest under the runner's own group in each
 hierarchy (from /proc/self/cgroup). A hierarchy where a group cannot be made or a limit cannot be
 written is left out, and `mechanisms` says which one holds each limit (None: none does, and the
 rlimits set before the sandbox starts are what is left). With no writable hierarchy at all (an
@@ -185,15 +185,6 @@ class SandboxGroup:
         if left:
             raise RuntimeError(f"processes {sorted(left)} of a sandbox survived SIGKILL")
         return len(alive)
-
-    def cpu_seconds(self) -> float | None:
-        """CPU time the whole group has used (v2 accounting), if known."""
-        if self.v2:
-            for line in _read(os.path.join(self.v2, "cpu.stat")).splitlines():
-                key, _, value = line.partition(" ")
-                if key == "usage_usec":
-                    return int(value) / 1e6
-        return None
 
     def out_of_memory(self) -> bool:
         """Whether the kernel killed a process of the group for its memory limit."""
