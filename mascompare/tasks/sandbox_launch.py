@@ -33,11 +33,12 @@ judge and candidate, INFO_FD bwrap's --info-fd (the namespace's first process), 
 filter, then the harness files from FIRST_FILE_FD on.
 
 Ends: the judge's exit ends the sample (the candidate gets `grace_s` to end by itself, since its
-pipes close); the timeout, an output past the cap or the runner's going away (the lifeline
-pipe closes, as it does when the runner stops waiting) kill what is left. A sandbox is killed through bwrap (its --die-with-parent kills
-the namespace's init, and with it every process of the namespace), and, where the runner gave no
-cgroup, the host's process table is then searched for any process of the sandbox's PID namespace
-(or, in process isolation, its session), which is killed and counted.
+pipes close); the timeout, an output past the cap or the runner's going away (the lifeline pipe
+closes, as it does when the runner stops waiting) kill what is left. A sandbox is killed through
+bwrap (its --die-with-parent kills the namespace's init, and with it every process of the
+namespace), and, where the runner gave no cgroup, the host's process table is then searched for
+any process of the sandbox's PID namespace (or, in process isolation, its session), which is
+killed and counted.
 
 Standard library only, imported before any step that changes the user (the interpreter's own
 files may then be out of reach).
@@ -47,7 +48,6 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import errno
 import fcntl
 import json
 import os
@@ -127,7 +127,7 @@ def _work(plan_fd: int, report_fd: int, lifeline_fd: int) -> None:
             plan = json.loads(file.read())
         plan["lifeline_fd"] = lifeline_fd
         report = run_sample(plan)
-    except BaseException:  # noqa: BLE001: the runner must hear of it, whatever it was
+    except BaseException:  # the runner must hear of it, whatever it was
         report = {"error": traceback.format_exc(limit=-3)}
     data = memoryview(json.dumps(report).encode())
     try:
@@ -261,7 +261,7 @@ def _become_sandbox(spec: dict, child_fds: dict[int, int], executable: int) -> N
         step = "starting"
         os.chdir(spec["cwd"])
         os.execve(spec["argv"][0] if executable is None else executable, spec["argv"], spec["env"])
-    except BaseException as error:  # noqa: BLE001: whatever it was, the sandbox did not start
+    except BaseException as error:  # whatever it was, the sandbox did not start
         try:
             os.write(REPORT_FD, f"launch failed: {step}: {error}\n".encode())
         finally:

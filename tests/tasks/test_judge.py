@@ -202,8 +202,8 @@ MBPP_SAMPLE = sorted({*range(11, 511, 20), 126, 367})
 
 
 def test_a_representative_subset_of_reference_solutions_passes(humaneval, mbpp):
-    cases = [(f"HumanEval/{i}", humaneval[f"HumanEval/{i}"]["prompt"] + humaneval[f"HumanEval/{i}"]["canonical_solution"],
-              humaneval_tests(humaneval[f"HumanEval/{i}"])) for i in HUMANEVAL_SAMPLE]
+    rows = [humaneval[f"HumanEval/{i}"] for i in HUMANEVAL_SAMPLE]
+    cases = [(row["task_id"], row["prompt"] + row["canonical_solution"], humaneval_tests(row)) for row in rows]
     cases += [(f"MBPP/{i}", mbpp[i]["code"], mbpp_tests(mbpp[i])) for i in MBPP_SAMPLE]
     failed = [(name, outcome.status) for name, program, tests in cases
               if not (outcome := SANDBOX.judge(program, tests)).passed]

@@ -17,7 +17,8 @@ def cross(value):
 
 
 @pytest.mark.parametrize("value", [
-    None, True, False, 0, -7, 2**64, -(2**64), pytest.param(10**5000, id="10**5000"), 0.1, -0.0, 1e308, complex(1.5, -2), "", "héllo\udcff",
+    None, True, False, 0, -7, 2**64, -(2**64), pytest.param(10**5000, id="10**5000"), 0.1, -0.0, 1e308,
+    complex(1.5, -2), "", "héllo\udcff",
     b"\x00\xff", bytearray(b"ab"), range(2, 20, 3), [1, [2, [3]]], (1, (2,)), (), {"a": 1, (1, 2): [3]},
     {1, 2.5, "x"}, frozenset({(1, 2)}), {frozenset({1}): {"nested": ({2},)}},
 ])
