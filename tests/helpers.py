@@ -42,3 +42,18 @@ def task_with(name: str, **keys):
 def section(group: str, name: str, **keys) -> dict:
     """Any config group's preset (backend/openai, model/gpt-4o-mini, ...) as composed, with `keys` set."""
     return merged(_preset(group, name), keys)
+
+
+def sample_record(sid: str, correct: bool = True, error: str | None = None, repeat: int = 0, batch: int | None = None,
+                  wall: float = 0.5, capped: int = 0, question: str | None = None, **usage):
+    """A samples.jsonl record of one answered (or failed) sample: one decoding call of 10 input and 5 output
+    tokens unless `usage` says otherwise."""
+    from mascompare.records import SampleRecord, Usage
+
+    figures = {"input_tokens": 10, "context_tokens": 10, "output_tokens": 5, "forward_passes": 5, "calls": 1,
+               "decoding_calls": 1, "calls_at_max_new_tokens": capped, "wall_time_s": wall, **usage}
+    scored = error is None
+    return SampleRecord(id=sid, repeat=repeat, batch=batch, target="4", error=error, usage=Usage(**figures),
+                        agents=[], transcript=[], final_text="4" if scored else None,
+                        question_hash=question, correct_strict=correct if scored else None,
+                        correct_flexible=correct if scored else None)
