@@ -64,9 +64,9 @@ def explain(error: ValidationError, schema: type[BaseModel], where: str) -> str:
         return str(problem["ctx"]["error"])
     if problem["type"] == "missing":
         loc = problem["loc"]
-        wanted = _description(schema, loc[:-1]) if len(loc) > 1 and isinstance(loc[-2], str) else None
-        if wanted:  # a mapping the user wrote (e.g. +model.price={input: 1}) lacks a key: say what the mapping must be
-            return f"{key.rpartition('.')[0]} must be {wanted}, got {_shown(problem['input'])}."
+        mapping = _description(schema, loc[:-1]) if len(loc) > 1 and isinstance(loc[-2], str) else None
+        if mapping:  # a mapping the user wrote (e.g. +model.price={input: 1}) lacks a key: say what it must be
+            return f"{key.rpartition('.')[0]} must be {mapping}, got {_shown(problem['input'])}."
         return f"{key} is missing; conf/ sets a default for every key, so check that {where}'s preset is complete."
     description = _description(schema, problem["loc"]) or problem["msg"].lower()
     return f"{key} must be {description}, got {_shown(problem['input'])}."

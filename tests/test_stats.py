@@ -15,7 +15,6 @@ from mascompare.stats import (
     paired_bootstrap_interval,
     percentile_interval,
     sample_table,
-    summarize,
     summarize_records,
     wilson_interval,
 )
