@@ -26,11 +26,11 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 # What only the tests and `make serve` need: the `server` extra builds llama.cpp (about 5 minutes on
 # 2 cores; the real server behind the integration tests), the `ray` extra brings the Ray launcher and
-# Ray itself (the local-cluster sweep test).
+# Ray itself (the local-cluster sweep test), the `tracking` extra MLflow (run.tracking=mlflow's tests).
 install-server: $(VENV)/.installed-server
 
 $(VENV)/.installed-server: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[dev,server,joblib,optuna,ray]"
+	$(BIN)/pip install -q -e ".[dev,server,joblib,optuna,ray,tracking]"
 	touch $@
 
 # The point of the project in a few minutes on a CPU: every method on 8 arith questions with the

@@ -69,6 +69,7 @@ class Sdist(sdist):
 setup(
     packages=[*find_packages(include=["mascompare", "mascompare.*"]), *CONF_PACKAGES],
     package_dir={"mascompare.conf": "conf"},
-    package_data={name: ["*.yaml"] for name in CONF_PACKAGES},
+    package_data={**{name: ["*.yaml"] for name in CONF_PACKAGES},
+                  "mascompare.view": ["*.html", "*.css", "*.js"]},  # the viewer's page
     cmdclass={"build_py": BuildPy, "sdist": Sdist},
 )

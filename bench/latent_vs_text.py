@@ -11,6 +11,10 @@ side by side in one run; absolute seconds are not stable, ratios are.
     .venv/bin/python bench/latent_vs_text.py --random-shape qwen3-4b --device cuda   # GPU, random weights
     .venv/bin/python bench/latent_vs_text.py --random-shape smollm2-135m --structure both   # CPU: every agent
         # of a random-weight model decodes max_new_tokens, so both methods run at exactly equal settings
+
+On a machine without the embedded model (a GPU machine), `--tokenizer DIR` (a saved tokenizer, e.g. the SmolLM2
+one that bench/gpu_kit.py saves) replaces it, with `--random-shape`. The script needs hydra-core and omegaconf
+(bench/gpu_kit.py copies them for a machine that lacks them), not datasets, openai or gguf.
 """
 
 from __future__ import annotations
@@ -26,19 +30,24 @@ from mascompare.accounting import Accountant, summed
 from mascompare.app import compose_config
 from mascompare.backends import build_backend
 from mascompare.backends.hf import HFBackend
+from mascompare.backends.hf.loading import pick_device
 from mascompare.generation import GenerationConfig
 from mascompare.methods import build_method
 from mascompare.tasks import build_task
 
 METHODS = ("baseline", "text_mas", "latent_mas")
-# Published shapes, for random-weight speed runs on a GPU (no download needed).
+# Published shapes, vocabularies included, for random-weight speed runs on a GPU (no download needed); "tiny"
+# only shows on a CPU that a script runs.
 SHAPES = {
     "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, vocab_size=151936),
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, head_dim=64, tie_word_embeddings=True),  # small enough for a CPU
+                         num_key_value_heads=3, head_dim=64, tie_word_embeddings=True,
+                         vocab_size=49152),  # small enough for a CPU
     "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=False, vocab_size=151936),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, tie_word_embeddings=False, vocab_size=49152),
 }
 
 
@@ -52,15 +61,29 @@ def compose_cfg(method: str, args) -> object:
     return compose_config(*overrides)
 
 
-def random_backend(shape: str, device: str, base: HFBackend) -> HFBackend:
-    """A random-weight Qwen3 of the published shape, with the embedded model's tokenizer."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def random_model(shape: str, tokenizer, device: torch.device):
+    """A random-weight Qwen3 of the published shape (its vocabulary holds the tokenizer's ids), built in place on
+    `device`: bfloat16 on CUDA, float32 elsewhere."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
 
-    config = Qwen3Config(vocab_size=len(base.tokenizer), **SHAPES[shape])
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    config = Qwen3Config(**SHAPES[shape], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    assert config.vocab_size >= len(tokenizer), "the shape's vocabulary must hold the tokenizer's ids"
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with torch.device(device):
-        model = Qwen3ForCausalLM(config).to(dtype)
-    return HFBackend.from_loaded(model, base.tokenizer, f"random-{shape}", device)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def random_backend(shape: str, device: torch.device, tokenizer, compiled: bool = False) -> HFBackend:
+    """A random-weight Qwen3 of the published shape, with `tokenizer`."""
+    return HFBackend.from_loaded(random_model(shape, tokenizer, device), tokenizer, f"random-{shape}", device,
+                                 compiled=compiled)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 def clock(device: torch.device) -> float:
@@ -102,15 +125,24 @@ def main():
     parser.add_argument("--structure", default="sequential", choices=("sequential", "hierarchical", "both"))
     parser.add_argument("--skip-batch-1", action="store_true", help="leave out latent_mas at batch 1")
     parser.add_argument("--random-shape", choices=sorted(SHAPES), help="random weights of this shape (speed only)")
+    parser.add_argument("--tokenizer", help="a saved tokenizer's folder, instead of the embedded model's "
+                                            "(needs --random-shape)")
+    parser.add_argument("--compile", action="store_true", help="the fast path (static caches, compiled steps)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.tokenizer and not args.random_shape:
+        parser.error("--tokenizer needs --random-shape: it replaces the embedded model's tokenizer only")
 
     cfg = compose_cfg("baseline", args)
-    cfg.backend.device = args.device
-    backend = build_backend(cfg.backend, cfg.model)
-    if args.random_shape:
-        backend = random_backend(args.random_shape, str(backend.device), backend)
+    if args.tokenizer:
+        device = pick_device(args.device)
+        backend = random_backend(args.random_shape, device, load_tokenizer(args.tokenizer), args.compile)
+    else:
+        cfg.backend.device, cfg.backend.compile = args.device, args.compile
+        backend = build_backend(cfg.backend, cfg.model)
+        if args.random_shape:
+            backend = random_backend(args.random_shape, backend.device, backend.tokenizer, args.compile)
     task = build_task(cfg.task)
     samples = task.load()
     console = Console(width=100)  # room for every column

@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mascompare import tracking
 from mascompare.backends import KeptBackend
 from mascompare.config import HYDRA_CONFIG_PATH, hydra_compose_context, search_path_overrides
 from mascompare.errors import UserError
@@ -86,6 +87,8 @@ def main(cfg: DictConfig) -> float | None:
         if isinstance(exc, OSError) and hydra_cfg.mode == RunMode.RUN:
             raise StopRun(f"{reason[0].upper()}{reason[1:]}.", RUN_FAULT) from exc
         raise
+    tracking.log_run(cfg, record.to_json(), out_dir,
+                     Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None)
     if record.status == "dry_run":
         remove_if_unused(out_dir, Path(cfg.run.output_root))
         return None

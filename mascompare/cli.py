@@ -1,4 +1,4 @@
-"""The `mascompare` command: run (Hydra, in-process), list, show, compare.
+"""The `mascompare` command: run (Hydra, in-process), list, show, compare, view.
 
 Bad input ends with one sentence on stderr and exit status 2, a fault during a run (disk full) with
 one sentence and status 1; `HYDRA_FULL_ERROR=1` shows the traceback. A single run's config is
@@ -372,46 +372,96 @@ def show(run_dir: Path = typer.Argument(..., help="A run directory (holds run.js
     print_summary(record)
 
 
+COMPARE_PATHS = typer.Argument(..., help="Run directories, a results root or a multirun directory.")
+REFERENCE_OPTION = typer.Option(
+    None, "--reference", "-r",
+    help="Method the others are measured against (default: text_mas when present, else baseline); "
+         "narrow it with config values: pruned_mas:method.prune_rate=0.")
+BY_OPTION = typer.Option(None, "--by", help="Config key shown as a column, e.g. method.latent_steps (repeatable).")
+METRIC_OPTION = typer.Option("flexible", "--metric",
+                             help="Accuracy for the paired statistics and the plot: strict or flexible.")
+
+
+def comparison_of(command: str, paths: list[Path], reference: str | None, by: list[str] | None, metric: str):
+    """The comparison of every run under paths, or one sentence saying why there is none."""
+    from mascompare import report
+
+    files = [p for p in paths if p.is_file()]
+    if files:
+        raise UserError(f"{files[0]} is a file; {command} takes run directories, a results root or a multirun "
+                        f"directory, e.g. {files[0].parent}.")
+    collection = report.collect(paths)
+    for run in collection.runs:
+        missing = incomplete(run.info)
+        if missing:
+            raise UserError(f"{run.dir / 'run.json'} lacks {', '.join(missing)}, so it is not a complete record "
+                            "of a run; run its command again, or leave that directory out.")
+    return report.compare(collection, reference, by or (), metric)
+
+
+def output_dir(paths: list[Path], out: Path | None) -> Path:
+    """--out, else the one path, or the deepest folder holding all paths."""
+    return out or Path(os.path.commonpath([str(p.resolve()) for p in paths]))
+
+
 @app.command()
 def compare(
-    paths: list[Path] = typer.Argument(..., help="Run directories, a results root or a multirun directory."),
-    reference: str = typer.Option(
-        None, "--reference", "-r",
-        help="Method the others are measured against (default: text_mas when present, else baseline); "
-             "narrow it with config values: pruned_mas:method.prune_rate=0."),
-    by: list[str] = typer.Option(None, "--by",
-                                 help="Config key shown as a column, e.g. method.latent_steps (repeatable)."),
-    metric: str = typer.Option("flexible", "--metric",
-                               help="Accuracy for the paired statistics and the plot: strict or flexible."),
+    paths: list[Path] = COMPARE_PATHS,
+    reference: str = REFERENCE_OPTION,
+    by: list[str] = BY_OPTION,
+    metric: str = METRIC_OPTION,
     out: Path = typer.Option(None, "--out", "-o",
-                             help="Where comparison.{md,csv,tex} and pareto.png go (default: the one PATH, "
-                                  "or the deepest folder holding all PATHs)."),
+                             help="Where comparison.{md,csv,tex}, pareto.png and view.html go (default: the one "
+                                  "PATH, or the deepest folder holding all PATHs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison table as JSON (one object per run)."),
+    no_html: bool = typer.Option(False, "--no-html", help="Do not write view.html (see `mascompare view`)."),
 ):
     """Compare runs side by side: accuracy, tokens, time and cost, with paired statistics against a reference."""
     from mascompare import report
 
     try:
-        files = [p for p in paths if p.is_file()]
-        if files:
-            raise UserError(f"{files[0]} is a file; compare takes run directories, a results root or a multirun "
-                            f"directory, e.g. {files[0].parent}.")
-        collection = report.collect(paths)
-        for run in collection.runs:
-            missing = incomplete(run.info)
-            if missing:
-                raise UserError(f"{run.dir / 'run.json'} lacks {', '.join(missing)}, so it is not a complete record "
-                                "of a run; run its command again, or leave that directory out.")
-        comparison = report.compare(collection, reference, by or (), metric)
+        comparison = comparison_of("compare", paths, reference, by, metric)
     except UserError as exc:
         fail(str(exc))
-    target = out or Path(os.path.commonpath([str(p.resolve()) for p in paths]))
+    target = output_dir(paths, out)
     if as_json:
         print(comparison.table.drop(columns=["run"], errors="ignore").to_json(orient="records", indent=2))
     else:
         report.render(comparison, Console())
     written = report.write(comparison, target)
+    if not no_html:
+        from mascompare import view as viewer
+
+        written.append(viewer.write(comparison, target, (target / "pareto.png").read_bytes()))
     err.print(f"wrote {', '.join(p.name for p in written)} to {target}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def view(
+    paths: list[Path] = COMPARE_PATHS,
+    reference: str = REFERENCE_OPTION,
+    by: list[str] = BY_OPTION,
+    metric: str = METRIC_OPTION,
+    out: Path = typer.Option(None, "--out", "-o",
+                             help="Where view.html goes (default: where compare writes comparison.md)."),
+    open_page: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
+):
+    """Write view.html: the comparison, every question with each method's answer, and every agent call
+    of a question side by side; one file that opens in any browser without a server."""
+    from mascompare import view as viewer
+
+    try:
+        comparison = comparison_of("view", paths, reference, by, metric)
+    except UserError as exc:
+        fail(str(exc))
+    path = viewer.write(comparison, output_dir(paths, out))
+    print(path)
+    if open_page:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            err.print("[bold yellow]warning:[/] no browser could be started here; open the file above in one.",
+                      highlight=False)
 
 
 if __name__ == "__main__":

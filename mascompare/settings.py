@@ -22,6 +22,8 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mascompare.errors import UserError
+from mascompare.tracking import TRACKERS
+from mascompare.tracking import check as check_tracking
 
 # --- the schema base and its one kind of error ------------------------------------------------------------
 
@@ -177,6 +179,7 @@ class RunSettings(Section):
     dry_run: Flag
     cache: Flag
     on_busy: Annotated[Literal[ON_BUSY], choice(ON_BUSY)]
+    tracking: Annotated[Literal[TRACKERS] | None, wanted("null or one of " + ", ".join(TRACKERS))]
 
 
 class TaskCommon(Section):
@@ -226,6 +229,7 @@ class ModelSettings(Section):
 
 
 HF_DTYPES = ("auto", "float32", "bfloat16", "float16")
+FAST_PATH_CHECKS = ("fallback", "fail", "skip")
 HF_DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 TOKEN_LIMIT_PARAMS = ("max_tokens", "max_completion_tokens")
 
@@ -236,6 +240,7 @@ class HFSettings(Section):
     dtype: Annotated[Literal[HF_DTYPES], choice(HF_DTYPES)]
     compile: Annotated[Union[bool, Literal["auto"]], wanted("auto, true or false")]
     decode_rows: Annotated[int | None, wanted("an integer of at least 1 or null", ge=1)]
+    fast_path_check: Annotated[Literal[FAST_PATH_CHECKS], choice(FAST_PATH_CHECKS)]
 
 
 class OpenAISettings(Section):
@@ -286,6 +291,7 @@ def validate(cfg) -> Settings:
 
     generation = GenerationConfig.of(cfg.generation, "generation")
     run = RunSettings.of(cfg.run, "run")
+    check_tracking(run.tracking)
     backend_name = cfg.backend.get("name")
     if backend_name not in BACKEND_SETTINGS:
         from mascompare.registry import unknown

@@ -159,7 +159,8 @@ def _read_lines(path: Path, skip_cut: bool = False) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # "\n" only: str.splitlines would also split at U+2028 and the other separators JSON strings hold raw
+    for line in path.read_text(encoding="utf-8").split("\n"):
         if not line.strip():
             continue
         try:

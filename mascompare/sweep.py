@@ -1,4 +1,4 @@
-"""The Hydra callback that writes a sweep's comparison into its multirun directory.
+"""The Hydra callback that writes a sweep's comparison (and its view.html) into its multirun directory.
 
 Registered in conf/config.yaml under hydra.callbacks. Hydra calls `on_multirun_end` only when
 the sweeper returns; Hydra's BasicSweeper instead raises the first failed job's error once its
@@ -55,7 +55,8 @@ class CompareSweep(Callback):
             from mascompare import report
 
             report.render(comparison, Console())
-            Console().print(f"comparison.md, .csv, .tex and the plot pareto.png are in {sweep_dir}; "
+            Console().print(f"comparison.md, .csv, .tex and the plot pareto.png are in {sweep_dir}, with view.html "
+                            "(every question and agent call, for a browser); "
                             f"`mascompare compare {sweep_dir}` shows this again.", soft_wrap=True, highlight=False)
 
     def _write(self, sweep_dir: Path, config: DictConfig):
@@ -63,7 +64,7 @@ class CompareSweep(Callback):
         logged and skipped."""
         if not any(sweep_dir.rglob(RUN_FILE)):  # nothing ran (all failed early, or a dry run): leave no trace
             return None
-        from mascompare import report  # pandas and matplotlib: only when a comparison is written
+        from mascompare import report, view  # pandas and matplotlib: only when a comparison is written
 
         try:
             with open(sweep_dir / LOCK_FILE, "w") as lock:
@@ -78,6 +79,7 @@ class CompareSweep(Callback):
                     log.warning("%s Comparing with the default reference instead.", exc)
                     comparison = report.compare(collection, None, by, self.metric)
                 report.write(comparison, sweep_dir)
+                view.write(comparison, sweep_dir, (sweep_dir / "pareto.png").read_bytes())
         except UserError as exc:
             log.warning("no comparison for %s: %s", sweep_dir, exc)
             return None

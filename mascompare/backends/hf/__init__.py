@@ -8,6 +8,7 @@ this process. One concern per module:
 - forward: forward passes that append to a shared cache (prefill, one-token and latent steps)
 - sampling: each row's next token, greedy or from its own seeded stream
 - decode: the decoding loop, with one state per sample and one stop rule (continuous batching)
+- fast_path_check: the fast path checked against the eager path on a run's first batch
 - backend: `HFBackend`, which composes them
 
 Importing the package changes nothing: no registration, no model touched.

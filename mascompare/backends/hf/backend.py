@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -10,14 +11,18 @@ from mascompare.backends.base import Completion, Decoded, LatentBackend, Message
 from mascompare.backends.hf.attention import use_step_attention
 from mascompare.backends.hf.cache import CacheLayout, SharedCache
 from mascompare.backends.hf.decode import Sequence, StopRule, decode_sequences
+from mascompare.backends.hf.fast_path_check import check_fast_path
 from mascompare.backends.hf.forward import ForwardSteps
 from mascompare.backends.hf.loading import load_pretrained, pick_compile, pick_device, pick_dtype
 from mascompare.backends.hf.prompts import ContextWindowExceeded, Prompts, context_window, conversation_chars
 from mascompare.backends.hf.sampling import row_generator
 from mascompare.backends.models import resolve
 from mascompare.environment import model_fingerprint, torch_environment
+from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
 from mascompare.settings import HFSettings, ModelSettings
+
+log = logging.getLogger(__name__)
 
 EMBEDDING_CHUNK = 16384  # tokens embedded at a time for W_in (bounds the model-dtype copy in memory)
 # run.batch_size=auto. Off CUDA a step's cost grows about linearly with the batch beyond a few rows, so a larger
@@ -40,7 +45,10 @@ class HFBackend(LatentBackend):
     (continuous batching, `backend.decode_rows`). A conversation whose prompt does not fit the context window
     fails its own row; the latent primitives refuse a prefill beyond the window for the whole batch.
 
-    The fast path (`backend.compile`): static KV caches and compiled one-token steps (CUDA graphs on CUDA).
+    The fast path (`backend.compile`): static KV caches and compiled one-token steps (CUDA graphs on CUDA). Before
+    it is trusted, it is checked against the eager path on the first batch (`fast_path_check.py`); where it fails,
+    `backend.fast_path_check` chooses: fall back to eager with one warning (fallback), stop the run (fail), or
+    run unchecked (skip). `run_info()` records which path ran and what the check found.
 
     What the backend changes on the model it is given: it moves it to the device (`model.to`) and puts it in
     eval mode; it adds one forward pre-hook to its output head (once per head: it keeps the head's input, the
@@ -59,22 +67,22 @@ class HFBackend(LatentBackend):
         compiled = pick_compile(settings.compile, device)
         model, tokenizer = load_pretrained(source, device, dtype)
         self._setup(model, tokenizer, source.name, device, dict(model_settings.chat_template_kwargs or {}), compiled,
-                    settings.decode_rows)
+                    settings.decode_rows, settings.fast_path_check)
         self.load_seconds = time.perf_counter() - start
 
     @classmethod
     def from_loaded(cls, model, tokenizer, model_name: str, device: str | torch.device | None = None,
                     template_kwargs: dict | None = None, compiled: bool = False,
-                    decode_rows: int | None = None) -> HFBackend:
+                    decode_rows: int | None = None, fast_path_check: str = "fallback") -> HFBackend:
         """A backend around a model and tokenizer already in memory (tests, notebooks)."""
         backend = cls.__new__(cls)
         backend._setup(model, tokenizer, model_name, torch.device(device) if device is not None else model.device,
-                       template_kwargs or {}, compiled, decode_rows)
+                       template_kwargs or {}, compiled, decode_rows, fast_path_check)
         backend.load_seconds = 0.0
         return backend
 
     def _setup(self, model, tokenizer, model_name: str, device: torch.device, template_kwargs: dict,
-               compiled: bool, decode_rows: int | None) -> None:
+               compiled: bool, decode_rows: int | None, fast_path_check: str) -> None:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.model_name = model_name
@@ -92,11 +100,41 @@ class HFBackend(LatentBackend):
         self.layout = CacheLayout(model.config, device, static=compiled)
         self.steps = ForwardSteps(model, self.layout, pad if pad is not None else (self.eos_token_ids or [0])[0],
                                   self.context_window)
+        self.fast_path_check = fast_path_check
+        # which path runs, and what the check found (run.json's backend_info)
+        self.fast_path = {"path": "fast" if compiled else "eager", "check": fast_path_check if compiled else None}
+        self._check_pending = compiled and fast_path_check != "skip"
 
     @property
     def compiled(self) -> bool:
         """Whether the fast path runs: static caches and compiled one-token steps."""
         return self.layout.static
+
+    def _prefill(self, state: SharedCache, prompts: list[list[int]], visible: torch.Tensor | None, room: int,
+                 latent: bool):
+        """The prefill of `prompts`; the first on the fast path also checks it (see fast_path_check.py) and falls
+        back to eager, or stops, where it fails. `room`: the columns the run makes room for next; `latent`: whether
+        latent steps follow."""
+        if not self._check_pending:
+            return self.steps.prefill(state, prompts, visible)
+        # a prefill that fails on the eager path as well (e.g. beyond the context window) leaves the check pending
+        result, hidden, logits = check_fast_path(self.steps, state, prompts, visible, room, latent)
+        self._check_pending = False
+        self.fast_path.update(passed=result.passed, reason=result.reason, **result.figures)
+        if result.passed:
+            return hidden, logits
+        if self.fast_path_check == "fail":
+            raise UserError("The fast path (backend.compile) failed its check against the eager path: "
+                            f"{result.reason}; set backend.fast_path_check=fallback to run eagerly instead, or "
+                            "backend.compile=false.")
+        log.warning("The fast path (backend.compile) failed its check against the eager path, so this run is eager: "
+                    "%s.", result.reason)
+        self.layout.static = False
+        self.fast_path["path"] = "eager"
+        return hidden, logits  # the eager prefill's, on the state (now a dynamic cache)
+
+    def run_info(self) -> dict:
+        return {"fast_path": dict(self.fast_path)}
 
     # ---- chat -----------------------------------------------------------------------------------------
 
@@ -121,9 +159,12 @@ class HFBackend(LatentBackend):
             return []
         rows = min(len(prompts), self.decode_rows or len(prompts))
         state = self.layout.new(rows)
-        _, logits = self.steps.prefill(state, prompts[:rows])
+        width, waiting = max(map(len, prompts[:rows])), prompts[rows:]
+        # the room decoding makes after the prefill (see decode_sequences)
+        room = max([width, *map(len, waiting)]) - width + gen.max_new_tokens
+        _, logits = self._prefill(state, prompts[:rows], None, room, latent=False)
         sequences = self._sequences(gen, seeds, len(prompts))
-        decode_sequences(self.steps, state, logits, gen, self._stop_rule(gen), sequences, waiting=prompts[rows:])
+        decode_sequences(self.steps, state, logits, gen, self._stop_rule(gen), sequences, waiting=waiting)
         return [Completion(text=self.prompts.completion_text(s.tokens), prompt_tokens=len(prompt),
                            completion_tokens=len(s.tokens), finish_reason=s.finish_reason)
                 for prompt, s in zip(prompts, sequences)]
@@ -186,7 +227,7 @@ class HFBackend(LatentBackend):
         return self.layout.new(batch_size, first_positions)
 
     def prefill(self, state: SharedCache, prompts: list[list[int]], visible: torch.Tensor | None = None):
-        return self.steps.prefill(state, prompts, visible)
+        return self._prefill(state, prompts, visible, 0, latent=True)
 
     def step_embeds(self, state: SharedCache, embeds: torch.Tensor, visible: torch.Tensor | None = None):
         return self.steps.step_embeds(state, embeds, visible)

@@ -81,9 +81,11 @@ class CacheLayout:
         start = torch.tensor(first_positions or [0] * batch_size, dtype=torch.long, device=self.device)
         return SharedCache(self.holding([], 0, self.static if static is None else static), empty, start)
 
+    @torch.inference_mode()
     def holding(self, contents: list[tuple[torch.Tensor, torch.Tensor]], room: int, static: bool):
         """A KV cache holding `contents` (keys and values per layer); a static one with room for `room` more
-        columns."""
+        columns. Made in inference mode wherever it is called from, as the forward passes that fill a cache are: a
+        compiled step's guards tell tensors made in and out of it apart, and would compile the step again."""
         length = contents[0][0].shape[-2] if contents else 0
         if static:
             columns = static_columns(length + room)
@@ -97,11 +99,6 @@ class CacheLayout:
         for index, (keys, values) in enumerate(contents):
             cache.layers[index].update(keys, values)
         return cache
-
-    def conform(self, state: SharedCache) -> None:
-        """A state made for the other kind of cache takes this layout's kind, with its contents."""
-        if state.static != self.static:
-            state.cache = self.holding(state.contents(), 0, self.static)
 
     def make_room(self, state: SharedCache, columns: int) -> None:
         """A static cache too small for `columns` more is copied into a larger one (a power of two in size)."""
