@@ -87,11 +87,11 @@ def main(cfg: DictConfig) -> float | None:
         if isinstance(exc, OSError) and hydra_cfg.mode == RunMode.RUN:
             raise StopRun(f"{reason[0].upper()}{reason[1:]}.", RUN_FAULT) from exc
         raise
-    tracking.log_run(cfg, record.to_json(), out_dir,
-                     Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None)
-    if record.status == "dry_run":
+    if record.status == "dry_run":  # a DryRunReport: nothing ran, so nothing to track
         remove_if_unused(out_dir, Path(cfg.run.output_root))
         return None
+    tracking.log_run(cfg, record.to_json(), out_dir,
+                     Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None)
     return record.summary.accuracy(settings.run.primary_metric)
 
 

@@ -14,7 +14,7 @@ fails on an addition.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 
 from mascompare.errors import UserError
@@ -285,6 +285,9 @@ class RunRecord:
             raise TypeError(f"a JSON object was expected, got {type(raw).__name__}")
         _check_version(raw, where)
         values = _known(cls, raw)
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in values]
+        if missing:  # named in words: a reader's message shows it
+            raise ValueError(f"it lacks {', '.join(missing)}")
         values["schema"] = SCHEMA_VERSION
         values["summary"] = Summary.from_json(raw["summary"]) if isinstance(raw.get("summary"), dict) else None
         return cls(**values)

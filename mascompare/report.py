@@ -150,6 +150,9 @@ def collect(paths: list[str | Path]) -> Collection:
         except json.JSONDecodeError as exc:
             failures.append(FailedJob(job_dir, _overrides(job_dir), f"run.json is not valid JSON (line {exc.lineno})"))
             continue
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{run_file} is not a complete record of a run ({exc}); run its command again, or leave "
+                            "that directory out.") from None
         config = info.config or {}
         runs.append(Run(len(runs), job_dir, info, flatten(config), flatten(run_identity(config))))
     return Collection(runs, _long_table(runs), failures, roots)

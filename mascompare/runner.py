@@ -67,6 +67,8 @@ class Plan:
 def make_plan(cfg: DictConfig, out_dir: str | Path, settings: Settings | None = None) -> Plan:
     """Phase 1: check and decide everything that can be without loading a model; raises UserError."""
     settings = settings or validate(cfg)
+    task = build_task(settings.task)
+    task.check_available()  # before the backend's class is imported: the hf backend's import pulls torch
     method_cls = METHODS.get(settings.method.name)
     backend_cls = BACKENDS.get(settings.backend.name)
     if not issubclass(backend_cls, method_cls.requires):
@@ -83,8 +85,6 @@ def make_plan(cfg: DictConfig, out_dir: str | Path, settings: Settings | None = 
             raise UserError(f"run.max_cost_usd bounds each batch's cost by counting its chat requests first, and method "
                             f"'{settings.method.name}' thinks in latent space, so it sends none to count; set "
                             "run.max_cost_usd=null and cap the run with task.limit instead.")
-    task = build_task(settings.task)
-    task.check_available()
     return Plan(cfg, settings, task, task.samples(), method_cls, backend_cls, price, Path(out_dir))
 
 

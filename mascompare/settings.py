@@ -65,6 +65,10 @@ def explain(error: ValidationError, schema: type[BaseModel], where: str) -> str:
     if problem["type"] == "value_error":  # a cross-field check in a model validator: its message is the sentence
         return str(problem["ctx"]["error"])
     if problem["type"] == "missing":
+        loc = problem["loc"]
+        mapping = _description(schema, loc[:-1]) if len(loc) > 1 and isinstance(loc[-2], str) else None
+        if mapping:  # a mapping the user wrote (e.g. +model.price={input: 1}) lacks a key: say what it must be
+            return f"{key.rpartition('.')[0]} must be {mapping}, got {_shown(problem['input'])}."
         return f"{key} is missing; conf/ sets a default for every key, so check that {where}'s preset is complete."
     description = _description(schema, problem["loc"]) or problem["msg"].lower()
     return f"{key} must be {description}, got {_shown(problem['input'])}."

@@ -2,7 +2,8 @@
 
 import pytest
 
-from mascompare.accounting import PRICES_FILE, Accountant, Price, UsageRecord, load_prices, price_for, summed
+from mascompare.accounting import PRICES_FILE, Accountant, Price, UsageRecord, load_prices, price_for
+from mascompare.records import Usage
 from mascompare.errors import UserError
 
 
@@ -34,15 +35,15 @@ def test_unknown_model_has_no_price_and_its_cost_stays_unknown():
     assert price_for(None) is None
     accountant = Accountant(None)
     accountant.record(UsageRecord("s", "a", "r", input_tokens=10, output_tokens=5))
-    assert summed(accountant.take("s"))["cost_usd"] is None
+    assert Usage.of(accountant.take("s")).cost_usd is None
 
 
 def test_accountant_prices_every_record():
     accountant = Accountant(price_for("gpt-4o-mini"))
     accountant.record(UsageRecord("s", "a", "r", input_tokens=1_000_000, output_tokens=1_000_000))
     accountant.record(UsageRecord("s", "b", "r", input_tokens=0, output_tokens=0))
-    total = summed(accountant.take("s"))
-    assert total["cost_usd"] == pytest.approx(0.15 + 0.60)
+    total = Usage.of(accountant.take("s"))
+    assert total.cost_usd == pytest.approx(0.15 + 0.60) and total.calls == 2
 
 
 def test_bad_price_table_is_one_sentence(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from mascompare import app as application
-from mascompare import results
+from mascompare import store
 from mascompare.backends import KeptBackend
 from mascompare.backends.hf import HFBackend
 from mascompare.cli import app
@@ -107,8 +107,8 @@ def test_a_full_disk_mid_run_is_one_sentence_exit_1_and_recorded(tiny_model_dir,
         appended.append(row)
         original(self, row)
 
-    original = results.RunStore.append
-    monkeypatch.setattr(results.RunStore, "append", append)
+    original = store.RunStore.append
+    monkeypatch.setattr(store.RunStore, "append", append)
     result = run(tiny_model_dir, tmp_path, "run.batch_size=1")
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
@@ -161,10 +161,10 @@ def test_a_ten_megabyte_question_fails_its_sample_without_exhausting_memory(tiny
     result = run(tiny_model_dir, tmp_path / "out", "task=custom", f"task.path={data}")
     assert result.exit_code == 0, result.output
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    rows = {key[0]: row for key, row in results.latest_rows(only_run_dir(tmp_path / "out") / "samples.jsonl").items()}
-    assert rows["short"]["error"] is None
-    assert rows["huge"]["error"].startswith("ContextWindowExceeded: the prompt has 10,")
-    assert "context window of 4,096 positions" in rows["huge"]["error"]
+    rows = {key[0]: record for key, record in store.latest_records(only_run_dir(tmp_path / "out")).items()}
+    assert rows["short"].error is None and not rows["short"].failed
+    assert rows["huge"].failed and rows["huge"].error.startswith("ContextWindowExceeded: the prompt has 10,")
+    assert "context window of 4,096 positions" in rows["huge"].error
     assert grown_mb < 500  # reading and parsing the file itself; the model never saw it
 
 

@@ -263,10 +263,17 @@ def write_run_json(directory, **info):
 
 def test_show_and_compare_refuse_incomplete_records_and_files(tmp_path):
     partial = write_run_json(tmp_path / "partial", status="finished", method="baseline")
+    lacks = "is not a complete record of a run (it lacks run_dir, task, model, backend, config, config_hash); "
     result = invoke("show", str(partial))
-    assert result.exit_code == 2 and "lacks task, model, config, summary" in result.output
+    assert result.exit_code == 2 and lacks in result.output and len(result.output.strip().splitlines()) == 1
     result = invoke("compare", str(partial))
-    assert result.exit_code == 2 and "lacks task, model, config, summary" in result.output
+    assert result.exit_code == 2 and lacks in result.output and len(result.output.strip().splitlines()) == 1
+    # every field there, but empty or without the summary a finished run has
+    empty = write_run_json(tmp_path / "empty", status="finished", run_dir="x", task="", method="baseline", model="m",
+                           backend="hf", config={}, config_hash="h")
+    for command in ("show", "compare"):
+        result = invoke(command, str(empty))
+        assert result.exit_code == 2 and "lacks task, config, summary, so it is not a complete record" in result.output
     result = invoke("compare", str(partial / "run.json"))
     assert result.exit_code == 2 and "is a file; compare takes run directories" in result.output
     assert sorted(p.name for p in partial.iterdir()) == ["run.json"]  # nothing written next to it

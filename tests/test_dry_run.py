@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from mascompare.app import compose_config
 from mascompare.cli import app
+from mascompare.dry_run import DryRunReport
 from mascompare.errors import UserError
 from mascompare.runner import execute
 
@@ -22,39 +23,54 @@ def test_dry_run_counts_exactly_what_the_method_would_send(tiny_model_dir, tmp_p
     assert result.exit_code == 0, result.output
     assert not any(tmp_path.iterdir())  # nothing written, not even an empty run directory
     cfg = compose_config(*tiny(tiny_model_dir, tmp_path, "method=baseline", "task.limit=3", "run.dry_run=true"))
-    report = execute(cfg, tmp_path / "run")["dry_run"]
-    from mascompare.methods.baseline import Method
-    from mascompare.tasks import build_task
+    report = execute(cfg, tmp_path / "run")
+    from mascompare.methods import method_settings
+    from mascompare.methods.baseline import Baseline
+    from mascompare.tasks import build_task, task_settings
 
-    task = build_task(cfg.task)
-    method = Method(cfg.method, None, task, None, None)
+    task = build_task(task_settings(cfg.task))
+    method = Baseline(method_settings(cfg.method), None, task, None, None)
     expected = sum(len(smollm2_tokenizer.apply_chat_template(method.prompt(s.question), add_generation_prompt=True,
                                                              tokenize=True, return_dict=True)["input_ids"])
-                   for s in task.load())
-    assert report["evaluation"]["calls"] == 3 and report["evaluation"]["input_tokens"] == expected
-    assert report["evaluation"]["output_tokens"] == 3 * 6 and report["cost_usd_at_most"] is None
+                   for s in task.samples())
+    assert isinstance(report, DryRunReport) and report.status == "dry_run"
+    assert report.evaluation["calls"] == 3 and report.evaluation["input_tokens"] == expected
+    assert report.evaluation["output_tokens"] == 3 * 6 and report.cost_usd_at_most is None
+    assert (report.samples_to_run, report.samples_done, report.calibration) == (3, 0, None)
+    assert report.token_counts == "tokenizer"
+    assert not (tmp_path / "run").exists()
 
 
 def test_dry_run_of_text_mas_counts_every_agent_and_prices_them(tiny_model_dir, tmp_path):
     cfg = compose_config(*tiny(tiny_model_dir, tmp_path, "method=text_mas", "task.limit=5", "run.dry_run=true",
                                "+model.price={input: 1000000, output: 2000000}"))
-    report = execute(cfg, tmp_path / "run")["dry_run"]
-    usage = report["evaluation"]
+    report = execute(cfg, tmp_path / "run")
+    usage = report.evaluation
     assert usage["calls"] == 20 and usage["output_tokens"] == 20 * 6
-    assert report["cost_usd_at_most"] == pytest.approx(usage["input_tokens"] * 1.0 + usage["output_tokens"] * 2.0)
+    assert report.cost_usd_at_most == pytest.approx(usage["input_tokens"] * 1.0 + usage["output_tokens"] * 2.0)
 
 
 def test_dry_run_skips_finished_samples(tiny_model_dir, tmp_path):
     execute(compose_config(*tiny(tiny_model_dir, tmp_path, "method=baseline", "task.limit=2")), tmp_path / "run")
     cfg = compose_config(*tiny(tiny_model_dir, tmp_path, "method=baseline", "task.limit=5", "run.dry_run=true"))
-    report = execute(cfg, tmp_path / "run")["dry_run"]
-    assert (report["samples_to_run"], report["samples_done"], report["evaluation"]["calls"]) == (3, 2, 3)
+    report = execute(cfg, tmp_path / "run")
+    assert (report.samples_to_run, report.samples_done, report.evaluation["calls"]) == (3, 2, 3)
 
 
 def test_dry_run_of_latent_mas_says_why_it_has_nothing_to_count(tiny_model_dir, tmp_path):
     cfg = compose_config(*tiny(tiny_model_dir, tmp_path, "method=latent_mas", "task.limit=2", "run.dry_run=true"))
-    with pytest.raises(UserError, match="dry run counts chat requests"):
+    with pytest.raises(UserError, match="^A dry run counts chat requests; method 'latent_mas' thinks in latent "
+                                        "space inside the hf backend and sends none, so there is nothing to count.$"):
         execute(cfg, tmp_path / "run")
+
+
+def test_a_budget_on_latent_mas_is_refused_before_anything_loads(tiny_model_dir, tmp_path):
+    cfg = compose_config(*tiny(tiny_model_dir, tmp_path, "method=latent_mas", "task.limit=2", "run.max_cost_usd=1",
+                               "+model.price={input: 1, output: 1}"))
+    with pytest.raises(UserError, match="^run.max_cost_usd bounds each batch's cost by counting its chat requests "
+                                        "first, and method 'latent_mas' thinks in latent space"):
+        execute(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_budget_needs_a_known_price(tiny_model_dir, tmp_path):
@@ -76,9 +92,11 @@ def test_budget_stops_before_the_cap_and_more_budget_resumes(tiny_model_dir, tmp
     info = execute(compose_config(*tiny(tiny_model_dir, tmp_path, price, "task.limit=6", "run.batch_size=2",
                                         "run.max_cost_usd=2.5")), out)
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert info["status"] == "stopped" and 0 < len(rows) < 6 and len(rows) % 2 == 0
-    assert info["summary"]["cost_usd_spent"] <= 2.5 and "run.max_cost_usd" in info["stop_reason"]
+    assert info.status == "stopped" and 0 < len(rows) < 6 and len(rows) % 2 == 0
+    assert info.summary.cost_usd_spent <= 2.5 and "run.max_cost_usd" in info.stop_reason
+    assert json.loads((out / "run.json").read_text())["stop_reason"] == info.stop_reason
     info = execute(compose_config(*tiny(tiny_model_dir, tmp_path, price, "task.limit=6", "run.batch_size=2",
                                         "run.max_cost_usd=100")), out)
-    assert info["status"] == "finished" and info["summary"]["n"] == 6 and "stop_reason" in info
-    assert info["stop_reason"] is None
+    assert info.status == "finished" and info.summary.n == 6 and info.stop_reason is None
+    recorded = json.loads((out / "run.json").read_text())
+    assert "stop_reason" in recorded and recorded["stop_reason"] is None

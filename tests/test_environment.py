@@ -8,7 +8,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from mascompare.environment import checkout_state, data_fingerprint, differences, git_state, model_fingerprint
+from helpers import section
+from mascompare.environment import (
+    TRACKED_PACKAGES,
+    checkout_state,
+    data_fingerprint,
+    describe,
+    differences,
+    git_state,
+    lookup,
+    model_fingerprint,
+)
 from mascompare.tasks.base import Sample
 
 
@@ -34,7 +44,21 @@ def test_the_weights_index_hash_follows_the_tensors_layout_and_the_revision_the_
     assert model_fingerprint(model_at(snapshot, commit="feed"))["revision"] == "feed"  # what transformers loaded
     assert model_fingerprint(model_at("org/m", commit="feed")) == {"path": "org/m", "revision": "feed",
                                                                    "weights_index_sha256": None}
-    assert model_fingerprint(None)["path"] is None  # an API backend has no local model
+
+
+def test_an_api_backend_records_its_server_and_no_local_model(monkeypatch):
+    from mascompare.backends.openai_api import OpenAIBackend
+    from mascompare.settings import ModelSettings, OpenAISettings
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    backend = OpenAIBackend(OpenAISettings.of(section("backend", "openai", base_url="http://127.0.0.1:9/v1"),
+                                              "backend"), ModelSettings.of({"name": "m"}, "model"))
+    env = describe(backend, [Sample("a", "What is 2+2?", "4")])
+    backend.close()
+    assert (env["backend"], env["device"]) == ("openai", "server at http://127.0.0.1:9/v1")
+    assert lookup(env, "model.revision") is None and lookup(env, "model.weights_index_sha256") is None
+    assert set(env["packages"]) == set(TRACKED_PACKAGES) and env["packages"]["openai"]
+    assert env["data"]["questions"] == 1
 
 
 def test_the_questions_hash_covers_ids_texts_and_order():

@@ -1,16 +1,9 @@
 """Decoding settings and per-call seeds: a sampled answer does not depend on the rest of its batch."""
 
-from dataclasses import replace
-
 import pytest
-from omegaconf import OmegaConf
 
-from conftest import decoding
-from mascompare.accounting import Accountant
-from mascompare.app import compose_config
-from mascompare.generation import GenerationConfig, call_seed
-from mascompare.methods import build_method
-from mascompare.tasks.arith import Arith
+from conftest import decoding, make_method, make_task
+from mascompare.generation import call_seed
 
 SAMPLED = decoding(max_new_tokens=6, temperature=1.0, top_p=0.95, top_k=50, seed=7)
 METHODS = {  # the methods' own presets, made small
@@ -34,14 +27,12 @@ def test_a_call_seed_depends_on_every_part_of_its_key():
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_sampled_answers_are_the_same_at_batch_1_and_batch_8(name, tiny_backend):
-    task = Arith(OmegaConf.create({"name": "arith", "seed": 5, "size_per_level": 2, "limit": 8}))
-    samples = task.load()
-    cfg = compose_config(f"method={name}", "task=arith", *METHODS[name]).method
+    task = make_task("arith", "task.seed=5", "task.size_per_level=2", "task.limit=8")
+    samples = task.samples()
 
     def answers(gen, batch_size):
-        method = build_method(cfg, tiny_backend, task, gen, Accountant())
-        if hasattr(method, "prepare"):
-            method.prepare(None, samples)
+        method = make_method(name, tiny_backend, task, *METHODS[name], gen=gen)
+        method.prepare(None, samples, resume=True)
         texts = []
         for start in range(0, len(samples), batch_size):
             texts += [o.final_text for o in method.run(samples[start:start + batch_size])]
@@ -49,5 +40,13 @@ def test_sampled_answers_are_the_same_at_batch_1_and_batch_8(name, tiny_backend)
 
     together = answers(SAMPLED, 8)
     assert answers(SAMPLED, 1) == together
-    assert answers(replace(SAMPLED, repeat=1), 8) != together, "another repeat draws other tokens"
-    assert answers(replace(SAMPLED, temperature=0.0), 8) != together, "the answers were sampled"
+    assert answers(SAMPLED.for_repeat(1), 8) != together, "another repeat draws other tokens"
+    assert answers(SAMPLED.model_copy(update={"temperature": 0.0}), 8) != together, "the answers were sampled"
+
+
+def test_a_repeat_is_set_by_the_runner_and_changes_only_the_seeds():
+    repeated = SAMPLED.for_repeat(2)
+    assert repeated.repeat == 2 and SAMPLED.repeat == 0  # settings are frozen: a copy per repeat
+    assert repeated.model_copy(update={"repeat": 0}) == SAMPLED
+    calls = [("q1", "planner", 0)]
+    assert repeated.call_seeds(calls) == [call_seed(7, "q1", "planner", 0, 2)] != SAMPLED.call_seeds(calls)

@@ -5,13 +5,13 @@ import io
 import json
 import re
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mascompare import report
+from mascompare import report, stats
 from mascompare.cli import app
-from mascompare.results import FAILURE_FILE
+from mascompare.identity import identity_hash
+from mascompare.store import FAILURE_FILE
 
 runner = CliRunner()
 
@@ -47,40 +47,13 @@ def make_run(directory, method, correct, *, output_tokens=100, input_tokens=200,
     lines += [{"id": f"failed-{i}", "error": "RuntimeError: boom", "usage": usage} for i in range(errors)]
     (directory / "samples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     info = {"status": status, "run_dir": str(directory), "task": "arith", "method": method, "model": "tiny",
-            "backend": "hf", "config": config, "summary": {"n": len(correct)}, "environment": environment}
+            "backend": "hf", "config": config, "config_hash": identity_hash(config), "summary": {"n": len(correct)},
+            "environment": environment}
     (directory / "run.json").write_text(json.dumps(info))
     return directory
 
 
-# ---------------------------------------------------------------- statistics
-
-
-def test_mcnemar_exact_matches_the_binomial_test_by_hand():
-    # 1 vs 9 discordant pairs: p = 2 * (C(10,0) + C(10,1)) / 2^10 = 22 / 1024
-    assert report.mcnemar_exact(1, 9) == pytest.approx(22 / 1024)
-    assert report.mcnemar_exact(9, 1) == pytest.approx(22 / 1024)
-    # 3 vs 5: 2 * (1 + 8 + 28 + 56) / 256 = 186 / 256
-    assert report.mcnemar_exact(3, 5) == pytest.approx(186 / 256)
-    assert report.mcnemar_exact(4, 4) == 1.0  # the two-sided sum passes 1 at a tie
-    assert report.mcnemar_exact(0, 0) == 1.0
-    assert report.mcnemar_exact(0, 12) == pytest.approx(2 / 4096)
-    assert 0 < report.mcnemar_exact(600, 500) < 1  # large tables stay exact
-
-
-def test_paired_bootstrap_interval_contains_the_true_difference():
-    rng = np.random.default_rng(7)
-    n, p_x, p_y = 2000, 0.7, 0.5
-    shared = rng.random(n)  # correlated outcomes, as for two methods on the same questions
-    x, y = shared < p_x, shared < p_y
-    flips = rng.random(n) < 0.1
-    x = np.where(flips, ~x, x)
-    true_difference = (p_x * 0.9 + (1 - p_x) * 0.1) - p_y
-    low, high = report.paired_bootstrap_interval(x, y)
-    assert low < true_difference < high
-    assert high - low < 0.06
-    assert low < x.mean() - y.mean() < high
-    assert report.paired_bootstrap_interval([], []) is None
-    assert report.paired_bootstrap_interval([1, 1], [1, 1]) == (0.0, 0.0)
+# ---------------------------------------------------------------- plotting
 
 
 def test_pareto_front_keeps_the_points_nothing_beats():
@@ -111,7 +84,7 @@ def test_two_synthetic_runs_are_compared_on_paired_samples(tmp_path):
     assert latent.n_paired == 10
     assert latent.accuracy_diff == pytest.approx(-0.1)
     assert latent.accuracy_diff_low <= -0.1 <= latent.accuracy_diff_high
-    assert latent.mcnemar_p == pytest.approx(report.mcnemar_exact(1, 2))
+    assert latent.mcnemar_p == pytest.approx(stats.mcnemar_exact(1, 2))
     assert latent.output_token_reduction == pytest.approx(0.75)
     assert latent.input_token_reduction == pytest.approx(0.5)
     assert latent.speedup == pytest.approx(4.0)

@@ -59,6 +59,6 @@ def test_auto_batch_size_runs_longest_questions_first(tiny_model_dir, tmp_path):
 
 
 def _arith_samples(limit):
-    from mascompare.tasks import build_task
+    from mascompare.tasks import build_task, task_settings
 
-    return build_task(compose_config("task=arith", f"task.limit={limit}").task).load()
+    return build_task(task_settings(compose_config("task=arith", f"task.limit={limit}").task)).samples()

@@ -12,7 +12,7 @@ from test_report import make_run
 
 from mascompare.app import compose_config
 from mascompare.cli import app
-from mascompare.results import FAILURE_FILE
+from mascompare.store import FAILURE_FILE
 from mascompare.sweep import CompareSweep
 
 runner = CliRunner()

@@ -69,5 +69,7 @@ def tokenizer_path(spec: str) -> str:
     from omegaconf import OmegaConf
 
     from mascompare.backends.models import resolve
+    from mascompare.settings import ModelSettings
 
-    return resolve(OmegaConf.create(preset.read_text(encoding="utf-8"))).path
+    model = ModelSettings.of(OmegaConf.create(preset.read_text(encoding="utf-8")), "model")
+    return resolve(model).path

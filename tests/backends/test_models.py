@@ -11,13 +11,24 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import decoding
+from helpers import section
 from mascompare.backends import models
 from mascompare.backends.hf import HFBackend
-from mascompare.backends.models import PARTIAL_PREFIX, STAMP_FILE, resolve
+from mascompare.backends.models import PARTIAL_PREFIX, STAMP_FILE
 from mascompare.errors import UserError
+from mascompare.settings import HFSettings, ModelSettings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-CPU = {"name": "hf", "device": "cpu", "dtype": "auto"}
+CPU = HFSettings.of(section("backend", "hf", device="cpu", dtype="auto"), "backend")
+
+
+def model(keys: dict) -> ModelSettings:
+    return ModelSettings.of(keys, "model")
+
+
+def resolve(keys: dict):
+    """models.resolve of a model section given as a dict."""
+    return models.resolve(model(keys))
 
 
 @pytest.fixture
@@ -70,7 +81,7 @@ def test_embedded_model_is_converted_once_then_loaded_from_the_cache(cache, site
     assert sorted(os.listdir(cache)) == ["fake-model"]  # no work directories left behind
     assert (cache / "fake-model" / STAMP_FILE).is_file()
 
-    backend = HFBackend(CPU, embedded_cfg())
+    backend = HFBackend(CPU, model(embedded_cfg()))
     assert len(conversions) == 1 and backend.model_name == "fake-model"
     assert backend.chat([[{"role": "user", "content": "Hi"}]], decoding(max_new_tokens=2))[0].text
 
@@ -164,7 +175,7 @@ def test_unreachable_hub_id_fails_fast(hub):
     start = time.perf_counter()
     expected = r"unreachable and 'Qwen/Qwen3-4B' is not in the local hub cache.*model\.path"
     with pytest.raises(UserError, match=expected):
-        HFBackend(CPU, {"name": "qwen3-4b", "path": "Qwen/Qwen3-4B"})
+        HFBackend(CPU, model({"name": "qwen3-4b", "path": "Qwen/Qwen3-4B"}))
     assert time.perf_counter() - start < 5
 
 
@@ -189,8 +200,10 @@ def test_model_presets_have_every_key():
             assert bool(preset.path) != bool(preset.embedded), name
 
 
-def preset(name: str):
-    return OmegaConf.load(CONF / "model" / f"{name}.yaml")
+def preset(name: str) -> ModelSettings:
+    from mascompare.app import compose_config
+
+    return model(compose_config(f"model={name}").model)
 
 
 @pytest.mark.embedded

@@ -12,22 +12,32 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import decoding
+from helpers import section
 from mascompare.backends.base import Completion
 from mascompare.backends.openai_api import OPENAI_URL, OpenAIBackend, retry_after
 from mascompare.backends.tokens import TokenCounter
 from mascompare.errors import UserError
+from mascompare.settings import ModelSettings, OpenAISettings
 
 SECRET = "sk-test-0123456789abcdef"
 USAGE = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
 
 
-def backend(monkeypatch, key=SECRET, base_url="http://127.0.0.1:9/v1", **settings):
+def settings(**keys) -> OpenAISettings:
+    """backend=openai's preset with `keys` set."""
+    return OpenAISettings.of(section("backend", "openai", **keys), "backend")
+
+
+def model(**keys) -> ModelSettings:
+    return ModelSettings.of({"name": "m", **keys}, "model")
+
+
+def backend(monkeypatch, key=SECRET, base_url="http://127.0.0.1:9/v1", **keys):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     if key:
         monkeypatch.setenv("OPENAI_API_KEY", key)
-    cfg = OmegaConf.create({"name": "openai", "base_url": base_url, "api_key": None, **settings})
-    return OpenAIBackend(cfg, OmegaConf.create({"name": "m", "api_model": "served-model"}))
+    return OpenAIBackend(settings(base_url=base_url, api_key=None, **keys), model(api_model="served-model"))
 
 
 def chat_completion(usage: dict | None, text="The answer is 4."):
@@ -48,8 +58,7 @@ def test_key_comes_from_config_then_key_file_then_environment(tmp_path, monkeypa
     key_file.write_text("sk-from-file\nignored\n")
     assert backend(monkeypatch, api_key_file=str(key_file))._key == "sk-from-file"
     assert backend(monkeypatch)._key == SECRET
-    cfg = OmegaConf.create({"name": "openai", "api_key": "sk-config", "api_key_file": str(key_file)})
-    assert OpenAIBackend(cfg, OmegaConf.create({"name": "m"}))._key == "sk-config"
+    assert OpenAIBackend(settings(api_key="sk-config", api_key_file=str(key_file)), model())._key == "sk-config"
 
 
 @pytest.mark.parametrize("content, expected", [(None, "backend.api_key_file cannot be read"), ("\n", "is empty")])
@@ -64,24 +73,25 @@ def test_a_bad_key_file_is_one_sentence(tmp_path, monkeypatch, content, expected
 def test_base_url_comes_from_config_then_preset_then_environment(monkeypatch):
     assert backend(monkeypatch).base_url == "http://127.0.0.1:9/v1"
     monkeypatch.setenv("OPENAI_BASE_URL", "http://env:1/v1")
-    cfg = OmegaConf.create({"name": "openai", "base_url": None})
-    assert OpenAIBackend(cfg, OmegaConf.create({"name": "m", "endpoint": "http://preset:2/v1"})).base_url == \
-        "http://preset:2/v1"
-    assert OpenAIBackend(cfg, OmegaConf.create({"name": "m"})).base_url == "http://env:1/v1"
+    cfg = settings(base_url=None)
+    assert OpenAIBackend(cfg, model(endpoint="http://preset:2/v1")).base_url == "http://preset:2/v1"
+    assert OpenAIBackend(cfg, model()).base_url == "http://env:1/v1"
     monkeypatch.delenv("OPENAI_BASE_URL")
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    assert OpenAIBackend(cfg, OmegaConf.create({"name": "m"})).base_url == OPENAI_URL
+    assert OpenAIBackend(cfg, model()).base_url == OPENAI_URL
 
 
 @pytest.mark.parametrize("key, value, expected", [
-    ("max_concurrency", 0, "max_concurrency must be an integer of at least 1"),
-    ("max_retries", -1, "max_retries must be an integer of at least 0"),
-    ("timeout_s", 0, "timeout_s must be a positive number"),
-    ("token_limit_param", "max_length", "max_tokens or max_completion_tokens"),
+    ("max_concurrency", 0, "backend.max_concurrency must be an integer of at least 1, got 0."),
+    ("max_retries", -1, "backend.max_retries must be an integer of at least 0, got -1."),
+    ("timeout_s", 0, "backend.timeout_s must be a positive number of seconds, got 0."),
+    ("token_limit_param", "max_length",
+     "backend.token_limit_param must be one of max_tokens, max_completion_tokens, got 'max_length'."),
 ])
 def test_bad_settings_are_one_sentence(monkeypatch, key, value, expected):
-    with pytest.raises(UserError, match=expected):
+    with pytest.raises(UserError) as error:
         backend(monkeypatch, **{key: value})
+    assert str(error.value) == expected
 
 
 def test_request_carries_the_runs_decoding_settings(monkeypatch):
@@ -96,9 +106,8 @@ def test_request_carries_the_runs_decoding_settings(monkeypatch):
 
 def test_chat_template_kwargs_go_to_the_server_with_every_request(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    b = OpenAIBackend(OmegaConf.create({"name": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": None}),
-                      OmegaConf.create({"name": "m", "api_model": "served-model",
-                                        "chat_template_kwargs": {"enable_thinking": False}}))
+    b = OpenAIBackend(settings(base_url="http://127.0.0.1:9/v1"),
+                      model(api_model="served-model", chat_template_kwargs={"enable_thinking": False}))
     params = b.request_params([{"role": "user", "content": "hi"}], decoding(temperature=0.7, top_k=20))
     assert params["extra_body"] == {"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}}
     assert b.counter.template_kwargs == {"enable_thinking": False}
@@ -129,7 +138,8 @@ def test_reasoning_model_preset_sends_only_parameters_the_model_accepts(monkeypa
     from mascompare.app import compose_config
 
     cfg = compose_config("model=gpt-5-mini", "generation.temperature=0.7", "generation.top_p=0.9")
-    b = backend(monkeypatch, **{k: cfg.backend[k] for k in ("token_limit_param", "omit_params")})
+    preset = OmegaConf.to_container(cfg.backend)
+    b = backend(monkeypatch, **{k: preset[k] for k in ("token_limit_param", "omit_params")})
     params = b.request_params([{"role": "user", "content": "hi"}], decoding(temperature=0.7, top_p=0.9))
     assert "temperature" not in params and "top_p" not in params and "max_tokens" not in params
     assert params["max_completion_tokens"] == 256
@@ -216,7 +226,8 @@ def test_list_describes_api_presets_by_their_comment():
 
 def test_a_key_in_the_config_is_masked_in_run_json():
     from mascompare.app import compose_config
-    from mascompare.runner import recorded_config, run_identity
+    from mascompare.identity import run_identity
+    from mascompare.runner import recorded_config
 
     cfg = compose_config("model=gpt-4o-mini", f"backend.api_key={SECRET}")
     assert recorded_config(cfg)["backend"]["api_key"] == "***"
@@ -243,18 +254,21 @@ def test_stream_gives_the_runner_one_sample_task_per_request_slot(monkeypatch):
 
 
 def test_a_cached_request_is_answered_without_a_call(monkeypatch, tmp_path):
-    from mascompare.backends.response_cache import ResponseCache
-
     b = backend(monkeypatch, max_retries=0)  # nothing listens on its port: any call would fail
-    b.use_cache(ResponseCache(tmp_path / "cache.sqlite"))
+    b.use_cache(tmp_path / "cache.sqlite")
+    assert (tmp_path / "cache.sqlite").is_file()
     messages = [{"role": "user", "content": "2+2?"}]
-    greedy, sampled = decoding(max_new_tokens=8), decoding(temperature=0.9, seed=None)
+    greedy, sampled = decoding(max_new_tokens=8), decoding(temperature=0.9, seed=5)
     b.cache.put(b.request_params(messages, greedy), Completion("4", 12, 1, usage_source="api"))
-    b.cache.put(b.request_params(messages, sampled), Completion("5", 12, 1, usage_source="api"))
+    b.cache.put(b.request_params(messages, sampled, seed=11), Completion("5", 12, 1, usage_source="api"))
     hit = b.complete(messages, greedy)
     assert (hit.text, hit.prompt_tokens, hit.usage_source, hit.error) == ("4", 12, "cache", None)
-    unseeded = b.complete(messages, sampled)  # never answered from the cache: it goes out, and fails here
-    assert unseeded.error and "Connection" in unseeded.error
+    seeded = b.complete(messages, sampled, seed=11)  # a sampled call is seeded: its seed decides its answer
+    assert (seeded.text, seeded.usage_source) == ("5", "cache")
+    other_seed = b.complete(messages, sampled, seed=12)  # another draw: it goes out, and fails here
+    assert other_seed.error and "Connection" in other_seed.error
     missed = b.complete(messages, decoding(max_new_tokens=9))
     assert missed.error and b.cache.get(b.request_params(messages, decoding(max_new_tokens=9))) is None
+    b.use_cache(None)
+    assert b.cache is None
     b.close()

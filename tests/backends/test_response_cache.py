@@ -11,6 +11,7 @@ import pytest
 from conftest import decoding
 from mascompare.backends.base import Completion
 from mascompare.backends.response_cache import CACHE_FILE, ResponseCache, cacheable, request_key
+from mascompare.errors import UserError
 
 PARAMS = {"model": "served-model", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 16,
           "temperature": 0.0, "seed": 42}
@@ -57,9 +58,10 @@ def test_failed_calls_are_never_kept(cache):
 
 
 def test_only_greedy_or_seeded_calls_are_cacheable():
-    assert cacheable(decoding(temperature=0.0, seed=None))
+    assert cacheable(decoding(temperature=0.0))
     assert cacheable(decoding(temperature=0.8, seed=7))
-    assert not cacheable(decoding(temperature=0.8, seed=None))
+    with pytest.raises(UserError, match="generation.seed must be an integer from 0 to"):
+        decoding(temperature=0.8, seed=None)  # every sampled call is seeded: an unseeded one cannot be configured
 
 
 def test_one_file_serves_other_processes_and_threads(tmp_path):

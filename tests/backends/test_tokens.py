@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from mascompare.backends.tokens import TokenCounter
+from mascompare.backends.tokens import TokenCounter, tokenizer_path
 
 CONVERSATION = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 12 + 30?"}]
 
@@ -27,3 +27,15 @@ def test_the_token_counter_does_not_import_the_application():
             "assert tokenizer_path('no-such-preset') == 'no-such-preset'; "
             "assert 'mascompare.app' not in sys.modules and 'hydra' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_model_preset_named_as_the_tokenizer_counts_with_its_weights_tokenizer(tiny_model_dir, smollm2_tokenizer,
+                                                                                 tmp_path, monkeypatch):
+    from mascompare.config import USER_CONFIG_ENV
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "tiny-local.yaml").write_text(f"name: tiny-local\npath: {tiny_model_dir}\n")
+    monkeypatch.setenv(USER_CONFIG_ENV, str(tmp_path))
+    assert tokenizer_path("tiny-local") == str(tiny_model_dir)
+    expected = smollm2_tokenizer.apply_chat_template(CONVERSATION, add_generation_prompt=True, return_dict=False)
+    assert TokenCounter("tiny-local").count(CONVERSATION) == len(expected)

