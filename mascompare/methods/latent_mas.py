@@ -46,9 +46,21 @@ from pydantic import model_validator
 
 from mascompare.backends.base import LatentBackend
 from mascompare.methods.base import Method, MethodOutput
-from mascompare.methods.latent import Thinker, latent_diagnostics, positions_from, record_block
+from mascompare.methods.latent import (
+    Thinker,
+    latent_diagnostics,
+    positions_from,
+    record_block,
+)
 from mascompare.methods.packs import prepare_prompts, roles_from_pack
-from mascompare.methods.roles import FewShot, Prompts, Roles, Structure, agents_for, check_team
+from mascompare.methods.roles import (
+    FewShot,
+    Prompts,
+    Roles,
+    Structure,
+    agents_for,
+    check_team,
+)
 from mascompare.records import Turn
 from mascompare.settings import Flag, NonNegativeInt, Section, Text, wanted
 
@@ -91,7 +103,8 @@ class LatentMAS(Method):
 
     def prepare(self, run_dir: Path | None, samples: list, resume: bool) -> None:
         """Refuse worked examples the run evaluates, and keep the prompt pack."""
-        self.info = prepare_prompts(run_dir, self.settings.prompt_pack, self.agents, self.settings.fewshot, samples)
+        self.info = prepare_prompts(run_dir, self.settings.prompt_pack, self.agents, self.settings.fewshot, samples,
+                                    resume)
 
     def run_info(self) -> dict:
         return self.info

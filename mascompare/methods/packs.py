@@ -29,7 +29,13 @@ from pydantic import ConfigDict, ValidationError, field_validator
 
 from mascompare.config import CONF_DIR
 from mascompare.errors import UserError
-from mascompare.methods.roles import Agent, Formats, GraphFormats, example_hashes, unique_names
+from mascompare.methods.roles import (
+    Agent,
+    Formats,
+    GraphFormats,
+    example_hashes,
+    unique_names,
+)
 from mascompare.settings import Section, explain, wanted
 from mascompare.tasks.base import overlapping
 
@@ -163,7 +169,7 @@ def file_hash(path: Path) -> str:
 
 
 def prepare_prompts(run_dir: Path | None, prompt_pack: str | None, agents: list[Agent], fewshot: int | None,
-                    evaluated: list, runner=None) -> dict:
+                    evaluated: list, resume: bool, runner=None) -> dict:
     """Before the first model call: refuse worked examples that the run evaluates (the overlap guard calibration
     uses, by question text), keep a copy of the prompt pack in `run_dir` (a resumed run must use the same pack),
     and start the code sandbox when an agent executes its replies. Returns what run.json records of the pack."""
@@ -182,7 +188,7 @@ def prepare_prompts(run_dir: Path | None, prompt_pack: str | None, agents: list[
     info = {"prompt_pack": {"source": str(path), "sha256": file_hash(path)}}
     if run_dir is not None:
         copy = run_dir / PACK_COPY
-        if copy.is_file() and file_hash(copy) != info["prompt_pack"]["sha256"]:
+        if resume and copy.is_file() and file_hash(copy) != info["prompt_pack"]["sha256"]:
             raise UserError(f"{path} has changed since this run began (its copy: {copy}); restore it, or run the "
                             "changed pack under another file name.")
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -48,10 +48,22 @@ import torch
 from pydantic import model_validator
 
 from mascompare.backends.base import LatentBackend
-from mascompare.methods.agent_graph import EdgePolicy, Graph, edge_list, initial_masks, matrix_to_json, question_rng
+from mascompare.methods.agent_graph import (
+    EdgePolicy,
+    Graph,
+    edge_list,
+    initial_masks,
+    matrix_to_json,
+    question_rng,
+)
 from mascompare.methods.base import Method, MethodOutput
 from mascompare.methods.latent import Thinker, positions_from, record_block
-from mascompare.methods.masks import keep_masks, learned_logits, pruned_masks, read_masks
+from mascompare.methods.masks import (
+    keep_masks,
+    learned_logits,
+    pruned_masks,
+    read_masks,
+)
 from mascompare.methods.packs import prepare_prompts
 from mascompare.methods.pruned_mas import PrunedMASSettings, draw_masks
 from mascompare.methods.roles import Prompts, example_hashes
@@ -127,7 +139,7 @@ class PrunedLatentMAS(Method):
     def prepare(self, run_dir: Path | None, samples: list, resume: bool) -> None:
         """Decide the evaluated graph once per run, as pruned_mas does (methods/masks.py)."""
         settings, team = self.settings, [*self.agents, self.final]
-        prompt_info = prepare_prompts(run_dir, settings.prompt_pack, team, settings.fewshot, samples)
+        prompt_info = prepare_prompts(run_dir, settings.prompt_pack, team, settings.fewshot, samples, resume)
         start = self.starting_mask()
         policy = EdgePolicy.from_config(start, np.zeros_like(start), False, settings.calibration, settings.seed)
         calibration, saved = learned_logits(policy, settings, run_dir=run_dir, resume=resume, evaluated=samples,

@@ -68,7 +68,13 @@ from mascompare.methods.agent_graph import (
 )
 from mascompare.methods.base import Method, MethodOutput
 from mascompare.methods.execution import ReplyRunner
-from mascompare.methods.masks import MaskSettings, keep_masks, learned_logits, pruned_masks, read_masks
+from mascompare.methods.masks import (
+    MaskSettings,
+    keep_masks,
+    learned_logits,
+    pruned_masks,
+    read_masks,
+)
 from mascompare.methods.packs import prepare_prompts, team_from_pack
 from mascompare.methods.roles import (
     Agent,
@@ -157,7 +163,8 @@ class PrunedMAS(Method):
         starting graph), prune it, and keep masks.json and masks.png in `run_dir`. `samples` are all the samples
         the run evaluates: the calibration questions and the worked examples must avoid them."""
         team, settings = self.settings.team(), self.settings
-        prompt_info = prepare_prompts(run_dir, settings.prompt_pack, team, settings.fewshot, samples, self.runner)
+        prompt_info = prepare_prompts(run_dir, settings.prompt_pack, team, settings.fewshot, samples, resume,
+                                      self.runner)
         spatial, temporal = initial_masks(settings.topology, len(self.agents), settings.seed)
         policy = self.policy(spatial, temporal)
         calibration, saved = learned_logits(policy, settings, run_dir=run_dir, resume=resume, evaluated=samples,

@@ -29,7 +29,16 @@ from pydantic import model_validator
 from mascompare.methods.base import Method, MethodOutput
 from mascompare.methods.execution import ReplyRunner
 from mascompare.methods.packs import prepare_prompts, roles_from_pack
-from mascompare.methods.roles import FewShot, Prompts, Roles, Structure, agents_for, answers_in, ask_agents, check_team
+from mascompare.methods.roles import (
+    FewShot,
+    Prompts,
+    Roles,
+    Structure,
+    agents_for,
+    answers_in,
+    ask_agents,
+    check_team,
+)
 from mascompare.settings import Flag, Section, Text, wanted
 
 THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL)  # a closed block, or an unclosed tail
@@ -77,7 +86,7 @@ class TextMAS(Method):
     def prepare(self, run_dir: Path | None, samples: list, resume: bool) -> None:
         """Refuse worked examples the run evaluates, keep the prompt pack, start the sandbox if an agent executes."""
         self.info = prepare_prompts(run_dir, self.settings.prompt_pack, self.agents, self.settings.fewshot, samples,
-                                    self.runner)
+                                    resume, self.runner)
 
     def run_info(self) -> dict:
         return self.info

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import decoding, make_task
+
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.backends.base import Completion

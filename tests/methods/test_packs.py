@@ -7,8 +7,8 @@ from pathlib import Path
 from textwrap import dedent
 
 import pytest
-
 from conftest import decoding, make_task
+
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.errors import UserError
@@ -173,9 +173,11 @@ def test_the_run_keeps_its_pack_and_a_resumed_run_refuses_a_changed_one(tmp_path
     assert info["source"] == str(path) and info["sha256"] and info["copy"] == str(run_dir / PACK_COPY)
     method.prepare(run_dir, task.samples(), resume=True)  # unchanged: fine
     path.write_text(TEAM.replace("Decide.", "Decide well."), encoding="utf-8")
+    changed = pruned(settings("pruned_mas", f"method.prompt_pack={path}", "method.prune_rate=0"), task)
     with pytest.raises(UserError, match=r"has changed since this run began"):
-        pruned(settings("pruned_mas", f"method.prompt_pack={path}", "method.prune_rate=0"), task).prepare(
-            run_dir, task.samples(), resume=True)
+        changed.prepare(run_dir, task.samples(), resume=True)
+    changed.prepare(run_dir, task.samples(), resume=False)  # run.resume=false starts afresh with the new pack
+    assert (run_dir / PACK_COPY).read_text() == path.read_text()
 
 
 # --- the shipped GSM8K pack ----------------------------------------------------------------------

@@ -349,8 +349,8 @@ def test_the_masks_picture_says_temporal_edges_are_unused_with_one_round():
     ("method.test_graph=random", "method.test_graph must be one of fixed, sampled"),
     ("method.prune_every=0", "method.prune_every must be null (prune once, after calibration) or a positive"),
     ("method.prune_every=3", "method.prune_every=3 must divide method.calibration.iterations=10"),
-    ("method.calibration.baseline_momentum=1", "method.calibration.baseline_momentum must be a number in [0, 1), "
-                                               "or null for no baseline"),
+    ("method.calibration.baseline_momentum=1",
+     "method.calibration.baseline_momentum must be a number in [0, 1), or null for no baseline"),
     ("+method.agents.0.reads=texts", "method.agents.0.reads must be one of full, numeric_hint"),
     ("method.fewshot=-1", "method.fewshot must be null"),
 ])
@@ -474,3 +474,22 @@ def test_sampled_test_graphs_are_seeded_per_question_recorded_and_followed():
             assert set(re.findall(r"(\w+) in round (\d+):", prompt)) == reads
     fixed = ready(method_cfg("method.prune_rate=0", "method.rounds=2", "method.decision=vote"), Scripted(cfg), task)
     assert all("graph" not in o.diagnostics for o in fixed.run(samples))
+
+
+def test_cli_run_with_a_prompt_pack_records_hints_executions_and_the_pack(tiny_model_dir, tmp_path):
+    from pathlib import Path
+
+    pack = Path(__file__).parent / "packs" / "authors_structure.yaml"
+    run_dir, rows, info = cli_run(tmp_path, "task.limit=1", f"method.prompt_pack={pack}", "method.prune_rate=0",
+                                  "method.rounds=1", f"model.path={tiny_model_dir}", "model.name=tiny",
+                                  "generation.max_new_tokens=4")
+    (row,) = rows
+    calls = {a["agent"]: a for a in row["agents"]}
+    assert list(calls) == ["a0", "a1", "a2", "a3", "d"] and row["error"] is None
+    assert calls["a0"]["hint"] == [] and calls["a1"]["hint"] is None  # a0 reads nobody in the complete DAG
+    assert calls["a2"]["execution"]["ending"] in ("passed", "failed", "timeout", "limit", "refused")
+    assert row["transcript"][2]["text"].endswith(calls["a2"]["execution"]["appended"])
+    assert info["method_info"]["prompt_pack"]["source"] == str(pack)
+    assert (run_dir / "prompt_pack.yaml").read_text() == pack.read_text()
+    shown = CliRunner().invoke(app, ["show", str(run_dir)])
+    assert shown.exit_code == 0, shown.output
