@@ -3,6 +3,7 @@ sweep directories. The same command always lands in the same place, so running i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mascompare.config import SHIPPED
 from mascompare.masking import is_secret_key
 
 # Keys that change where and how a run is shown, sent or capped, not what it computes: left out of
@@ -23,6 +25,12 @@ NON_IDENTITY_KEYS = {
                 "backoff_s", "max_backoff_s", "fast_path_check"),
 }
 MAX_SWEEP_NAME = 80  # characters of a sweep directory's readable part
+# Method keys that came after runs were written, at the values that do what those runs did: a key holding its
+# value is left out of the identity, so that an earlier command still lands in (and resumes) its directory. The
+# message formats likewise, where they equal their preset's (conf/method/pruned_mas.yaml, conf/roles/mas.yaml).
+ADDED_METHOD_DEFAULTS = {"fewshot": None, "prompt_pack": None, "prune_count": "keep_half_up", "prune_every": None,
+                         "graph_draw": "per_question", "test_graph": "fixed"}
+FORMATS_PRESETS = ("method/pruned_mas.yaml", "roles/mas.yaml")
 
 
 def short_hash(text: str, length: int = 12) -> str:
@@ -45,10 +53,23 @@ def run_identity(cfg: DictConfig | dict) -> dict:
     if identity["task"].get("offset") == 0:  # as every run before task.offset existed: their directories still resume
         del identity["task"]["offset"]
     method = identity.get("method") or {}
+    for key, value in ADDED_METHOD_DEFAULTS.items():
+        if key in method and method[key] == value:
+            del method[key]
+    for node in (method, method.get("roles")):
+        if isinstance(node, dict) and node.get("formats") in preset_formats():
+            del node["formats"]
     for agent in [*(method.get("agents") or []), method.get("decider") or {}]:
         if isinstance(agent, dict) and agent.get("answers") is True:
             del agent["answers"]  # a pruned method's agents answered before the key was written out: they still resume
     return identity
+
+
+@functools.cache
+def preset_formats() -> list[dict]:
+    """The message formats the presets give (they did not exist as keys before: runs with them resume)."""
+    return [OmegaConf.to_container(OmegaConf.create(SHIPPED.joinpath(*preset.split("/")).read_text(encoding="utf-8")).formats)
+            for preset in FORMATS_PRESETS]
 
 
 def identity_hash(cfg: DictConfig | dict) -> str:

@@ -81,6 +81,10 @@ class UsageRecord:
     messages: list | None = None  # the chat messages sent (the store keeps shared texts once per run)
     # latent agents: of kv_positions_received, how many came from each earlier agent (by name)
     kv_received_from: dict[str, int] | None = None
+    # an agent that reads numeric_hint: the answers it was shown from the agents it reads
+    hint: list[str] | None = None
+    # an agent with execute: true: how running its reply's code ended ({ending, status, appended, seconds})
+    execution: dict | None = None
 
     def to_json(self) -> dict:
         return asdict(self)

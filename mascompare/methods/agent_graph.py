@@ -14,13 +14,20 @@ sigmoid(logit). Edges the initial mask excludes never appear and have no logit (
 
 A realised spatial graph must be a DAG. Cycles are broken as the AgentPrune paper describes
 (DAGSampling: while a cycle exists, delete one edge on it): a random edge, from a seeded generator,
-while sampling during calibration; the edge with the lowest learned score for the one fixed graph
-that is evaluated (so that graph is deterministic). Agents run in layers: layer 0 has no spatial
+while sampling (calibration, and sampled test graphs); the edge with the lowest learned score for the one
+fixed graph that is evaluated (so that graph is deterministic). Agents run in layers: layer 0 has no spatial
 predecessors, layer k agents have all their predecessors in layers < k.
+
+The authors' learning rules, where they differ from the paper's formulas (which are the defaults), are options
+(docs/fidelity.md): a graph drawn anew every round (`graph_draw=per_round`), sampled test graphs
+(`test_graph=sampled`), their pruning count and tie order (`prune_count=cut_half_even`), their iterative
+pruning schedule (`prune_every`), and REINFORCE without a baseline (`calibration.baseline_momentum=null`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -38,6 +45,9 @@ from mascompare.tasks.base import CalibrationPool, overlapping
 log = logging.getLogger(__name__)
 
 TOPOLOGIES = ("full", "chain", "star", "layered", "random", "debate")
+GRAPH_DRAWS = ("per_question", "per_round")  # one graph for all of a question's rounds | a new one every round
+TEST_GRAPHS = ("fixed", "sampled")  # evaluate one deterministic pruned graph | draw one per question
+PRUNE_COUNTS = ("keep_half_up", "cut_half_even")
 TOPOLOGY_STREAM, SAMPLER_STREAM = 0, 1  # one seed, two independent random streams
 
 
@@ -198,19 +208,43 @@ def keep_count(edges: int, prune_rate: float) -> int:
     return int(math.floor((1 - prune_rate) * edges + 0.5 + 1e-9))
 
 
-def prune(mask: np.ndarray, scores: np.ndarray, prune_rate: float) -> np.ndarray:
-    """Paper Eq. 12: keep the top keep_count(|A|, p) existing edges of `mask` by score (ties: row-major
-    order), one shot."""
+def cut_count(edges: int, prune_rate: float) -> int:
+    """How many of `edges` the authors' code cuts at rate p: p * edges rounded half to even, at least one."""
+    if edges == 0 or prune_rate == 0:
+        return 0
+    return min(edges, max(1, round(prune_rate * edges)))
+
+
+def prune(mask: np.ndarray, scores: np.ndarray, prune_rate: float, rule: str = "keep_half_up") -> np.ndarray:
+    """Paper Eq. 12, one shot, over the existing edges of `mask` in row-major order:
+    - keep_half_up: the top keep_count(|A|, p) by score survive; on a tie the earlier edge stays;
+    - cut_half_even (the authors' code): the bottom cut_count(|A|, p) by score are cut; on a tie the earlier
+      edge goes (the order of torch.argsort over their flattened logits)."""
     existing = [(int(i), int(j)) for i, j in zip(*np.nonzero(mask))]
     n = len(mask)
-    ranked = sorted(existing, key=lambda e: (-scores[e], e[0] * n + e[1]))
     kept = np.zeros_like(mask)
-    for e in ranked[: keep_count(len(existing), prune_rate)]:
+    if rule == "cut_half_even":
+        ranked = sorted(existing, key=lambda e: (scores[e], e[0] * n + e[1]))
+        survivors = ranked[cut_count(len(existing), prune_rate):]
+    else:
+        ranked = sorted(existing, key=lambda e: (-scores[e], e[0] * n + e[1]))
+        survivors = ranked[: keep_count(len(existing), prune_rate)]
+    for e in survivors:
         kept[e] = 1
     return kept
 
 
 # --- the edge distribution and its optimiser -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The graphs one question runs on, one per round (the same graph every round when drawn per question), and
+    the log-probability of the Bernoulli draws that made them."""
+
+    graphs: tuple[Graph, ...]
+    logp: torch.Tensor
+    terms: int  # the Bernoulli draws summed into logp
 
 
 class EdgePolicy:
@@ -222,14 +256,19 @@ class EdgePolicy:
         + anchor_weight * sum_X relu(||A_X - S_X||_F - delta)           (paper Eq. 11's constraint, as a penalty)
     where S_X = sigmoid(logits_X) on the edges A_X allows (0 elsewhere): the masks as probabilities.
     The baseline is a moving average of the utilities seen before the batch (the batch mean for the
-    first batch). log p(graph) sums log p / log(1 - p) over every Bernoulli draw, i.e. before cycles
-    are broken: the draw is the policy's action; cycle breaking is part of the environment.
+    first batch), or 0 with baseline_momentum None (plain REINFORCE, as the authors' code). log p(graph)
+    sums log p / log(1 - p) over every Bernoulli draw, i.e. before cycles are broken: the draw is the
+    policy's action; cycle breaking is part of the environment.
+
+    Edges are drawn among the `alive` ones: the initial masks, less any an iterative pruning schedule has cut
+    during calibration (`prune_alive`), or the pruned masks when test graphs are sampled.
     """
 
     def __init__(self, spatial: np.ndarray, temporal: np.ndarray, learn_temporal: bool, *, lr: float,
-                 lowrank_weight: float, anchor_weight: float, delta: float, baseline_momentum: float,
+                 lowrank_weight: float, anchor_weight: float, delta: float, baseline_momentum: float | None,
                  initial_probability: float = 0.5, seed: int = 0):
         self.masks = {"spatial": np.asarray(spatial, dtype=int), "temporal": np.asarray(temporal, dtype=int)}
+        self.alive = {k: m.copy() for k, m in self.masks.items()}
         self.learned = ("spatial", "temporal") if learn_temporal else ("spatial",)
         init = math.log(initial_probability / (1 - initial_probability))
         self.logits = {k: torch.full(m.shape, init, dtype=torch.float64, requires_grad=True)
@@ -252,22 +291,48 @@ class EdgePolicy:
         values[self.masks[kind] == 0] = np.nan
         return values
 
-    def sample(self) -> tuple[Graph, torch.Tensor]:
-        """One graph drawn from the current edge probabilities, and the log-probability of the draw.
+    def sample(self, rounds: int = 1, per_round: bool = False, rng: np.random.Generator | None = None) -> Draw:
+        """The graphs of one question's `rounds`, drawn from the current edge probabilities with `rng` (default:
+        the policy's own seeded stream). Per question (the paper's formula): one spatial and one temporal draw
+        serve every round. Per round (the authors' code): a spatial draw in every round and a temporal draw in
+        every round after the first (the first has no previous round to read), their log-probabilities summed.
         Masks that are not learned (temporal edges with one round) are taken as they are."""
-        drawn, logp = {}, torch.zeros((), dtype=torch.float64)
-        for kind, mask in self.masks.items():
+        rng = self.rng if rng is None else rng
+        if not per_round:
+            graph, logp, terms = self.draw(("spatial", "temporal"), rng)
+            return Draw((graph,) * rounds, logp, terms)
+        graphs, logp, terms = [], torch.zeros((), dtype=torch.float64), 0
+        for round in range(rounds):
+            graph, round_logp, round_terms = self.draw(("spatial", "temporal") if round else ("spatial",), rng)
+            graphs.append(graph)
+            logp, terms = logp + round_logp, terms + round_terms
+        return Draw(tuple(graphs), logp, terms)
+
+    def draw(self, kinds: tuple[str, ...], rng: np.random.Generator) -> tuple[Graph, torch.Tensor, int]:
+        """One graph: each alive edge of `kinds` drawn (learned masks) or taken (others); a kind not drawn has
+        no edges. Spatial cycles are broken at a random edge on them."""
+        drawn, logp, terms = {}, torch.zeros((), dtype=torch.float64), 0
+        for kind, mask in self.alive.items():
+            if kind not in kinds:
+                drawn[kind] = np.zeros_like(mask)
+                continue
             if kind not in self.learned:
                 drawn[kind] = mask.copy()
                 continue
             logits = self.logits[kind]
-            present = (self.rng.random(mask.shape) < torch.sigmoid(logits).detach().numpy()) & (mask == 1)
+            present = (rng.random(mask.shape) < torch.sigmoid(logits).detach().numpy()) & (mask == 1)
             # log p for a drawn edge, log(1 - p) for an edge drawn absent; nothing where no edge may exist
-            terms = torch.where(torch.as_tensor(present), F.logsigmoid(logits), F.logsigmoid(-logits))
-            logp = logp + terms[torch.as_tensor(mask == 1)].sum()
+            terms_here = torch.where(torch.as_tensor(present), F.logsigmoid(logits), F.logsigmoid(-logits))
+            logp = logp + terms_here[torch.as_tensor(mask == 1)].sum()
+            terms += int(mask.sum())
             drawn[kind] = present.astype(int)
-        spatial, _ = break_cycles(drawn["spatial"], random_edge(self.rng))
-        return Graph(spatial, drawn["temporal"]), logp
+        spatial, _ = break_cycles(drawn["spatial"], random_edge(rng))
+        return Graph(spatial, drawn["temporal"]), logp, terms
+
+    def prune_alive(self, prune_rate: float, rule: str) -> None:
+        """One step of an iterative pruning schedule: cut the rate's share of the edges still alive, by logit."""
+        for kind in self.learned:
+            self.alive[kind] = prune(self.alive[kind], self.scores(kind), prune_rate, rule)
 
     def regulariser(self) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float64)
@@ -284,20 +349,38 @@ class EdgePolicy:
         """One Adam step on a batch of sampled graphs and their utilities."""
         u = torch.tensor(utilities, dtype=torch.float64)
         mean = float(u.mean()) if len(utilities) else 0.0
-        baseline = mean if self.baseline is None else self.baseline
+        if self.momentum is None:
+            baseline = 0.0
+        else:
+            baseline = mean if self.baseline is None else self.baseline
         loss = self.regulariser()
         if logps:
             loss = loss - ((u - baseline) * torch.stack(logps)).mean()
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        self.baseline = mean if self.baseline is None else self.momentum * self.baseline + (1 - self.momentum) * mean
+        if self.momentum is not None:
+            self.baseline = mean if self.baseline is None else self.momentum * self.baseline + (1 - self.momentum) * mean
         return {"utility": mean, "baseline": baseline, "loss": float(loss.detach())}
 
     def load_logits(self, logits: dict[str, np.ndarray]) -> None:
         with torch.no_grad():
             for kind, values in logits.items():
                 self.logits[kind].copy_(torch.as_tensor(np.nan_to_num(values, nan=0.0)))
+
+
+def question_rng(run_seed: int, method_seed: int, sample_id: str, repeat: int) -> tuple[int, np.random.Generator]:
+    """A question's own seed and generator for its test-time graph draw (method.test_graph=sampled): from the run
+    seed (generation.seed), method.seed, the sample id and the repeat, so a question's graph does not depend on
+    the batch it runs in."""
+    key = json.dumps([run_seed, method_seed, str(sample_id), repeat]).encode("utf-8")
+    seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+    return seed, np.random.default_rng(seed)
+
+
+def edge_list(adj: np.ndarray, names: list[str]) -> list[list[str]]:
+    """The edges of a mask as [source, target] name pairs, in row-major order."""
+    return [[names[i], names[j]] for i, j in zip(*np.nonzero(adj))]
 
 
 def fixed_graph(pruned: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> tuple[Graph, list]:
@@ -318,16 +401,19 @@ def matrix_to_json(matrix: np.ndarray, digits: int | None = None) -> list:
 # --- calibration: learning the edges on questions the run never evaluates -------------------------
 
 
-def calibration_samples(cal, task, evaluated) -> CalibrationPool:
-    """Calibration questions disjoint from the evaluated ones, from the task's pool for method.calibration.split
-    (`auto`: the task's default, `seed` for generated arith items, else `tail`)."""
+def calibration_samples(cal, task, evaluated, examples: set[str] = frozenset()) -> CalibrationPool:
+    """Calibration questions disjoint from the evaluated ones and from the agents' worked examples (`examples`:
+    their question hashes), from the task's pool for method.calibration.split (`auto`: the task's default,
+    `seed` for generated arith items, else `tail`)."""
     split = task.default_calibration_split if cal.split == "auto" else cal.split
-    avoid = {short_hash(s.question) for s in evaluated}
+    avoid = {short_hash(s.question) for s in evaluated} | set(examples)
     pool = task.calibration_pool(split, cal.size, cal.seed, avoid)
     overlap = overlapping(pool.samples, avoid)
     if overlap:
+        shown = " or the agents' worked examples" if set(examples) & {short_hash(s.question) for s in pool.samples} \
+            else ""
         raise UserError(
-            f"The calibration questions ({pool.where}) overlap the evaluated ones ({len(overlap)} shared, "
+            f"The calibration questions ({pool.where}) overlap the evaluated ones{shown} ({len(overlap)} shared, "
             f"e.g. {overlap[0]}); lower task.limit, or choose another method.calibration.split.")
     if len(pool.samples) < cal.size:
         raise UserError(f"Only {len(pool.samples)} calibration questions are available, fewer than "
@@ -335,14 +421,19 @@ def calibration_samples(cal, task, evaluated) -> CalibrationPool:
     return pool
 
 
-def calibrate(policy: EdgePolicy, cal, task, accountant, evaluated, execute) -> dict:
+def calibrate(policy: EdgePolicy, settings, task, accountant, evaluated, execute, rounds: int = 1,
+              examples: set[str] = frozenset()) -> dict:
     """REINFORCE on the edge policy over calibration questions; returns the calibration summary.
 
-    `execute(samples, graphs, ids, phase)` runs each sample on its own graph and returns the methods'
-    outputs (final_text, error): the only place where models are called. The utility of a graph is 1
-    when its final answer is right (flexible extraction) and 0 otherwise; its calls are recorded with
-    phase="calibration" and taken out of the accountant into the summary."""
-    drawn_from = calibration_samples(cal, task, evaluated)
+    `settings` are a pruned method's (its `calibration`, `graph_draw`, and the pruning schedule: `prune_every`,
+    `prune_rate`, `prune_count`). `execute(samples, graphs, ids, phase)` runs each sample on its own graphs (one
+    per round) and returns the methods' outputs (final_text, error): the only place where models are called.
+    The utility of a graph is 1 when its final answer is right (flexible extraction) and 0 otherwise; its calls
+    are recorded with phase="calibration" and taken out of the accountant into the summary. With
+    `prune_every` = k, the edges still alive are pruned at `prune_rate` after every k-th step, and later steps
+    draw only the edges left (the authors' iterative schedule)."""
+    cal, per_round = settings.calibration, settings.graph_draw == "per_round"
+    drawn_from = calibration_samples(cal, task, evaluated, examples)
     pool, where = drawn_from.samples, drawn_from.where
     log.info("calibrating the communication graph on %d questions (%s), %d iterations",
              len(pool), where, cal.iterations)
@@ -352,20 +443,23 @@ def calibrate(policy: EdgePolicy, cal, task, accountant, evaluated, execute) -> 
         questions = [pool[(cursor + k) % len(pool)] for k in range(cal.batch_size)]
         cursor += cal.batch_size
         batch = [s for s in questions for _ in range(cal.graphs_per_question)]
-        drawn = [policy.sample() for _ in batch]
+        drawn = [policy.sample(rounds, per_round) for _ in batch]
         ids = [f"calibration/{s.id}/{iteration}.{k}" for k, s in enumerate(batch)]
-        outputs = execute(batch, [g for g, _ in drawn], ids, "calibration")
+        outputs = execute(batch, [d.graphs for d in drawn], ids, "calibration")
         for sid in ids:  # the runner only takes evaluation ids: take ours so nothing piles up
             records.extend(accountant.take(sid))
         logps, utilities = [], []
-        for sample, output, (_, logp) in zip(batch, outputs, drawn):
+        for sample, output, draw in zip(batch, outputs, drawn):
             if output.error:
                 continue  # a failed call says nothing about the graph
             answer = task.extract(output.final_text or "").flexible
-            logps.append(logp)
+            logps.append(draw.logp)
             utilities.append(float(task.score(answer, sample.target)))
         step = policy.update(logps, utilities)
         history.append({"iteration": iteration, "graphs": len(batch), "failed": len(batch) - len(logps), **step})
+        if settings.prune_every is not None and (iteration + 1) % settings.prune_every == 0:
+            policy.prune_alive(settings.prune_rate, settings.prune_count)
+            history[-1]["edges_left"] = {k: int(policy.alive[k].sum()) for k in policy.learned}
         log.info("calibration %d/%d: utility %.2f (baseline %.2f)", iteration + 1, cal.iterations,
                  step["utility"], step["baseline"])
     return {

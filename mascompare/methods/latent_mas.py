@@ -1,6 +1,8 @@
 """latent_mas: LatentMAS (arXiv 2511.20639). Agents think in latent space; only the last agent writes text.
 
-The same agents and role instructions as text_mas (conf/roles/mas.yaml); only the channel differs.
+The same agents and role instructions as text_mas (conf/roles/mas.yaml, or a prompt pack: methods/packs.py);
+only the channel differs. Latent agents write no text, so they take prompts and worked examples only: an agent
+that sets `reads` or `execute` is refused.
 
 1. All agents of a batch share ONE KV cache: the team's working memory.
 2. Each non-final agent prefills its own prompt on that cache, then takes m latent steps
@@ -36,15 +38,31 @@ Differences from the reference implementation, on purpose:
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Annotated
 
 import torch
+from pydantic import model_validator
 
 from mascompare.backends.base import LatentBackend
 from mascompare.methods.base import Method, MethodOutput
-from mascompare.methods.latent import Thinker, latent_diagnostics, positions_from, record_block
-from mascompare.methods.roles import Roles, Structure, agent_messages, agents_for
+from mascompare.methods.latent import (
+    Thinker,
+    latent_diagnostics,
+    positions_from,
+    record_block,
+)
+from mascompare.methods.packs import prepare_prompts, roles_from_pack
+from mascompare.methods.roles import (
+    FewShot,
+    Prompts,
+    Roles,
+    Structure,
+    agents_for,
+    check_team,
+)
 from mascompare.records import Turn
-from mascompare.settings import Flag, NonNegativeInt, Section, Text
+from mascompare.settings import Flag, NonNegativeInt, Section, Text, wanted
 
 
 class LatentMASSettings(Section):
@@ -53,7 +71,19 @@ class LatentMASSettings(Section):
     latent_steps: NonNegativeInt  # m: latent thoughts per non-final agent
     realign: Flag
     diagnostics: Flag
+    fewshot: FewShot
+    prompt_pack: Annotated[str | None, wanted("a prompt pack's YAML file, a shipped pack's name, or null")]
     roles: Roles
+
+    @model_validator(mode="before")
+    @classmethod
+    def with_prompt_pack(cls, data):
+        return roles_from_pack(data)
+
+    @model_validator(mode="after")
+    def team_is_complete(self):
+        check_team(agents_for(self), self.roles.formats, self.fewshot, text=False)
+        return self
 
 
 class LatentMAS(Method):
@@ -67,6 +97,17 @@ class LatentMAS(Method):
         self.hierarchical = settings.structure == "hierarchical"
         self.steps = settings.latent_steps
         self.thinker = Thinker(backend, self.steps, settings.realign)
+        self.prompter = Prompts(settings.roles.system, settings.roles.formats, settings.fewshot,
+                                task.answer_instruction())
+        self.info: dict = {}
+
+    def prepare(self, run_dir: Path | None, samples: list, resume: bool) -> None:
+        """Refuse worked examples the run evaluates, and keep the prompt pack."""
+        self.info = prepare_prompts(run_dir, self.settings.prompt_pack, self.agents, self.settings.fewshot, samples,
+                                    resume)
+
+    def run_info(self) -> dict:
+        return self.info
 
     # -- the algorithm -------------------------------------------------------------------------------
 
@@ -193,8 +234,7 @@ class LatentMAS(Method):
     # -- prompts and accounting ----------------------------------------------------------------------
 
     def messages(self, agent, samples) -> list[list[dict]]:
-        instruction = self.task.answer_instruction()
-        return [agent_messages(self.settings.roles.system, agent, s.question, instruction) for s in samples]
+        return [self.prompter.messages(agent, s.question) for s in samples]
 
     def prompts(self, agent, samples) -> list[list[int]]:
         return self.backend.encode_chat(self.messages(agent, samples))

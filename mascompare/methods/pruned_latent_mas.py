@@ -20,7 +20,8 @@ graph learned as in pruned_mas decides which earlier agents' KV segments each ag
    edge logit per starting edge; REINFORCE with a moving-average baseline plus the low-rank and anchor
    terms, on graphs sampled per calibration question (questions disjoint from the evaluated ones, calls
    recorded with phase="calibration"); then the top (1 - p) edges by logit survive (p =
-   method.prune_rate) and every evaluated question runs that one fixed graph. masks.json and masks.png
+   method.prune_rate) and every evaluated question runs that one fixed graph (or, with
+   method.test_graph=sampled, a graph of its own drawn among the kept edges). masks.json and masks.png
    go to the run directory; method.masks=<masks.json> reuses learned logits; prune_rate=0 is the full
    graph with no calibration. While calibrating, each question of a batch has its own graph: an agent
    runs for the whole batch when any question's graph needs it (the rows that do not need it ignore it).
@@ -47,12 +48,25 @@ import torch
 from pydantic import model_validator
 
 from mascompare.backends.base import LatentBackend
-from mascompare.methods.agent_graph import EdgePolicy, Graph, initial_masks, matrix_to_json, prune
+from mascompare.methods.agent_graph import (
+    EdgePolicy,
+    Graph,
+    edge_list,
+    initial_masks,
+    matrix_to_json,
+    question_rng,
+)
 from mascompare.methods.base import Method, MethodOutput
 from mascompare.methods.latent import Thinker, positions_from, record_block
-from mascompare.methods.masks import keep_masks, learned_logits, read_masks
+from mascompare.methods.masks import (
+    keep_masks,
+    learned_logits,
+    pruned_masks,
+    read_masks,
+)
+from mascompare.methods.packs import prepare_prompts
 from mascompare.methods.pruned_mas import PrunedMASSettings, draw_masks
-from mascompare.methods.roles import agent_messages
+from mascompare.methods.roles import Prompts, example_hashes
 from mascompare.records import Turn
 from mascompare.settings import Flag, NonNegativeInt, choice
 
@@ -64,7 +78,10 @@ KIND = "spatial"  # the only mask: latent agents think once, so there are no tem
 
 
 class PrunedLatentMASSettings(PrunedMASSettings):
-    """pruned_mas's knobs (conf/method/pruned_mas.yaml), with rounds 1 and decision llm, and these."""
+    """pruned_mas's knobs (conf/method/pruned_mas.yaml), with rounds 1 and decision llm, and these. Its agents
+    write no text: a prompt pack gives them prompts and examples, and `reads` or `execute` are refused."""
+
+    text_agents = False
 
     latent_steps: NonNegativeInt
     realign: Flag
@@ -93,6 +110,7 @@ class PrunedLatentMAS(Method):
         self.steps = settings.latent_steps
         self.prune_rate = settings.prune_rate
         self.thinker = Thinker(backend, self.steps, settings.realign)
+        self.prompter = Prompts(settings.system, settings.formats, settings.fewshot, task.answer_instruction())
         self.graph: Graph | None = None  # the fixed graph evaluated; set by prepare()
         self.info: dict = {}
 
@@ -120,14 +138,16 @@ class PrunedLatentMAS(Method):
 
     def prepare(self, run_dir: Path | None, samples: list, resume: bool) -> None:
         """Decide the evaluated graph once per run, as pruned_mas does (methods/masks.py)."""
+        settings, team = self.settings, [*self.agents, self.final]
+        prompt_info = prepare_prompts(run_dir, settings.prompt_pack, team, settings.fewshot, samples, resume)
         start = self.starting_mask()
-        policy = EdgePolicy.from_config(start, np.zeros_like(start), False, self.settings.calibration,
-                                        self.settings.seed)
-        calibration = learned_logits(policy, self.settings, run_dir=run_dir, resume=resume, evaluated=samples,
-                                     task=self.task, accountant=self.accountant, execute=self.execute,
-                                     read=self.read_masks)
-        self.edge_policy = policy  # kept for inspection (tests, benchmarks)
-        kept = prune(policy.masks[KIND], policy.scores(KIND), self.prune_rate)
+        policy = EdgePolicy.from_config(start, np.zeros_like(start), False, settings.calibration, settings.seed)
+        calibration, saved = learned_logits(policy, settings, run_dir=run_dir, resume=resume, evaluated=samples,
+                                            task=self.task, accountant=self.accountant, execute=self.execute,
+                                            read=self.read_masks, examples=example_hashes(team, settings.fewshot))
+        self.edge_policy = policy  # kept for inspection (tests, benchmarks); draws sampled test graphs
+        kept = pruned_masks(policy, settings, saved)[KIND]
+        policy.alive[KIND] = kept.copy()  # test graphs are drawn among the edges kept
         self.graph = Graph(kept, np.zeros_like(kept))
         names = [a.name for a in self.nodes]
         run = self.needed(self.graph)
@@ -141,6 +161,10 @@ class PrunedLatentMAS(Method):
                 "agents_run": [a.name for a, needed in zip(self.agents, run) if needed],
                 "agents_skipped": [a.name for a, needed in zip(self.agents, run) if not needed],
             },
+            "learning_rules": {**settings.learning_rules(), "test_graph": settings.test_graph,
+                               "baseline": "none" if settings.calibration.baseline_momentum is None
+                               else "moving average"},
+            **prompt_info,
         }
         log.info("pruned_latent_mas graph: %s", self.info["graph"])
         if run_dir is not None:
@@ -161,9 +185,11 @@ class PrunedLatentMAS(Method):
             "final_sees": self.settings.final_sees,
             "topology": self.settings.topology,
             "prune_rate": self.prune_rate,
+            "learning_rules": self.settings.learning_rules(),
             "initial": policy.masks[KIND].tolist(),
             "logits": matrix_to_json(scores),
             "probabilities": matrix_to_json(1 / (1 + np.exp(-scores)), 4),
+            "pruned": {KIND: kept.tolist()},
             "evaluated": kept.tolist(),
             "calibration": self.info["calibration"],
             "graph": self.info["graph"],
@@ -173,21 +199,35 @@ class PrunedLatentMAS(Method):
         data = read_masks(path, MASKS_FORMAT, "pruned_latent_mas", [a.name for a in self.nodes],
                           "graph nodes (method.agents, plus the final agent with method.final_sees=learned)")
         policy.masks[KIND] = np.asarray(data["initial"], dtype=int)
+        policy.alive[KIND] = policy.masks[KIND].copy()
         policy.load_logits({KIND: np.asarray(data["logits"], dtype=float)})
         return data
 
     # --- execution -------------------------------------------------------------------------------
 
     def run(self, samples) -> list[MethodOutput]:
-        return self.execute(samples, [self.graph] * len(samples), [s.id for s in samples], "eval")
+        ids = [s.id for s in samples]
+        if self.settings.test_graph == "fixed":
+            return self.execute(samples, [(self.graph,)] * len(samples), ids, "eval")
+        names = [a.name for a in self.nodes]
+        draws = []
+        for sample_id in ids:  # method.test_graph=sampled: each question's graph among the kept edges, own seed
+            seed, rng = question_rng(self.gen.seed, self.settings.seed, sample_id, self.gen.repeat)
+            graph = self.edge_policy.sample(1, False, rng).graphs[0]
+            draws.append((graph, {"seed": seed, "rounds": [{"spatial": edge_list(graph.spatial, names)}]}))
+        outputs = self.execute(samples, [(graph,) for graph, _ in draws], ids, "eval")
+        for output, (_, record) in zip(outputs, draws):
+            output.diagnostics = {"graph": record}
+        return outputs
 
-    def execute(self, samples, graphs: list[Graph], ids: list[str], phase: str) -> list[MethodOutput]:
-        """Every sample on its own graph, in one batch on one shared cache: the latent agents in index
-        order, each attending to its sources' segments only, then the final agent decodes."""
+    def execute(self, samples, graphs: list[tuple[Graph, ...]], ids: list[str], phase: str) -> list[MethodOutput]:
+        """Every sample on its own graph (its one round's), in one batch on one shared cache: the latent agents
+        in index order, each attending to its sources' segments only, then the final agent decodes."""
+        graphs = [rounds[0] for rounds in graphs]
         if len(samples) > 1 and self.padding_could_pass_window(samples):
             # a sliding window counts padding columns too: one sample at a time keeps every row exact
             return [output for k in range(len(samples))
-                    for output in self.execute(samples[k:k + 1], graphs[k:k + 1], ids[k:k + 1], phase)]
+                    for output in self.execute(samples[k:k + 1], [(graphs[k],)], ids[k:k + 1], phase)]
         state = self.backend.new_cache(len(samples))
         segments: dict[int, tuple[int, int]] = {}  # agent index -> its cache columns [start, end)
         needed = [self.needed(g) for g in graphs]
@@ -249,8 +289,7 @@ class PrunedLatentMAS(Method):
     # --- prompts and accounting ------------------------------------------------------------------
 
     def messages(self, agent, samples) -> list[list[dict]]:
-        instruction = self.task.answer_instruction()
-        return [agent_messages(self.settings.system, agent, s.question, instruction) for s in samples]
+        return [self.prompter.messages(agent, s.question) for s in samples]
 
     def prompts(self, agent, samples) -> list[list[int]]:
         return self.backend.encode_chat(self.messages(agent, samples))

@@ -1,7 +1,8 @@
 """pruned_mas: AgentPrune. Agents on a spatial-temporal communication graph whose redundant edges are
 learned on calibration questions and pruned one-shot; evaluation runs one fixed pruned graph.
 
-The story, in the order it happens in a run (graph mechanics, the optimiser and calibration: methods/agent_graph.py):
+The story, in the order it happens in a run (graph mechanics, the optimiser and calibration: methods/agent_graph.py;
+how the agents' messages are built: methods/roles.py; prompt packs: methods/packs.py):
 
 1. The graph. N solver agents (method.agents) talk for R rounds (method.rounds). A spatial edge
    i -> j shows agent i's answer of this round to agent j in the same round (so i runs first); a
@@ -12,21 +13,29 @@ The story, in the order it happens in a run (graph mechanics, the optimiser and 
    The decision node is wired to every agent and never pruned (as in the paper), so pruning
    shortens prompts; it does not remove calls (N x R, plus 1 for `llm`).
 2. Execution. In each round the realised spatial DAG runs layer by layer; one layer is one batched
-   chat call across its agents and the batch's samples. Each prompt holds the agent's instruction,
-   the question, then the messages its incoming edges carry, each labelled with the sender's role
-   (previous round first, then this round), then the task's answer format.
+   chat call across its agents and the batch's samples. Each prompt is built from method.formats: by
+   default the agent's instruction, its worked examples if any, the question, then the messages its
+   incoming edges carry, each labelled with the sender's role (previous round first, then this round),
+   then the task's answer format. An agent that reads `numeric_hint` gets only the answers the task's
+   extractor finds in those messages, as a hint line; an agent with `execute: true` has the code of its
+   reply run in the code sandbox, and what it printed (or its error) is appended to its reply before
+   anyone reads it (methods/execution.py).
 3. Calibration (unless method.masks names saved masks, or method.prune_rate is 0). Every edge of
    the starting masks gets a logit (probability 1/2 at first). For each iteration a batch of
    calibration questions runs, each on its own graph sampled from the edge probabilities (cycles
-   broken at a random edge on the cycle, seeded); the utility is 1 when the final answer is right
+   broken at a random edge on the cycle, seeded; one graph for all of a question's rounds, or a new
+   one every round with method.graph_draw=per_round); the utility is 1 when the final answer is right
    (flexible extraction) and 0 otherwise; one Adam step follows on REINFORCE with a moving-average
-   baseline plus the paper's nuclear-norm and anchor terms. The calibration questions never
-   overlap the evaluated ones (checked by question text, and for saved masks also by id, whenever
-   masks are learned or reused); their calls are recorded with
+   baseline (or none) plus the paper's nuclear-norm and anchor terms. The calibration questions never
+   overlap the evaluated ones or the worked examples (checked by question text, and for saved masks also
+   by id, whenever masks are learned or reused); their calls are recorded with
    phase="calibration" and reported separately (run.json "method_info.calibration", masks.json).
 4. Pruning. Per mask, the top (1 - p) of the starting edges by learned logit survive (p =
-   method.prune_rate). The evaluated graph is that one deterministic graph (spatial cycles broken
-   at their weakest edge), the same for every question: not a re-sampled one.
+   method.prune_rate; method.prune_count picks the rounding and tie order; method.prune_every applies p
+   several times during calibration instead). The evaluated graph is that one deterministic graph
+   (spatial cycles broken at their weakest edge), the same for every question; with
+   method.test_graph=sampled each question draws its own from the learned, pruned distribution instead
+   (seeded by the run seed and the sample id; recorded per sample under diagnostics.graph).
 5. Persistence. <run dir>/masks.json holds the logits, the starting, pruned and evaluated masks and
    the calibration summary (with the ids and question hashes of the questions used); masks.png
    draws them. method.masks=<masks.json> reuses saved logits (pruned again at the configured rate)
@@ -42,15 +51,45 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 from pydantic import field_validator, model_validator
 
-from mascompare.methods.agent_graph import TOPOLOGIES, EdgePolicy, Graph, fixed_graph, initial_masks, matrix_to_json, prune
+from mascompare.methods.agent_graph import (
+    TOPOLOGIES,
+    EdgePolicy,
+    Graph,
+    edge_list,
+    fixed_graph,
+    initial_masks,
+    matrix_to_json,
+    question_rng,
+)
 from mascompare.methods.base import Method, MethodOutput
-from mascompare.methods.masks import MaskSettings, keep_masks, learned_logits, read_masks
-from mascompare.methods.roles import Agent, agent_messages, ask_agents, unique_names
+from mascompare.methods.execution import ReplyRunner
+from mascompare.methods.masks import (
+    MaskSettings,
+    keep_masks,
+    learned_logits,
+    pruned_masks,
+    read_masks,
+)
+from mascompare.methods.packs import prepare_prompts, team_from_pack
+from mascompare.methods.roles import (
+    Agent,
+    FewShot,
+    GraphFormats,
+    Prompts,
+    answers_in,
+    ask_agents,
+    check_team,
+    example_hashes,
+    fields,
+    fill,
+    paragraphs,
+    unique_names,
+)
 from mascompare.settings import PositiveInt, Text, choice, wanted
 
 log = logging.getLogger(__name__)
@@ -63,13 +102,23 @@ KINDS = ("spatial", "temporal")
 class PrunedMASSettings(MaskSettings):
     """conf/method/pruned_mas.yaml explains each knob."""
 
+    text_agents: ClassVar[bool] = True  # agents that write text may read numeric hints and execute their replies
+
     name: Text
     system: Annotated[str | None, wanted("a system message or null")]
     agents: Annotated[list[Agent], wanted("a list of at least one agent", min_length=1)]
     decider: Agent
+    formats: GraphFormats
+    fewshot: FewShot
+    prompt_pack: Annotated[str | None, wanted("a prompt pack's YAML file, a shipped pack's name, or null")]
     rounds: PositiveInt
     topology: Annotated[Literal[TOPOLOGIES], choice(TOPOLOGIES)]
     decision: Annotated[Literal[DECISIONS], choice(DECISIONS)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def with_prompt_pack(cls, data):
+        return team_from_pack(data)
 
     @field_validator("agents")
     @classmethod
@@ -80,7 +129,12 @@ class PrunedMASSettings(MaskSettings):
     def decider_named_apart(self):
         if self.decision == "llm" and self.decider.name in {a.name for a in self.agents}:
             raise ValueError("method.decider.name must differ from every name in method.agents.")
+        check_team(self.team(), self.formats, self.fewshot, text=self.text_agents)
         return self
+
+    def team(self) -> list[Agent]:
+        """Every agent that is asked: the solvers, and the decider when it answers."""
+        return [*self.agents, self.decider] if self.decision == "llm" else list(self.agents)
 
 
 # --- the method ----------------------------------------------------------------------------------
@@ -94,7 +148,9 @@ class PrunedMAS(Method):
         super().__init__(settings, backend, task, gen, accountant)
         self.agents = list(settings.agents)
         self.decider = settings.decider if settings.decision == "llm" else None
-        self.system = settings.system
+        self.formats = settings.formats
+        self.prompts = Prompts(settings.system, settings.formats, settings.fewshot, task.answer_instruction())
+        self.runner = ReplyRunner(settings.formats)
         self.rounds = settings.rounds
         self.prune_rate = settings.prune_rate
         self.graph: Graph | None = None  # the fixed graph evaluated; set by prepare()
@@ -105,22 +161,26 @@ class PrunedMAS(Method):
     def prepare(self, run_dir: Path | None, samples: list, resume: bool) -> None:
         """Decide the evaluated graph once per run (methods/masks.py: saved masks, calibration, or the unpruned
         starting graph), prune it, and keep masks.json and masks.png in `run_dir`. `samples` are all the samples
-        the run evaluates: the calibration questions must avoid them."""
-        spatial, temporal = initial_masks(self.settings.topology, len(self.agents), self.settings.seed)
+        the run evaluates: the calibration questions and the worked examples must avoid them."""
+        team, settings = self.settings.team(), self.settings
+        prompt_info = prepare_prompts(run_dir, settings.prompt_pack, team, settings.fewshot, samples, resume,
+                                      self.runner)
+        spatial, temporal = initial_masks(settings.topology, len(self.agents), settings.seed)
         policy = self.policy(spatial, temporal)
-        calibration = learned_logits(policy, self.settings, run_dir=run_dir, resume=resume, evaluated=samples,
-                                     task=self.task, accountant=self.accountant, execute=self.execute,
-                                     read=self.read_masks)
-        self.edge_policy = policy  # kept for inspection (tests, benchmarks)
+        calibration, saved = learned_logits(policy, settings, run_dir=run_dir, resume=resume, evaluated=samples,
+                                            task=self.task, accountant=self.accountant, execute=self.execute,
+                                            read=self.read_masks, rounds=self.rounds,
+                                            examples=example_hashes(team, settings.fewshot))
+        self.edge_policy = policy  # kept for inspection (tests, benchmarks); draws sampled test graphs
         scores = {k: policy.scores(k) for k in KINDS}
-        pruned = {k: prune(policy.masks[k], scores[k], self.prune_rate) if k in policy.learned
-                  else policy.masks[k].copy() for k in KINDS}
+        pruned = pruned_masks(policy, settings, saved)
+        policy.alive = {k: pruned[k].copy() for k in KINDS}  # test graphs are drawn among the edges kept
         self.graph, removed = fixed_graph(pruned, scores)
         names = [a.name for a in self.agents]
         self.info = {
             "calibration": calibration,
             "graph": {
-                "topology": self.settings.topology, "rounds": self.rounds, "decision": self.settings.decision,
+                "topology": settings.topology, "rounds": self.rounds, "decision": settings.decision,
                 "prune_rate": self.prune_rate, "agents": names,
                 "edges_initial": {k: int(policy.masks[k].sum()) for k in KINDS},
                 "edges_pruned": {k: int(pruned[k].sum()) for k in KINDS},
@@ -129,6 +189,8 @@ class PrunedMAS(Method):
                 "layers": [[names[i] for i in layer] for layer in self.graph.layers],
                 "temporal_edges_used": self.rounds > 1,
             },
+            "learning_rules": self.learning_rules(),
+            **prompt_info,
         }
         log.info("pruned_mas graph: %s", self.info["graph"])
         if run_dir is not None:
@@ -138,6 +200,11 @@ class PrunedMAS(Method):
 
     def policy(self, spatial, temporal) -> EdgePolicy:
         return EdgePolicy.from_config(spatial, temporal, self.rounds > 1, self.settings.calibration, self.settings.seed)
+
+    def learning_rules(self) -> dict:
+        settings = self.settings
+        return {**settings.learning_rules(), "graph_draw": settings.graph_draw, "test_graph": settings.test_graph,
+                "baseline": "none" if settings.calibration.baseline_momentum is None else "moving average"}
 
     def run_info(self) -> dict:
         return self.info
@@ -154,6 +221,7 @@ class PrunedMAS(Method):
             "rounds": self.rounds,
             "decision": self.settings.decision,
             "prune_rate": self.prune_rate,
+            "learning_rules": self.settings.learning_rules(),
             "learned": list(policy.learned),
             "initial": {k: policy.masks[k].tolist() for k in KINDS},
             "logits": {k: matrix_to_json(policy.scores(k)) for k in KINDS},
@@ -168,6 +236,7 @@ class PrunedMAS(Method):
         data = read_masks(path, MASKS_FORMAT, "pruned_mas", [a.name for a in self.agents], "agents")
         for kind in KINDS:
             policy.masks[kind] = np.asarray(data["initial"][kind], dtype=int)
+            policy.alive[kind] = policy.masks[kind].copy()
         policy.load_logits({k: np.asarray(data["logits"][k], dtype=float) for k in KINDS})
         if data["topology"] != self.settings.topology or data["rounds"] != self.rounds:
             log.warning("masks from %s were learned for topology %s with %d rounds; running %d rounds",
@@ -179,60 +248,83 @@ class PrunedMAS(Method):
     # --- evaluation ------------------------------------------------------------------------------
 
     def run(self, samples) -> list[MethodOutput]:
-        return self.execute(samples, [self.graph] * len(samples), [s.id for s in samples], phase="eval")
+        ids = [s.id for s in samples]
+        if self.settings.test_graph == "fixed":
+            return self.execute(samples, [(self.graph,) * self.rounds] * len(samples), ids, phase="eval")
+        draws = [self.question_graphs(sample_id) for sample_id in ids]
+        outputs = self.execute(samples, [graphs for graphs, _ in draws], ids, phase="eval")
+        for output, (_, record) in zip(outputs, draws):
+            output.diagnostics = {**(output.diagnostics or {}), "graph": record}
+        return outputs
 
-    def execute(self, samples, graphs: list[Graph], ids: list[str], phase: str) -> list[MethodOutput]:
-        """Run every sample on its own graph: R rounds of layer-by-layer agent calls, then the decision.
-        Calls are batched by layer depth across samples (one call per layer when all graphs agree)."""
+    def question_graphs(self, sample_id: str) -> tuple[tuple[Graph, ...], dict]:
+        """method.test_graph=sampled: this question's graphs, drawn from the learned, pruned distribution with its
+        own seed, and their record (per round, the edges each carried)."""
+        seed, rng = question_rng(self.gen.seed, self.settings.seed, sample_id, self.gen.repeat)
+        draw = self.edge_policy.sample(self.rounds, self.settings.graph_draw == "per_round", rng)
+        names = [a.name for a in self.agents]
+        rounds = [{"spatial": edge_list(g.spatial, names), "temporal": edge_list(g.temporal, names) if r else []}
+                  for r, g in enumerate(draw.graphs)]
+        return draw.graphs, {"seed": seed, "rounds": rounds}
+
+    def execute(self, samples, graphs: list[tuple[Graph, ...]], ids: list[str], phase: str) -> list[MethodOutput]:
+        """Run every sample on its own graphs (one per round): R rounds of layer-by-layer agent calls, then the
+        decision. Calls are batched by layer depth across samples (one call per layer when all graphs agree)."""
         n, outputs = len(self.agents), [MethodOutput("") for _ in samples]
         previous: list[list[str | None]] = [[None] * n for _ in samples]
         for round in range(self.rounds):
             current: list[list[str | None]] = [[None] * n for _ in samples]
-            for depth in range(max(len(g.layers) for g in graphs)):
-                jobs = [(s, a) for a in range(n) for s, g in enumerate(graphs)
+            now = [g[round] for g in graphs]
+            for depth in range(max(len(g.layers) for g in now)):
+                jobs = [(s, a) for a in range(n) for s, g in enumerate(now)
                         if depth < len(g.layers) and a in g.layers[depth]]
-                conversations = [self.agent_prompt(samples[s].question, a, graphs[s], current[s], previous[s], round)
-                                 for s, a in jobs]
-                texts = self.ask(jobs, conversations, ids, round, outputs, phase)
+                built = [self.agent_prompt(samples[s].question, a, now[s], current[s], previous[s], round)
+                         for s, a in jobs]
+                texts = self.ask(jobs, [c for c, _ in built], ids, round, outputs, phase, [note for _, note in built])
                 for (s, a), text in zip(jobs, texts):
                     current[s][a] = text
             previous = current
         if self.decider is not None:
             jobs = [(s, n) for s in range(len(samples))]
-            conversations = [self.decision_prompt(samples[s].question, previous[s]) for s in range(len(samples))]
-            for output, text in zip(outputs, self.ask(jobs, conversations, ids, self.rounds, outputs, phase)):
+            built = [self.decision_prompt(samples[s].question, previous[s]) for s in range(len(samples))]
+            texts = self.ask(jobs, [c for c, _ in built], ids, self.rounds, outputs, phase, [note for _, note in built])
+            for output, text in zip(outputs, texts):
                 output.final_text = text
         else:
             for output, texts in zip(outputs, previous):
                 output.final_text, output.diagnostics = self.vote(texts)
         return outputs
 
-    def ask(self, jobs, conversations, ids, round, outputs, phase) -> list[str]:
+    def ask(self, jobs, conversations, ids, round, outputs, phase, notes) -> list[str]:
         """One batched chat call for (sample, agent index) jobs; the decider is index len(agents)."""
         everyone = [*self.agents, self.decider]
         return ask_agents(self.backend, self.gen, self.accountant, [(s, everyone[a]) for s, a in jobs],
-                          conversations, ids, round, outputs, phase)
+                          conversations, ids, round, outputs, phase, self.runner, notes)
 
-    def label(self, source: int, target: int) -> str:
-        role = self.agents[source].role
-        return f"[{role}, your own answer]" if source == target else f"[{role}]"
+    def agent_prompt(self, question, a, graph: Graph, current, previous, round) -> tuple[list[dict], dict]:
+        """Agent a's messages in this round, and what its call's record notes (the hint it was shown)."""
+        agent = self.agents[a]
+        received = {
+            "previous_round": [(i, previous[i]) for i in graph.temporal_sources(a) if previous[i] is not None]
+            if round > 0 else [],
+            "this_round": [(i, current[i]) for i in graph.spatial_sources(a) if current[i] is not None],
+        }
+        if agent.hinted:  # the answers only, in the order the blocks are shown
+            shown = [block for template in self.formats.neighbours for block in fields(template)]
+            answers = answers_in(self.task, [text for block in shown for _, text in received[block]])
+            return self.prompts.messages(agent, question, hint=self.prompts.hint(answers)), {"hint": answers}
+        blocks = {kind: fill(getattr(self.formats, kind), messages="\n\n".join(
+            self.prompts.message(self.agents[i], text, own=i == a) for i, text in texts)) if texts else ""
+            for kind, texts in received.items()}
+        return self.prompts.messages(agent, question, neighbours=paragraphs(self.formats.neighbours, **blocks)), {}
 
-    def agent_prompt(self, question, a, graph: Graph, current, previous, round) -> list[dict]:
-        parts = []
-        if round > 0:
-            earlier = [f"{self.label(i, a)}\n{previous[i].strip()}" for i in graph.temporal_sources(a)
-                       if previous[i] is not None]
-            if earlier:
-                parts.append("Answers from the previous round:\n\n" + "\n\n".join(earlier))
-        now = [f"{self.label(i, a)}\n{current[i].strip()}" for i in graph.spatial_sources(a) if current[i] is not None]
-        if now:
-            parts.append("Answers from this round:\n\n" + "\n\n".join(now))
-        return agent_messages(self.system, self.agents[a], question, self.task.answer_instruction(),
-                              "\n\n".join(parts) or None)
-
-    def decision_prompt(self, question, texts) -> list[dict]:
-        context = "\n\n".join(f"[{agent.role}]\n{(text or '').strip()}" for agent, text in zip(self.agents, texts))
-        return agent_messages(self.system, self.decider, question, self.task.answer_instruction(), context)
+    def decision_prompt(self, question, texts) -> tuple[list[dict], dict]:
+        """The decider reads every agent's last answer (an agent that failed: an empty one)."""
+        if self.decider.hinted:
+            answers = answers_in(self.task, [text for text in texts if text is not None])
+            return self.prompts.messages(self.decider, question, hint=self.prompts.hint(answers)), {"hint": answers}
+        context = "\n\n".join(self.prompts.message(agent, text or "") for agent, text in zip(self.agents, texts))
+        return self.prompts.messages(self.decider, question, neighbours=context), {}
 
     def vote(self, texts) -> tuple[str, dict]:
         """Majority over the extracted answers; a tie goes to the answer given first in agent order.

@@ -7,7 +7,9 @@ Numeric answers (`extract_numeric`, `numbers_equal`):
      when it does not hold exactly one number (`\boxed{3, 4}` is ambiguous);
   2. else the last "the answer is X" / "final answer is: X" / "final answer: X", or a line
      that starts with "Answer: X" (any case, markdown emphasis allowed), followed by a number in
-     the same sentence;
+     the same sentence: the sentence's LAST number, as a careful grader reads "The answer is 5
+     apples and 3 pears, so 8" (8), leaving out parenthesised asides ("8 (5 + 3)" is 8) and
+     negated numbers ("18, not 20" is 18; "not", "rather than", "instead of");
   3. else the last "#### X" with the number right after the marks.
 - flexible: strict when found, else the last number anywhere in the text.
 
@@ -38,7 +40,7 @@ from fractions import Fraction
 
 from mascompare.tasks.base import Extraction
 
-EXTRACTOR_VERSION = "numeric-2"
+EXTRACTOR_VERSION = "numeric-3"  # 3: the last number of the answer sentence (2: its first)
 TEXT_EXTRACTOR_VERSION = "exact-2"
 
 NUMERIC_INSTRUCTION = (
@@ -55,6 +57,7 @@ _ANSWER_IS = re.compile(
 )
 _HASHES = re.compile(r"####")
 _SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
+_ASIDE = re.compile(r"\([^()]*\)")
 
 _GROUP_SPACES = " \u00a0\u2009\u202f"  # space, no-break space, thin space, narrow no-break space
 # a decimal grouped in threes by commas or by spaces, or a plain one
@@ -64,6 +67,8 @@ _NUMBER = re.compile(
     r"(?:(?<![\w)\]}])[-+])?"  # a sign, unless it is a binary operator as in 9-4
     rf"(?<![\d.])(?:{_DIGITS})(?:/(?:{_DIGITS}))?"
 )
+
+_NEGATED = re.compile(rf"\b(?:not|rather\s+than|instead\s+of)\s+(?:{_NUMBER.pattern})", re.IGNORECASE)
 
 _FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}|\\[dt]?frac(\d)(\d)")
 _LATEX_THOUSANDS = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")
@@ -122,7 +127,7 @@ def _strict_number(text: str) -> str | None:
         return normalize_number(box)
     cleaned = _clean(text)
     for match in reversed(list(_ANSWER_IS.finditer(cleaned))):
-        value = _first_value(_after_last_equals(_sentence_after(cleaned, match.end())))
+        value = _last_value(_after_last_equals(_answer_part(_sentence_after(cleaned, match.end()))))
         if value is not None:
             return _format(value)
     for match in reversed(list(_HASHES.finditer(cleaned))):
@@ -191,9 +196,15 @@ def _single_value(span: str) -> Fraction | None:
     return _parse(numbers[0]) if len(numbers) == 1 else None
 
 
-def _first_value(span: str) -> Fraction | None:
-    number = _NUMBER.search(span)
-    return _parse(number.group()) if number else None
+def _answer_part(sentence: str) -> str:
+    """The answer sentence without what a grader would not read as the answer: parenthesised asides and
+    negated numbers ("not 20", "rather than 20", "instead of 20")."""
+    return _NEGATED.sub(" ", _ASIDE.sub(" ", sentence))
+
+
+def _last_value(span: str) -> Fraction | None:
+    numbers = _NUMBER.findall(span)
+    return _parse(numbers[-1]) if numbers else None
 
 
 def _parse(token: str) -> Fraction | None:

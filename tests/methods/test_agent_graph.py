@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mascompare.methods.agent_graph import (
-    TOPOLOGIES, EdgePolicy, Graph, break_cycles, find_cycle, fixed_graph, initial_masks, keep_count, layers,
-    prune, random_edge,
+    TOPOLOGIES, EdgePolicy, Graph, break_cycles, cut_count, find_cycle, fixed_graph, initial_masks, keep_count,
+    layers, prune, question_rng, random_edge,
 )
 
 O = np.ones((4, 4), dtype=int)
@@ -47,8 +47,8 @@ def test_the_first_draw_does_not_replay_the_random_topology_of_the_same_seed(see
     """One seed feeds both the random topology and the edge sampler; at probability 1/2 a shared
     random stream would make the first sampled graph the starting graph itself."""
     spatial, temporal = initial_masks("random", 6, seed=seed)
-    graph, _ = EdgePolicy(spatial, temporal, True, lr=0.1, lowrank_weight=0, anchor_weight=0, delta=0,
-                          baseline_momentum=0.9, seed=seed).sample()
+    (graph,) = EdgePolicy(spatial, temporal, True, lr=0.1, lowrank_weight=0, anchor_weight=0, delta=0,
+                          baseline_momentum=0.9, seed=seed).sample().graphs
     assert not np.array_equal(graph.temporal, temporal)  # temporal draws are kept as drawn (no cycle breaking)
 
 
@@ -134,6 +134,59 @@ def test_pruning_ties_go_to_the_earlier_edge():
     np.testing.assert_array_equal(kept, m([(0, 1), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3)]))
 
 
+# The authors' count: round(p x E) half to even (torch.round), at least one edge; ours keeps (1 - p) x E half up.
+@pytest.mark.parametrize("edges, rate, cut, kept_ours", [
+    (12, 0.25, 3, 9), (12, 0.5, 6, 6), (12, 0.125, 2, 11), (10, 0.25, 2, 8), (14, 0.25, 4, 11), (6, 0.25, 2, 5),
+    (5, 0.5, 2, 3), (2, 0.1, 1, 2), (1, 0.5, 1, 1), (12, 0.0, 0, 12), (9, 0.25, 2, 7),
+])
+def test_cut_count_rounds_half_to_even_with_at_least_one_edge(edges, rate, cut, kept_ours):
+    assert cut_count(edges, rate) == cut
+    assert keep_count(edges, rate) == kept_ours
+
+
+def test_cut_half_even_cuts_the_lowest_and_on_a_tie_the_earlier_edge():
+    cut = OFF - prune(OFF, np.zeros((4, 4)), 0.25, "cut_half_even")
+    np.testing.assert_array_equal(cut, m([(0, 1), (0, 2), (0, 3)]))  # ours would cut (3, 0), (3, 1), (3, 2)
+    np.testing.assert_array_equal(OFF - prune(OFF, np.zeros((4, 4)), 0.25), m([(3, 0), (3, 1), (3, 2)]))
+    scores = np.arange(16, dtype=float).reshape(4, 4)
+    scores[3, 3] = -100  # no edge there: never counted
+    kept = prune(OFF, scores, 0.125, "cut_half_even")  # 12 edges: cut 2, the lowest scores
+    np.testing.assert_array_equal(OFF - kept, m([(0, 1), (0, 2)]))
+
+
+def test_a_policy_without_baseline_is_plain_reinforce():
+    """baseline_momentum=None: advantage = utility. With a moving average the first batch is its own
+    baseline, so a batch of equal utilities moves nothing; without one, it raises the edge drawn."""
+    moved = {}
+    for momentum in (0.9, None):
+        p = policy(spatial=m([(0, 1)], 2), temporal=np.zeros((2, 2), int), learn_temporal=False,
+                   baseline_momentum=momentum)
+        drawn = [torch.nn.functional.logsigmoid(p.logits["spatial"][0, 1]) for _ in range(2)]  # the edge drawn twice
+        step = p.update(drawn, [1.0, 1.0])
+        assert step["baseline"] == (0.0 if momentum is None else 1.0)
+        moved[momentum] = p.scores("spatial")[0, 1]
+    assert moved[0.9] == 0 and moved[None] > 0.05
+
+
+def test_a_question_graph_seed_depends_on_the_run_seed_the_method_seed_the_sample_and_the_repeat():
+    seed, rng = question_rng(42, 0, "arith-0001", 0)
+    assert seed == question_rng(42, 0, "arith-0001", 0)[0] and 0 <= seed < 2**63
+    assert rng.random() == np.random.default_rng(seed).random()
+    others = {question_rng(*parts)[0] for parts in [(43, 0, "arith-0001", 0), (42, 1, "arith-0001", 0),
+                                                     (42, 0, "arith-0002", 0), (42, 0, "arith-0001", 1)]}
+    assert len(others) == 4 and seed not in others
+
+
+def test_iterative_pruning_draws_only_the_edges_still_alive():
+    p = policy()
+    p.logits["spatial"].data[0, 1] = -5.0  # the weakest spatial edge
+    p.prune_alive(0.25, "cut_half_even")
+    assert p.alive["spatial"].sum() == 9 and p.alive["spatial"][0, 1] == 0 and p.alive["temporal"].sum() == 12
+    draw = p.sample()
+    assert draw.terms == 9 + 12 and not (draw.graphs[0].spatial > p.alive["spatial"]).any()
+    np.testing.assert_array_equal(p.masks["spatial"], OFF)  # the starting edges stay as they were
+
+
 def policy(spatial=OFF, temporal=O, learn_temporal=True, **kw):
     args = dict(lr=0.1, lowrank_weight=0.0, anchor_weight=0.0, delta=0.1, baseline_momentum=0.9, seed=0) | kw
     return EdgePolicy(spatial, temporal, learn_temporal, **args)
@@ -141,8 +194,9 @@ def policy(spatial=OFF, temporal=O, learn_temporal=True, **kw):
 
 def test_sampled_log_probability_is_the_bernoulli_log_likelihood_of_the_draw():
     p = policy(spatial=m([(0, 1), (1, 2)], 3), temporal=m([(0, 0)], 3))
-    graph, logp = p.sample()
-    assert isinstance(graph, Graph)
+    draw = p.sample()
+    (graph,), logp = draw.graphs, draw.logp
+    assert isinstance(graph, Graph) and draw.terms == 3
     assert float(logp.detach()) == pytest.approx(3 * np.log(0.5))  # 3 learnable edges at probability 1/2
     assert (graph.spatial <= m([(0, 1), (1, 2)], 3)).all() and (graph.temporal <= m([(0, 0)], 3)).all()
 
@@ -150,7 +204,8 @@ def test_sampled_log_probability_is_the_bernoulli_log_likelihood_of_the_draw():
 def test_unlearned_temporal_mask_is_taken_as_it_is_and_adds_nothing():
     p = policy(learn_temporal=False)
     for _ in range(5):
-        graph, logp = p.sample()
+        draw = p.sample()
+        (graph,), logp = draw.graphs, draw.logp
         np.testing.assert_array_equal(graph.temporal, O)
     assert float(logp.detach()) == pytest.approx(12 * np.log(0.5))
 
@@ -159,7 +214,7 @@ def test_reinforce_raises_the_edges_of_good_graphs():
     p = policy(spatial=m([(0, 1), (1, 2)], 3), temporal=np.zeros((3, 3), int), learn_temporal=False)
     for _ in range(30):
         draws = [p.sample() for _ in range(8)]
-        p.update([lp for _, lp in draws], [float(g.spatial[0, 1]) for g, _ in draws])  # utility = edge 0->1 present
+        p.update([d.logp for d in draws], [float(d.graphs[0].spatial[0, 1]) for d in draws])  # utility: edge 0->1 drawn
     scores = p.scores("spatial")
     assert scores[0, 1] > 1.5 and abs(scores[1, 2]) < scores[0, 1] / 2
 

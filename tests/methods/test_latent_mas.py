@@ -387,3 +387,28 @@ def test_a_sample_whose_shared_cache_outgrows_the_window_fails_alone(tiny_backen
     # the samples that fit ran as they would without the others, and only they were recorded
     assert [outputs[0].final_text, outputs[3].final_text] == [o.final_text for o in method.run([samples[0], samples[3]])]
     assert accountant.take(long.id) == [] and accountant.take(huge.id) == []
+
+
+@pytest.mark.parametrize("structure", ["sequential", "hierarchical"])
+def test_a_prompt_pack_with_worked_examples_drives_the_latent_agents(tiny_backend, task, samples, structure,
+                                                                     tmp_path):
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(
+        "system: Team line.\n"
+        "formats: {example: 'E: {question} -> {answer}'}\n"
+        "agents:\n"
+        "  - {name: one, role: One, instruction: 'First view.', answers: false,\n"
+        "     examples: [{question: 'What is 2 + 2?', answer: '4'}, {question: 'What is 3 + 3?', answer: '6'}]}\n"
+        "  - {name: two, role: Two, instruction: 'Second view.', answers: false}\n"
+        "decider: {name: last, role: Last, instruction: 'Answer.', answers: true}\n", encoding="utf-8")
+    accountant = Accountant()
+    method = make_method(tiny_backend, task, f"method.prompt_pack={pack}", f"method.structure={structure}",
+                         "method.fewshot=1", "method.latent_steps=1", max_new_tokens=3, accountant=accountant)
+    method.prepare(None, samples[:1], resume=True)
+    (output,) = method.run(samples[:1])
+    records = accountant.take(samples[0].id)
+    assert [r.agent for r in records] == ["one", "two", "last"] and output.final_text is not None
+    assert records[0].messages == [{"role": "system", "content": "Team line."},
+                                   {"role": "user", "content": f"First view.\n\nE: What is 2 + 2? -> 4\n\n"
+                                                               f"Problem:\n{samples[0].question}"}]
+    assert records[2].messages[-1]["content"].endswith(task.answer_instruction())

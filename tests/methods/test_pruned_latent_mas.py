@@ -54,7 +54,7 @@ def third_agents_thoughts(backend, edges, first_instruction):
     """The latent inputs of agent 2 (programmer) when agent 0's instruction is `first_instruction`."""
     recorder = ThoughtRecorder(backend)
     method = make_method(recorder, f"method.agents.0.instruction='{first_instruction}'")
-    method.execute(SAMPLES[:2], [graph_with(4, edges)] * 2, [s.id for s in SAMPLES[:2]], "eval")
+    method.execute(SAMPLES[:2], [(graph_with(4, edges),)] * 2, [s.id for s in SAMPLES[:2]], "eval")
     return np.stack([t.numpy() for t in recorder.thoughts[4:6]])  # 2 latent steps per agent, agents 0..3
 
 
@@ -121,7 +121,8 @@ def final_texts_with_first_instruction(backend, instruction, graphs):
                          max_new_tokens=8)
     batch = SAMPLES[:len(graphs)]
     prompt_length = len(method.prompts(method.agents[0], batch[:1])[0])
-    return [o.final_text for o in method.execute(batch, graphs, [s.id for s in batch], "calibration")], prompt_length
+    outputs = method.execute(batch, [(graph,) for graph in graphs], [s.id for s in batch], "calibration")
+    return [o.final_text for o in outputs], prompt_length
 
 
 def test_each_row_of_a_calibration_batch_attends_through_its_own_graph(either_tiny_backend):
@@ -172,7 +173,7 @@ def test_calibration_drives_a_harmful_edge_down_over_real_latent_runs(tiny_backe
     def scripted(samples, graphs, ids, phase):
         outputs = real_execute(samples, graphs, ids, phase)
         graphs_run.extend(graphs)
-        for sample, graph, output in zip(samples, graphs, outputs):
+        for sample, (graph,), output in zip(samples, graphs, outputs):  # one round: one graph
             output.final_text = f"The answer is {sample.target if not graph.spatial[harmful] else 'wrong'}."
         return outputs
 
@@ -266,3 +267,47 @@ def test_saved_masks_are_refused_where_the_run_would_evaluate_their_calibration_
     resumed = make_method(tiny_backend, *tail, task=everything)  # task.limit raised, same run directory
     with pytest.raises(UserError, match="were calibrated on 2 of the questions this run evaluates"):
         resumed.prepare(tmp_path, everything.samples(), resume=True)
+
+
+# --- prompt packs and the authors' learning rules --------------------------------------------------
+
+
+def test_a_pack_gives_latent_agents_their_prompts_and_examples(tiny_backend, tmp_path):
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(
+        "agents:\n"
+        "  - {name: one, role: One, instruction: 'Think one way.', answers: false, system: 'Own system.',\n"
+        "     examples: [{question: 'What is 1 + 1?', answer: 'It is 2.'}]}\n"
+        "  - {name: two, role: Two, instruction: 'Think another way.', answers: false}\n"
+        "decider: {name: last, role: Last, instruction: 'Answer.', answers: true}\n", encoding="utf-8")
+    accountant = Accountant()
+    method = prepared(make_method(tiny_backend, f"method.prompt_pack={pack}", "method.prune_rate=0",
+                                  accountant=accountant), SAMPLES[:1])
+    method.run(SAMPLES[:1])
+    records = accountant.take(SAMPLES[0].id)
+    assert [r.agent for r in records] == ["one", "two", "last"]
+    first = records[0].messages
+    assert first[0] == {"role": "system", "content": "Own system."}
+    assert first[1]["content"] == ("Think one way.\n\nExample problem:\nWhat is 1 + 1?\n\nExample solution:\nIt is 2."
+                                   f"\n\nProblem:\n{SAMPLES[0].question}")
+    assert records[1].messages[0]["role"] == "user"  # the pack gives no shared system message
+    assert method.run_info()["prompt_pack"]["source"] == str(pack)
+
+
+def test_sampled_test_graphs_are_drawn_among_the_kept_edges_and_recorded(tiny_backend):
+    accountant = Accountant()
+    method = prepared(make_method(tiny_backend, "method.prune_rate=0", "method.test_graph=sampled",
+                                  accountant=accountant))
+    outputs = method.run(SAMPLES[:4])
+    again = method.run(SAMPLES[2:4])
+    assert [o.diagnostics for o in outputs[2:]] == [o.diagnostics for o in again]  # per question, not per batch
+    kept = {(AGENTS[i], AGENTS[j]) for i, j in zip(*np.nonzero(method.graph.spatial))}
+    for sample, output in zip(SAMPLES[:4], outputs):
+        (round0,) = output.diagnostics["graph"]["rounds"]
+        edges = {tuple(e) for e in round0["spatial"]}
+        assert edges <= kept
+        records = {r.agent: r for r in accountant.take(sample.id)}
+        for name in AGENTS:  # each agent attended to the segments of exactly its drawn sources
+            if name in records:
+                assert set(records[name].kv_received_from) == {a for a, b in edges if b == name}
+    assert len({json.dumps(o.diagnostics) for o in outputs}) > 1

@@ -344,6 +344,15 @@ def test_the_masks_picture_says_temporal_edges_are_unused_with_one_round():
     ("method.calibration.split=dev", "method.calibration.split"),
     ("method.masks=/nonexistent/masks.json", "method.masks"),
     ("method.decider.name=algebraist", "method.decider.name"),
+    ("method.prune_count=round", "method.prune_count must be one of keep_half_up, cut_half_even"),
+    ("method.graph_draw=per_step", "method.graph_draw must be one of per_question, per_round"),
+    ("method.test_graph=random", "method.test_graph must be one of fixed, sampled"),
+    ("method.prune_every=0", "method.prune_every must be null (prune once, after calibration) or a positive"),
+    ("method.prune_every=3", "method.prune_every=3 must divide method.calibration.iterations=10"),
+    ("method.calibration.baseline_momentum=1",
+     "method.calibration.baseline_momentum must be a number in [0, 1), or null for no baseline"),
+    ("+method.agents.0.reads=texts", "method.agents.0.reads must be one of full, numeric_hint"),
+    ("method.fewshot=-1", "method.fewshot must be null"),
 ])
 def test_bad_config_is_refused_before_the_model_loads(override, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -394,3 +403,93 @@ def test_smoke_on_the_embedded_model(tmp_path):
     assert len(rows) == 2 and all(r["error"] is None and r["final_text"].strip() for r in rows)
     assert all(1 <= a["output_tokens"] <= 16 for r in rows for a in r["agents"])
     assert info["method_info"]["calibration"]["usage"]["calls"] == 10 and (run_dir / MASKS_PICTURE).is_file()
+
+
+# --- the authors' learning rules as options ------------------------------------------------------
+
+
+def test_the_authors_iterative_schedule_prunes_during_calibration_and_draws_only_what_is_left(tmp_path):
+    """Their code: p = 0.25 of the edges still alive is cut after every 5th of 10 steps, by round half to even:
+    12 -> 9 -> 7 spatial edges (one-shot pruning at 0.25 would keep 9)."""
+    cfg = method_cfg("method.rounds=1", "method.decision=vote", "method.prune_rate=0.25", "method.prune_every=5",
+                     "method.prune_count=cut_half_even", "method.calibration.baseline_momentum=null",
+                     "method.calibration.iterations=10", "method.calibration.batch_size=2",
+                     "method.calibration.size=20")
+    task = arith(2)
+    method = build(cfg, Scripted(cfg, liar="calculator"), task)
+    drawn, execute = [], method.execute
+    method.execute = lambda samples, graphs, ids, phase: drawn.append(graphs) or execute(samples, graphs, ids, phase)
+    method.prepare(tmp_path, task.samples(), resume=True)
+    history = method.info["calibration"]["history"]
+    assert [h.get("edges_left") for h in history] == [None] * 4 + [{"spatial": 9}] + [None] * 4 + [{"spatial": 7}]
+    assert all(h["baseline"] == 0.0 for h in history)  # REINFORCE without a baseline
+    assert method.info["graph"]["edges_pruned"]["spatial"] == 7
+    assert method.info["learning_rules"] == {"prune_rate": 0.25, "prune_count": "cut_half_even", "prune_every": 5,
+                                             "graph_draw": "per_question", "test_graph": "fixed", "baseline": "none"}
+    saved = json.loads((tmp_path / MASKS_FILE).read_text())
+    after_first = np.array(saved["pruned"]["spatial"])
+    for graphs in drawn[5:]:  # the steps after the first pruning draw among its survivors only
+        for (graph,) in graphs:
+            assert not (graph.spatial > method.edge_policy.masks["spatial"]).any()
+    kept_after_five = None
+    for graphs in drawn[5:]:
+        union = np.maximum.reduce([g.spatial for (g,) in graphs])
+        kept_after_five = union if kept_after_five is None else np.maximum(kept_after_five, union)
+    assert kept_after_five.sum() <= 9 and (after_first <= 1).all()
+    # reusing the masks: the same rules give the file's pruned masks; other rules are refused
+    same = build(method_cfg("method.rounds=1", "method.decision=vote", "method.prune_rate=0.25",
+                            "method.prune_every=5", "method.prune_count=cut_half_even",
+                            f"method.masks={tmp_path / MASKS_FILE}"), Scripted(cfg), task)
+    same.prepare(None, task.samples(), resume=True)
+    np.testing.assert_array_equal(same.graph.spatial, method.graph.spatial)
+    other = build(method_cfg("method.rounds=1", "method.decision=vote", "method.prune_rate=0.5",
+                             "method.prune_every=5", f"method.masks={tmp_path / MASKS_FILE}"), Scripted(cfg), task)
+    with pytest.raises(UserError, match=r"an iterative schedule cannot be replayed from saved logits"):
+        other.prepare(None, task.samples(), resume=True)
+
+
+def test_sampled_test_graphs_are_seeded_per_question_recorded_and_followed():
+    cfg = method_cfg("method.prune_rate=0", "method.rounds=2", "method.test_graph=sampled",
+                     "method.graph_draw=per_round", "method.decision=vote")
+    task = arith(4)
+    samples = task.samples()
+    method = ready(cfg, Scripted(cfg), task)
+    together = method.run(samples)
+    alone = [method.run([s])[0] for s in samples[::-1]][::-1]  # other batches, another order: the same graphs
+    graphs = [o.diagnostics["graph"] for o in together]
+    assert graphs == [o.diagnostics["graph"] for o in alone]
+    assert len({json.dumps(g["rounds"]) for g in graphs}) > 1  # each question draws its own
+    for sample, graph in zip(samples, graphs):
+        assert len(graph["rounds"]) == 2 and graph["rounds"][0]["temporal"] == [] and isinstance(graph["seed"], int)
+        method.backend = backend = Scripted(cfg)
+        method.run([sample])
+        prompts = [c[-1]["content"] for call in backend.calls for c in call]
+        assert len(prompts) == 8  # 4 agents x 2 rounds, in round order
+        for k, prompt in enumerate(prompts):  # every agent read exactly what the recorded graph says
+            round = k // 4
+            name = next(a.name for a in cfg.agents if prompt.startswith(a.instruction))
+            edges = graph["rounds"][round]
+            reads = {(a, str(round)) for a, b in edges["spatial"] if b == name} | {
+                (a, str(round - 1)) for a, b in edges["temporal"] if b == name}
+            assert set(re.findall(r"(\w+) in round (\d+):", prompt)) == reads
+    fixed = ready(method_cfg("method.prune_rate=0", "method.rounds=2", "method.decision=vote"), Scripted(cfg), task)
+    assert all("graph" not in o.diagnostics for o in fixed.run(samples))
+
+
+def test_cli_run_with_a_prompt_pack_records_hints_executions_and_the_pack(tiny_model_dir, tmp_path):
+    from pathlib import Path
+
+    pack = Path(__file__).parent / "packs" / "authors_structure.yaml"
+    run_dir, rows, info = cli_run(tmp_path, "task.limit=1", f"method.prompt_pack={pack}", "method.prune_rate=0",
+                                  "method.rounds=1", f"model.path={tiny_model_dir}", "model.name=tiny",
+                                  "generation.max_new_tokens=4")
+    (row,) = rows
+    calls = {a["agent"]: a for a in row["agents"]}
+    assert list(calls) == ["a0", "a1", "a2", "a3", "d"] and row["error"] is None
+    assert calls["a0"]["hint"] == [] and calls["a1"]["hint"] is None  # a0 reads nobody in the complete DAG
+    assert calls["a2"]["execution"]["ending"] in ("passed", "failed", "timeout", "limit", "refused")
+    assert row["transcript"][2]["text"].endswith(calls["a2"]["execution"]["appended"])
+    assert info["method_info"]["prompt_pack"]["source"] == str(pack)
+    assert (run_dir / "prompt_pack.yaml").read_text() == pack.read_text()
+    shown = CliRunner().invoke(app, ["show", str(run_dir)])
+    assert shown.exit_code == 0, shown.output

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 from conftest import decoding, make_task
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
+from mascompare.backends.base import Completion
 from mascompare.cli import app
 from mascompare.errors import UserError
-from mascompare.methods.roles import agent_messages, agents_for
+from mascompare.methods.roles import agents_for
 from mascompare.methods import method_settings
 from mascompare.methods.text_mas import TextMAS, strip_thoughts
 
@@ -52,6 +53,17 @@ class Thinking(Recorder):
 
     def chat(self, conversations, gen, seeds=None):
         return [replace(c, text=f"<think>secret</think>{c.text}") for c in super().chat(conversations, gen)]
+
+
+def agent_messages(system, agent, question, answer_instruction, context=None):
+    """The messages conf/roles/mas.yaml's formats give an agent, written out: its instruction, the question, the
+    earlier agents' text if any, and the task's answer format if the agent answers."""
+    parts = [agent.instruction, f"Problem:\n{question}"]
+    if context:
+        parts.append(f"{CONTEXT_HEADER}\n{context}")
+    if agent.answers:
+        parts.append(answer_instruction)
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
 def run(backend, task, *overrides, accountant=None):
@@ -193,6 +205,59 @@ def test_bad_knobs_are_one_sentence(override, shown, tiny_backend):
         TextMAS(method_cfg(override), tiny_backend, arith(1), GEN, Accountant())
     key = override.split("=")[0]
     assert str(error.value).startswith(key) and str(error.value).endswith(f"got {shown}.")
+
+
+# --- read modes and executed replies (a prompt pack) -----------------------------------------------
+
+BEHAVIOURS = """\
+system: SYS
+formats: {executed: " => {output}", execution_failed: " => failed: {error}"}
+agents:
+  - {name: counter, role: counting, instruction: COUNT, answers: false}
+  - {name: hinted, role: hinting, instruction: HINT, answers: false, reads: numeric_hint}
+  - {name: coder, role: coding, instruction: CODE, answers: false, execute: true}
+decider: {name: judge, role: judging, instruction: JUDGE, answers: true}
+"""
+SAID = {"COUNT": "I count 12, so the answer is 12.", "HINT": "Then the answer is 13.",
+        "CODE": "```python\nprint(7 * 2)\n```", "JUDGE": "The answer is 14."}
+
+
+class ByInstruction:
+    """A fake model: each agent (known by its instruction, the first line of its prompt) says SAID's text."""
+
+    def __init__(self):
+        self.calls = []
+
+    def chat(self, conversations, gen, seeds=None):
+        self.calls.append(conversations)
+        return [Completion(SAID[c[-1]["content"].split("\n")[0]], 5, 5) for c in conversations]
+
+
+@pytest.mark.parametrize("structure", ["sequential", "hierarchical"])
+def test_a_hinted_agent_reads_answers_only_and_an_executing_agent_hands_on_what_its_code_printed(structure,
+                                                                                                  tmp_path):
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(BEHAVIOURS, encoding="utf-8")
+    backend, accountant, task = ByInstruction(), Accountant(), arith(1)
+    method = TextMAS(method_cfg(f"method.prompt_pack={pack}", f"method.structure={structure}"), backend, task, GEN,
+                     accountant)
+    method.prepare(None, task.samples(), resume=True)
+    (output,) = method.run(task.samples())
+    question = task.samples()[0].question
+    prompts = {c[-1]["content"].split("\n")[0]: c[-1]["content"] for call in backend.calls for c in call}
+    hints = ("Answers your teammates reached so far: 12. Use them as hints, not as facts."
+             if structure == "sequential" else None)
+    if structure == "sequential":
+        assert prompts["HINT"] == f"HINT\n\nProblem:\n{question}\n\nWork from the team so far:\n{hints}"
+        assert prompts["CODE"].endswith("[counter]\nI count 12, so the answer is 12.\n\n[hinted]\nThen the answer is 13.")
+    else:  # experts read nobody: a hinted one gets no hint line (formats.hint_alone is null)
+        assert prompts["HINT"] == f"HINT\n\nProblem:\n{question}"
+    assert "[coder]\n```python\nprint(7 * 2)\n``` => 14" in prompts["JUDGE"]
+    assert [t.text for t in output.transcript][2] == "```python\nprint(7 * 2)\n``` => 14"
+    records = {r.agent: r for r in accountant.take(task.samples()[0].id)}
+    assert records["hinted"].hint == ([] if structure == "hierarchical" else ["12"])
+    assert records["coder"].execution["ending"] == "passed" and records["coder"].execution["appended"] == " => 14"
+    assert records["counter"].hint is None and records["counter"].execution is None
 
 
 # --- through the CLI ---------------------------------------------------------------------------

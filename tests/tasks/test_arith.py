@@ -141,4 +141,4 @@ def test_scoring_uses_the_numeric_extractor():
     sample = task.samples()[0]
     assert task.score(task.extract(f"The answer is {sample.target}.").strict, sample.target)
     assert not task.score(task.extract("The answer is 1000.").strict, sample.target)
-    assert task.extractor_version == "numeric-2"
+    assert task.extractor_version == "numeric-3"

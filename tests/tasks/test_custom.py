@@ -123,7 +123,7 @@ def test_empty_file_and_missing_path_are_user_errors(tmp_path):
 
 def test_numeric_scoring():
     task = make(EXAMPLE)
-    assert task.extractor_version == "numeric-2"
+    assert task.extractor_version == "numeric-3"
     assert "\\boxed{}" in task.answer_instruction()
     assert task.score(task.extract("So there are \\boxed{1,055} books.").strict, "1055")
     assert not task.score(task.extract("So there are 1,056 books.").flexible, "1055")

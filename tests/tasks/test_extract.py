@@ -93,8 +93,35 @@ def test_extract_numeric(text, strict, flexible):
     assert (extraction.strict, extraction.flexible) == (strict, flexible)
 
 
+# (answer sentence, what a careful grader reads): the LAST number of the sentence after the marker, leaving out
+# parenthesised asides and negated numbers. Version numeric-2 read the first number (5, 12, 2, ...).
+ANSWER_SENTENCES = [
+    ("The answer is 5 apples and 3 pears, so 8", "8"),
+    ("The answer is 5 apples and 3 pears, so 8 fruits in all.", "8"),
+    ("So the answer is 2 boxes of 12, that is 24 eggs.", "24"),
+    ("The answer is 3 + 5 = 8 fruits in total.", "8"),
+    ("The answer is 12 per hour times 3 hours, which makes 36.", "36"),
+    ("The final answer is: 4 weeks of 7 days, 28 days.", "28"),
+    ("The answer is 8 (5 apples and 3 pears).", "8"),
+    ("The answer is 8 (= 5 + 3).", "8"),
+    ("The answer is (5 + 3) = 8.", "8"),
+    ("The answer is 18, not 20.", "18"),
+    ("The answer is not 5 but 7.", "7"),
+    ("The answer is 24 rather than 12.", "24"),
+    ("The answer is 1,000 instead of 900.", "1000"),
+    ("The answer is -3, not 3", "-3"),
+    ("The answer is 40 dollars. She had 5 left.", "40"),  # the sentence ends at its period
+    ("The answer is 6 eggs. Checking: 3 + 3 = 6, and the answer is 2 dozen, so 24.", "24"),  # the last marker
+]
+
+
+@pytest.mark.parametrize("text, number", ANSWER_SENTENCES)
+def test_an_answer_sentence_reads_as_its_last_number(text, number):
+    assert extract_numeric(text) == extract_numeric(text).__class__(strict=number, flexible=number)
+
+
 def test_extractor_version():
-    assert EXTRACTOR_VERSION == "numeric-2"
+    assert EXTRACTOR_VERSION == "numeric-3"
 
 
 @pytest.mark.parametrize(

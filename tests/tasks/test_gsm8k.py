@@ -125,7 +125,7 @@ def test_scoring_and_instruction():
     extraction = task.extract("She makes 9 * 2 = $18.\n\\boxed{18}")
     assert task.score(extraction.strict, "18")
     assert not task.score(task.extract("I give up.").strict, "18")
-    assert task.extractor_version == "numeric-2"
+    assert task.extractor_version == "numeric-3"
 
 
 @offline_copy
