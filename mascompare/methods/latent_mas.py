@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
 
 import torch
-from pydantic import model_validator
 
 from mascompare.backends.base import LatentBackend
 from mascompare.methods.base import Method, MethodOutput
@@ -52,38 +50,24 @@ from mascompare.methods.latent import (
     positions_from,
     record_block,
 )
-from mascompare.methods.packs import prepare_prompts, roles_from_pack
+from mascompare.methods.packs import TeamSettings, prepare_prompts
 from mascompare.methods.roles import (
-    FewShot,
     Prompts,
-    Roles,
     Structure,
     agents_for,
-    check_team,
 )
 from mascompare.records import Turn
-from mascompare.settings import Flag, NonNegativeInt, Section, Text, wanted
+from mascompare.settings import Flag, NonNegativeInt, Text
 
 
-class LatentMASSettings(Section):
+class LatentMASSettings(TeamSettings):
+    text_agents = False  # latent agents write no text
+
     name: Text
     structure: Structure
     latent_steps: NonNegativeInt  # m: latent thoughts per non-final agent
     realign: Flag
     diagnostics: Flag
-    fewshot: FewShot
-    prompt_pack: Annotated[str | None, wanted("a prompt pack's YAML file, a shipped pack's name, or null")]
-    roles: Roles
-
-    @model_validator(mode="before")
-    @classmethod
-    def with_prompt_pack(cls, data):
-        return roles_from_pack(data)
-
-    @model_validator(mode="after")
-    def team_is_complete(self):
-        check_team(agents_for(self), self.roles.formats, self.fewshot, text=False)
-        return self
 
 
 class LatentMAS(Method):

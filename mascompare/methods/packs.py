@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
 import yaml
-from pydantic import ConfigDict, ValidationError, field_validator
+from pydantic import ConfigDict, ValidationError, field_validator, model_validator
 
 from mascompare.config import find_config, group_options
 from mascompare.errors import UserError
 from mascompare.methods.roles import (
     Agent,
+    FewShot,
     Formats,
     GraphFormats,
+    Roles,
+    agents_for,
+    check_team,
     example_hashes,
     unique_names,
 )
@@ -160,6 +164,30 @@ def roles_from_pack(data):
     pack, merged = load_pack(data["prompt_pack"], formats, Formats)
     chain = [dumped(a) for a in [*pack.agents, pack.decider]]
     return {**data, "roles": {"system": pack.system, "sequential": chain, "hierarchical": chain, "formats": merged}}
+
+
+PackChoice = Annotated[str | None, wanted("a prompt pack's YAML file, a shipped pack's name, or null")]
+
+
+class TeamSettings(Section):
+    """What text_mas and latent_mas share of their settings: the team (method.roles, or a prompt pack in its
+    place) and how many worked examples each agent shows. `text_agents`: whether the agents write text, which
+    reading neighbours as a hint and running replies need."""
+
+    text_agents: ClassVar[bool]
+    fewshot: FewShot
+    prompt_pack: PackChoice
+    roles: Roles
+
+    @model_validator(mode="before")
+    @classmethod
+    def with_prompt_pack(cls, data):
+        return roles_from_pack(data)
+
+    @model_validator(mode="after")
+    def team_is_complete(self):
+        check_team(agents_for(self), self.roles.formats, self.fewshot, text=self.text_agents)
+        return self
 
 
 def dumped(agent: PackAgent) -> dict:

@@ -75,7 +75,7 @@ from mascompare.methods.masks import (
     pruned_masks,
     read_masks,
 )
-from mascompare.methods.packs import prepare_prompts, team_from_pack
+from mascompare.methods.packs import PackChoice, prepare_prompts, team_from_pack
 from mascompare.methods.roles import (
     Agent,
     FewShot,
@@ -110,7 +110,7 @@ class PrunedMASSettings(MaskSettings):
     decider: Agent
     formats: GraphFormats
     fewshot: FewShot
-    prompt_pack: Annotated[str | None, wanted("a prompt pack's YAML file, a shipped pack's name, or null")]
+    prompt_pack: PackChoice
     rounds: PositiveInt
     topology: Annotated[Literal[TOPOLOGIES], choice(TOPOLOGIES)]
     decision: Annotated[Literal[DECISIONS], choice(DECISIONS)]

@@ -24,22 +24,17 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import model_validator
-
 from mascompare.methods.base import Method, MethodOutput
 from mascompare.methods.execution import ReplyRunner
-from mascompare.methods.packs import prepare_prompts, roles_from_pack
+from mascompare.methods.packs import TeamSettings, prepare_prompts
 from mascompare.methods.roles import (
-    FewShot,
     Prompts,
-    Roles,
     Structure,
     agents_for,
     answers_in,
     ask_agents,
-    check_team,
 )
-from mascompare.settings import Flag, Section, Text, wanted
+from mascompare.settings import Flag, Text, wanted
 
 THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL)  # a closed block, or an unclosed tail
 
@@ -51,24 +46,13 @@ def strip_thoughts(text: str) -> str:
     return text.rpartition("</think>")[2]
 
 
-class TextMASSettings(Section):
+class TextMASSettings(TeamSettings):
+    text_agents = True
+
     name: Text
     structure: Structure
     strip_think: Flag
     handoff_max_tokens: Annotated[int | None, wanted("null or a positive integer", ge=1)]
-    fewshot: FewShot
-    prompt_pack: Annotated[str | None, wanted("a prompt pack's YAML file, a shipped pack's name, or null")]
-    roles: Roles
-
-    @model_validator(mode="before")
-    @classmethod
-    def with_prompt_pack(cls, data):
-        return roles_from_pack(data)
-
-    @model_validator(mode="after")
-    def team_is_complete(self):
-        check_team(agents_for(self), self.roles.formats, self.fewshot, text=True)
-        return self
 
 
 class TextMAS(Method):
