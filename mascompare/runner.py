@@ -36,7 +36,7 @@ from mascompare.masking import mask_config
 from mascompare.methods import METHODS, Method, MethodOutput
 from mascompare.records import RunRecord, SampleRecord, Usage, now_iso
 from mascompare.settings import ModelSettings, Settings, validate
-from mascompare.store import RunStore
+from mascompare.store import RunStore, check_writable, plural
 from mascompare.tasks import Sample, Task, build_task
 
 log = logging.getLogger(__name__)
@@ -105,24 +105,46 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
     """Run (or resume) one configuration into out_dir; returns its RunRecord (a dry run: its DryRunReport).
 
     `kept` (a sweep's) holds the backend between runs, so that equal configs load the model once.
-    `on_start()` is called once everything is checked, just before out_dir is first written.
+    `on_start()` is called once everything is checked and loaded, just before the run first writes its records:
+    a run refused before then (bad input found while loading, e.g. a missing API key) has written nothing.
     """
     plan = make_plan(cfg, out_dir, settings)
     if plan.settings.run.dry_run:
         from mascompare.dry_run import dry_run
 
         return dry_run(plan)
+    check_model_cache(plan.settings)
+    done = RunStore.completed_keys_in(plan.run_dir) if plan.settings.run.resume else set()
+    if not plan.todo(done):  # nothing left to do: the summary again, nothing loaded
+        store, record = begin(plan, on_start)
+        return finish(plan, store, record)
+    return finish(plan, *run_batches(plan, kept, on_start))
+
+
+def check_model_cache(settings: Settings) -> None:
+    """An embedded model not yet converted is converted into $MASCOMPARE_CACHE: refuse a cache that cannot be
+    written before the model loads, naming the variable."""
+    from mascompare.backends.models import STAMP_FILE, cache_dir, model_cache_dir
+
+    model = settings.model
+    if settings.backend.name != "hf" or model.path or model.embedded is None \
+            or (model_cache_dir(model.name) / STAMP_FILE).is_file():
+        return
+    check_writable(cache_dir(), "MASCOMPARE_CACHE", f"where the embedded model '{model.name}' is converted on first "
+                                                    "use")
+
+
+def begin(plan: Plan, on_start) -> tuple[RunStore, RunRecord]:
+    """The run's first writes: .hydra/ (on_start), the store opened (damaged lines set aside), its record."""
     if on_start is not None:
         on_start()
     store = RunStore(plan.run_dir)
     record = start_record(plan, store)
     todo = plan.todo(store.completed_keys())
     record.samples_resumed = len(plan.samples) * plan.repeats - len(todo)
-    log.info("%s: %d samples x %d repeats, %d already done, %d to run -> %s", record.task, len(plan.samples),
-             plan.repeats, record.samples_resumed, len(todo), store.dir)
-    if todo:
-        record.stop_reason = run_batches(plan, store, record, todo, kept)
-    return finish(plan, store, record)
+    log.info("%s: %s x %s, %d already done, %d to run -> %s", record.task, plural(len(plan.samples), "sample"),
+             plural(plan.repeats, "repeat"), record.samples_resumed, len(todo), store.dir)
+    return store, record
 
 
 def start_record(plan: Plan, store: RunStore) -> RunRecord:
@@ -140,23 +162,26 @@ def start_record(plan: Plan, store: RunStore) -> RunRecord:
         method_info=earlier.method_info if earlier else None, task_info=plan.task.run_info())
 
 
-def run_batches(plan: Plan, store: RunStore, record: RunRecord, todo: list[tuple[int, Sample]],
-                kept: KeptBackend | None) -> str | None:
-    """Phase 2: load, prepare, then every (repeat, sample) still to do; returns why the run stopped early, or None."""
+def run_batches(plan: Plan, kept: KeptBackend | None, on_start) -> tuple[RunStore, RunRecord]:
+    """Phase 2: load and prepare (nothing written yet), then start the record and run every (repeat, sample)
+    still to do; returns the store and the record, its stop_reason set where the run stopped early. A run stopped
+    by an exception keeps in run.json what its backend recorded (e.g. a failed check of its fast path); the
+    caller records why it stopped."""
     settings = plan.settings
     load_start = time.perf_counter()
-    backend, record.backend_reused = open_backend(settings.run, settings.backend, settings.model, kept,
-                                                  plan.backend_cls)
+    backend, reused = open_backend(settings.run, settings.backend, settings.model, kept, plan.backend_cls)
+    store = record = None
     try:
-        record.model_load_s = round(time.perf_counter() - load_start, 3)
-        record.environment = environment.describe(backend, plan.samples)
+        model_load_s = round(time.perf_counter() - load_start, 3)
         batch_size = settings.run.batch_size
         if batch_size == "auto":
             batch_size = backend.auto_batch_size([s.question for s in plan.samples], settings.generation)
-        record.batch_size = batch_size
         accountant = Accountant(plan.price)
         method = plan.method_cls(settings.method, backend, plan.task, settings.generation, accountant)
-        method.prepare(store.dir, plan.samples, settings.run.resume)
+        method.prepare(plan.run_dir, plan.samples, settings.run.resume)
+        store, record = begin(plan, on_start)
+        record.backend_reused, record.model_load_s, record.batch_size = reused, model_load_s, batch_size
+        record.environment = environment.describe(backend, plan.samples)
         record.method_info = method.run_info()
         store.write_run(record)
         budget = None
@@ -166,9 +191,21 @@ def run_batches(plan: Plan, store: RunStore, record: RunRecord, todo: list[tuple
             budget = Budget(settings.run.max_cost_usd, sample_bounds(plan, store.dir),
                             [attempt.usage.cost_usd or 0.0 for attempt in store.all_records()],
                             calibration_cost(record.method_info))
-        return Batches(plan, method, backend, store, accountant, budget, batch_size).run(todo)
-    finally:
+        todo = plan.todo(store.completed_keys())
+        record.stop_reason = Batches(plan, method, backend, store, accountant, budget, batch_size).run(todo)
         record.backend_info = backend.run_info()  # e.g. the checks the backend made of its fast path
+        return store, record
+    except BaseException as stop:
+        if not isinstance(stop, Exception) and kept is not None:
+            kept.close()  # interrupted: requests in flight are cancelled, even those of a sweep's kept backend
+        if record is not None and isinstance(stop, Exception):
+            record.backend_info = backend.run_info()
+            try:
+                store.write_run(record)
+            except OSError:
+                pass  # a full disk: the caller records the stop where it can
+        raise
+    finally:
         release_backend(backend, kept)
 
 
@@ -177,9 +214,14 @@ def finish(plan: Plan, store: RunStore, record: RunRecord) -> RunRecord:
     ids = {s.id for s in plan.samples}
     latest = [r for (sid, repeat), r in store.latest().items() if sid in ids and repeat < plan.repeats]
     record.task_info = plan.task.run_info()  # as scoring left it (e.g. sandbox processes that had to be killed)
+    summary = stats.summarize_records(latest)
+    if not record.stop_reason and summary.errors and not summary.n:
+        first = next(r.error for r in latest if r.failed)
+        record.stop_reason = (f"every sample failed ({plural(summary.errors, 'sample')}), e.g. with: {first}; "
+                              "fix that and run the same command again to retry them")
     record.status = "stopped" if record.stop_reason else "finished"
     record.finished = now_iso()
-    record.summary = stats.summarize_records(latest)
+    record.summary = summary
     if warning := stats.capped_share_warning(record.summary):
         log.warning(warning)
     if plan.settings.run.max_cost_usd is not None:
