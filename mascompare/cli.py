@@ -210,11 +210,35 @@ def check_sweep_dir(given: list[str], parsed) -> None:
         theirs = ((yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("hydra") or {})["overrides"]["task"]
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return  # no sweep there, or not one of ours
-    ours = [text for text, o in zip(given, parsed) if not o.key_or_group.startswith("hydra.")]
-    if [str(o) for o in theirs or []] != ours:
+    ours = [(text, o) for text, o in zip(given, parsed) if not o.key_or_group.startswith("hydra.")]
+    if [str(o) for o in theirs or []] != [text for text, _ in ours] and not runs_kept(saved.parent, [o for _, o in ours]):
         shown = " ".join(redact(str(o), _secrets) for o in theirs or [])
         raise UserError(f"hydra.sweep.dir={chosen[-1]} holds another sweep ({shown}); give this sweep a folder of "
                         "its own, or run that sweep's own command to resume it.")
+
+
+def runs_kept(sweep_dir: Path, parsed) -> bool:
+    """Whether every job folder of the sweep in `sweep_dir` that holds a run gets the same overrides from this
+    sweep: then this sweep amends that one (e.g. a failed job's bad value fixed) and hides none of its runs."""
+    import yaml
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
+
+    from mascompare.masking import mask_override
+
+    try:
+        (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    except HydraException:  # a sweep BasicSweeper does not expand (e.g. a range for Optuna): another sweep
+        return False
+    for run_json in sweep_dir.glob("*/run.json"):
+        try:
+            saved = yaml.safe_load((run_json.parent / ".hydra" / "overrides.yaml").read_text(encoding="utf-8"))
+            index = int(run_json.parent.name)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError):
+            return False
+        if index >= len(jobs) or [mask_override(o) for o in jobs[index]] != saved:
+            return False
+    return True
 
 
 def check_added_keys(cfg, added: list[str], swept: set[str]) -> None:
@@ -432,10 +456,12 @@ def read_run_json(run_dir: Path) -> RunRecord:
 def show(run_dir: Path = typer.Argument(..., help="A run directory (holds run.json)."),
          as_json: bool = typer.Option(False, "--json", help="Print run.json's status and summary as JSON.")):
     """Print the summary of a run."""
-    from mascompare.display import print_summary
+    from mascompare.display import print_summary, problem_rows
+    from mascompare.store import read_samples, set_aside_lines
 
     try:
         record = read_run_json(run_dir)
+        samples = read_samples(run_dir, running=record.status == "running")
     except UserError as exc:
         fail(str(exc))
     if as_json:
@@ -444,7 +470,7 @@ def show(run_dir: Path = typer.Argument(..., help="A run directory (holds run.js
         shown = record.to_json()
         print(json.dumps({k: shown[k] for k in keys}, indent=2, default=str))
         return
-    print_summary(record)
+    print_summary(record, problem_rows(list(samples.latest.values()), samples.damaged, set_aside_lines(run_dir)))
 
 
 COMPARE_PATHS = typer.Argument(..., help="Run directories, a results root or a multirun directory.")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 
 from mascompare.errors import UserError

@@ -33,7 +33,6 @@ from mascompare.registry import suggest
 from mascompare.stats import METRICS
 from mascompare.store import (
     BOM,
-    CUT_SHORT,
     FAILURE_FILE,
     RUN_FILE,
     SAMPLES_FILE,
@@ -42,6 +41,7 @@ from mascompare.store import (
     plural,
     read_run,
     read_samples,
+    set_aside_lines,
     side_file,
 )
 
@@ -200,12 +200,9 @@ def _long_table(runs: list[Run]) -> pd.DataFrame:
     Lines that are not records are left out, and counted on their run."""
     rows = []
     for run in runs:
-        samples = read_samples(run.dir)
-        if run.info.status == "running" and samples.damaged and samples.damaged[-1].reason == CUT_SHORT:
-            samples.damaged.pop()  # the line its running job is writing right now
+        samples = read_samples(run.dir, running=run.info.status == "running")
         run.damaged = samples.damaged
-        aside = side_file(run.dir / SAMPLES_FILE)
-        run.set_aside = aside.read_bytes().count(b"\n") if aside.is_file() else 0
+        run.set_aside = set_aside_lines(run.dir)
         extra = {"run": run.key, "task": run.task, "model": run.model, "method": run.method}
         rows += [{**row, **extra} for row in stats.sample_rows(list(samples.latest.values()))]
     return pd.DataFrame.from_records(rows, columns=["run", "task", "model", "method", *stats.SAMPLE_COLUMNS])
@@ -457,7 +454,7 @@ def _notes(runs: list[Run], rows: pd.DataFrame, samples: pd.DataFrame) -> list[s
             usage = calibration.get("usage") or {}
             notes.append(
                 f"{labels[run.key]} calibrated its graph before evaluation (not in the figures): "
-                f"{calibration.get('questions')} questions, {usage.get('calls')} calls, "
+                f"{plural(calibration.get('questions') or 0, 'question')}, {plural(usage.get('calls') or 0, 'call')}, "
                 f"{usage.get('input_tokens', 0):,} input + {usage.get('output_tokens', 0):,} decoded tokens, "
                 f"{calibration.get('elapsed_s', 0):.1f} s, cost {_money(usage.get('cost_usd'))}.")
     return notes
@@ -720,7 +717,7 @@ def _md_row(cells: list[str]) -> str:
 def to_markdown(comparison: Comparison, out_dir: Path | None = None) -> str:
     lines = ["# Comparison", ""]
     reference = comparison.reference or "none"
-    lines += [f"{len(comparison.table)} runs · reference: {reference} · paired statistics on the "
+    lines += [f"{plural(len(comparison.table), 'run')} · reference: {reference} · paired statistics on the "
               f"{comparison.metric} accuracy · 95% intervals: Wilson for accuracy (with repeats: a bootstrap over "
               "samples), paired bootstrap for Δ, bootstrap over batches for the speed-up (n.s.: it includes 1)", ""]
     for task, model, rows in comparison.groups():

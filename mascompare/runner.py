@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import count
@@ -24,22 +25,24 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mascompare import environment, stats
+from mascompare import environment, stats, threads
 from mascompare.accounting import Accountant, Price, price_for
 from mascompare.backends import BACKENDS, KeptBackend, open_backend, release_backend
-from mascompare.backends.base import ChatBackend
+from mascompare.backends.base import ChatBackend, LatentBackend
 from mascompare.budget import Budget
-from mascompare.display import Progress, print_summary
+from mascompare.display import Progress, duration, print_summary, problem_rows
 from mascompare.errors import UserError
 from mascompare.identity import identity_hash, short_hash
 from mascompare.masking import mask_config
 from mascompare.methods import METHODS, Method, MethodOutput
 from mascompare.records import RunRecord, SampleRecord, Usage, now_iso
 from mascompare.settings import ModelSettings, Settings, validate
-from mascompare.store import RunStore, check_writable, plural
+from mascompare.store import RunStore, check_writable, plural, set_aside_lines
 from mascompare.tasks import Sample, Task, build_task
 
 log = logging.getLogger(__name__)
+CPU_MANY_SAMPLES = 50  # more than this to run on a CPU: say at the start how to run fewer
+LONG_RUN_S = 600  # a run whose pace promises more than this says so after its first samples
 
 
 @dataclass
@@ -169,14 +172,18 @@ def run_batches(plan: Plan, kept: KeptBackend | None, on_start) -> tuple[RunStor
     caller records why it stopped."""
     settings = plan.settings
     load_start = time.perf_counter()
-    backend, reused = open_backend(settings.run, settings.backend, settings.model, kept, plan.backend_cls)
+    local = issubclass(plan.backend_cls, LatentBackend)  # the model runs here: torch computes with our threads
+    if local:
+        threads.apply(settings.run.threads)
+    with quiet_loading(not settings.run.progress and local):
+        backend, reused = open_backend(settings.run, settings.backend, settings.model, kept, plan.backend_cls)
     store = record = None
     try:
         model_load_s = round(time.perf_counter() - load_start, 3)
         batch_size = settings.run.batch_size
         if batch_size == "auto":
             batch_size = backend.auto_batch_size([s.question for s in plan.samples], settings.generation)
-        accountant = Accountant(plan.price)
+        accountant = WatchedAccountant(plan.price)
         method = plan.method_cls(settings.method, backend, plan.task, settings.generation, accountant)
         method.prepare(plan.run_dir, plan.samples, settings.run.resume)
         store, record = begin(plan, on_start)
@@ -192,6 +199,10 @@ def run_batches(plan: Plan, kept: KeptBackend | None, on_start) -> tuple[RunStor
                             [attempt.usage.cost_usd or 0.0 for attempt in store.all_records()],
                             calibration_cost(record.method_info))
         todo = plan.todo(store.completed_keys())
+        if record.environment.get("device") == "cpu" and len(todo) > CPU_MANY_SAMPLES:
+            log.warning("%s to run on a CPU, which answers a few questions a minute with a small model and far "
+                        "fewer with a large one: this may take hours; task.limit=N runs only the first N (the same "
+                        "command later resumes and extends the run)", plural(len(todo), "sample"))
         record.stop_reason = Batches(plan, method, backend, store, accountant, budget, batch_size).run(todo)
         record.backend_info = backend.run_info()  # e.g. the checks the backend made of its fast path
         return store, record
@@ -207,6 +218,39 @@ def run_batches(plan: Plan, kept: KeptBackend | None, on_start) -> tuple[RunStor
         raise
     finally:
         release_backend(backend, kept)
+
+
+@contextmanager
+def quiet_loading(quiet: bool):
+    """No progress bar of transformers or the hub (e.g. "Loading weights") while a local model loads, where
+    run.progress=false asks for none."""
+    if not quiet:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    hub_was_off, transformers_was_on = are_progress_bars_disabled(), transformers_logging.is_progress_bar_enabled()
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not hub_was_off:
+            enable_progress_bars()
+        if transformers_was_on:
+            transformers_logging.enable_progress_bar()
+
+
+class WatchedAccountant(Accountant):
+    """The accountant, telling the progress display of each call as it is recorded."""
+
+    on_record = None
+
+    def record(self, record) -> None:
+        super().record(record)
+        if self.on_record is not None:
+            self.on_record()
 
 
 def finish(plan: Plan, store: RunStore, record: RunRecord) -> RunRecord:
@@ -228,7 +272,7 @@ def finish(plan: Plan, store: RunStore, record: RunRecord) -> RunRecord:
         record.summary.cost_usd_spent = (sum(r.usage.cost_usd or 0.0 for r in store.all_records())
                                          + calibration_cost(record.method_info))
     store.write_run(record)
-    print_summary(record)
+    print_summary(record, problem_rows(latest, set_aside=set_aside_lines(store.dir)))
     return record
 
 
@@ -276,7 +320,9 @@ class Batches:
     def run(self, todo: list[tuple[int, Sample]]) -> str | None:
         settings = self.plan.settings
         already = len(self.plan.samples) * self.plan.repeats - len(todo)
+        self.began, self.written, self.to_write, self.pace_told = time.perf_counter(), 0, len(todo), False
         with Progress(total=len(todo) + already, done=already, enabled=settings.run.progress) as self.progress:
+            self.accountant.on_record = self.progress.call
             for repeat in sorted({r for r, _ in todo}):
                 self.method.gen = settings.generation.for_repeat(repeat)  # every call's seed includes the repeat
                 mine = [s for r, s in todo if r == repeat]  # a sample id appears once in a repeat's batches
@@ -350,3 +396,20 @@ class Batches:
             if self.budget is not None:
                 self.budget.add(record.usage.cost_usd or 0.0)
             self.progress.advance(record, self.plan.settings.run.primary_metric)
+        self.written += len(batch)
+        self.tell_pace()
+
+    def tell_pace(self) -> None:
+        """Once, after the first batch (or the first samples in flight): how long the rest may take at this pace,
+        where that is long, with the knob that shortens it."""
+        workers = self.backend.sample_workers or 1
+        if self.pace_told or self.written < min(workers, self.to_write):
+            return
+        self.pace_told = True
+        elapsed = time.perf_counter() - self.began
+        left = elapsed / self.written * (self.to_write - self.written)
+        if left > LONG_RUN_S:
+            log.warning("the first %s took %s: at this pace the remaining %d take about %s; task.limit=N runs "
+                        "only the first N (the same command later resumes and extends the run)",
+                        plural(self.written, "sample"), duration(elapsed), self.to_write - self.written,
+                        duration(left))

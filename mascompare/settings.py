@@ -182,6 +182,7 @@ class RunSettings(Section):
     cache: Flag
     on_busy: Annotated[Literal[ON_BUSY], choice(ON_BUSY)]
     tracking: Annotated[Literal[TRACKERS] | None, wanted("null or one of " + ", ".join(TRACKERS))]
+    threads: Annotated[Union[PositiveInt, Literal["auto"]], wanted("a positive integer or auto")]
 
 
 class TaskCommon(Section):

@@ -95,10 +95,14 @@ class SamplesFile:
         return {record.key: record for record in self.records}
 
 
-def read_samples(directory: str | Path) -> SamplesFile:
-    """samples.jsonl of a run directory, read without touching its files (compare, dry runs, the viewer)."""
+def read_samples(directory: str | Path, running: bool = False) -> SamplesFile:
+    """samples.jsonl of a run directory, read without touching its files (compare, dry runs, the viewer). Of a run
+    still `running`, a last line cut short is the one being written, not damage."""
     path = Path(directory) / SAMPLES_FILE
-    return SamplesFile(*_scan(path, lambda raw: SampleRecord.from_json(raw, str(path))))
+    samples = SamplesFile(*_scan(path, lambda raw: SampleRecord.from_json(raw, str(path))))
+    if running and samples.damaged and samples.damaged[-1].reason == CUT_SHORT:
+        samples.damaged.pop()
+    return samples
 
 
 def latest_records(directory: str | Path) -> dict[tuple[str, int], SampleRecord]:
@@ -143,6 +147,12 @@ def _json_document(path: Path):
 def side_file(path: Path) -> Path:
     """Where a file's damaged lines are set aside: samples.jsonl -> samples.damaged.jsonl."""
     return path.with_name(f"{path.stem}.damaged{path.suffix}")
+
+
+def set_aside_lines(directory: str | Path) -> int:
+    """How many damaged lines of a run's samples.jsonl its runs have set aside so far."""
+    aside = side_file(Path(directory) / SAMPLES_FILE)
+    return aside.read_bytes().count(b"\n") if aside.is_file() else 0
 
 
 class RunStore:
