@@ -34,7 +34,7 @@ from mascompare.masking import mask_config, mask_override
 from mascompare.records import now_iso
 from mascompare.runner import execute
 from mascompare.settings import validate
-from mascompare.store import RUN_FILE, SAMPLES_FILE, write_json
+from mascompare.store import RUN_FILE, SAMPLES_FILE, overwrite_json, write_json
 
 RECORD_SUBDIR = ".hydra"  # where Hydra keeps a job's composed config; written here once the run starts
 log = logging.getLogger(__name__)
@@ -98,8 +98,7 @@ def main(cfg: DictConfig) -> float | None:
             raise  # Hydra records the failed job (failed.json in its directory) and names its overrides
         if interrupted:
             raise StopRun(reason, SIGNAL_EXIT.get(getattr(exc, "signal_name", "SIGINT"), 130)) from exc
-        raise StopRun(reason[0].upper() + reason[1:] + ("" if reason.endswith(".") else "."),
-                      USAGE_ERROR if isinstance(exc, UserError) else RUN_FAULT) from exc
+        raise StopRun(sentence(reason), USAGE_ERROR if isinstance(exc, UserError) else RUN_FAULT) from exc
     if record.status == "dry_run":  # a DryRunReport: nothing ran, so nothing to track
         remove_if_unused(out_dir, Path(cfg.run.output_root))
         return None
@@ -228,6 +227,14 @@ def fault_reason(exc: BaseException, cfg, started: bool = True) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def sentence(reason: str) -> str:
+    """A reason as a sentence: a capital first letter, unless it begins with a setting's or a file's name that must
+    stay as spelled (model.path, run.json), and a full stop."""
+    first = reason.split(" ", 1)[0]
+    start = reason[0].upper() + reason[1:] if first.isalpha() else reason
+    return start + ("" if reason.endswith(".") else ".")
+
+
 def mark_stopped(out_dir: Path, reason: str) -> None:
     """Record in run.json that the run stopped and why; a disk too full even for that is logged instead."""
     info = _read_run_json(out_dir)
@@ -236,6 +243,13 @@ def mark_stopped(out_dir: Path, reason: str) -> None:
     info.update(status="stopped", stop_reason=reason, finished=now_iso())
     try:  # written aside and renamed, so that a full disk leaves the old run.json whole
         write_json(out_dir / RUN_FILE, info)
+        return
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            log.error("could not record the stop in %s (%s): %s", out_dir / RUN_FILE, error.strerror, reason)
+            return
+    try:  # no room for a copy: over the old one, in its own space
+        overwrite_json(out_dir / RUN_FILE, info)
     except OSError as error:
         log.error("could not record the stop in %s (%s): %s", out_dir / RUN_FILE, error.strerror, reason)
 

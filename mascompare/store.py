@@ -228,16 +228,37 @@ def write_json(path: Path, data: dict) -> None:
     try:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
         tmp.replace(path)
-    except OSError:
+    except OSError as error:
         tmp.unlink(missing_ok=True)
-        raise
+        raise OSError(error.errno, error.strerror, str(path)) from None  # the file, for the message
+
+
+def overwrite_json(path: Path, data: dict) -> None:
+    """Written over the file in place, for a disk too full for write_json's copy: the old file's space is reused, and
+    a file cut short by a crash meanwhile is set aside by the next run."""
+    with open(path, "r+b") as f:
+        f.write((json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+        f.truncate()
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _append_lines(path: Path, rows: list[dict]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    """Whole lines or nothing: a write that fails (a full disk) is cut back to where the file ended, which also gives
+    back the space its part took, for the record of the stop. Unbuffered, so that closing the file writes nothing."""
+    data = memoryview("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
+    with open(path, "ab", buffering=0) as f:
+        end = f.tell()
+        try:
+            while data:
+                data = data[f.write(data):]
+            os.fsync(f.fileno())
+        except OSError as error:
+            try:
+                f.truncate(end)
+            except OSError:
+                pass  # a line cut short is set aside by the next run
+            raise OSError(error.errno, error.strerror, str(path)) from None  # the file, for the message
 
 
 def _text_row(raw) -> tuple[str, str]:
@@ -332,7 +353,10 @@ def check_writable(folder: str | Path, setting: str, purpose: str = "") -> Path:
     except OSError as error:
         raise UserError(f"{where} cannot be used ({error.strerror}); set {setting} to a writable directory.") \
             from None
-    if stats.f_flag & os.ST_RDONLY or not os.access(existing, os.W_OK | os.X_OK):
+    if stats.f_flag & os.ST_RDONLY:
+        raise UserError(f"{where} is not writable ({existing} is on a read-only file system); "
+                        f"set {setting} to a writable directory.")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{where} is not writable ({existing} is read-only for this user); "
                         f"set {setting} to a writable directory.")
     if stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES:
