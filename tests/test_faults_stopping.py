@@ -85,3 +85,26 @@ def test_a_disk_that_fills_up_mid_run_stops_it_with_exit_1_and_the_reason_and_re
     assert (tmp_path / "second.rc").read_text().strip() == "0", (tmp_path / "second.txt").read_text()
     after = run_dir_of(tmp_path / "after")
     assert len(keys_once(after)) == 40 == len(set(keys_once(after))) and run_json(after)["status"] == "finished"
+
+
+def test_a_failed_fast_path_check_with_fail_stops_the_run_with_a_true_status(tiny_model_dir, tmp_path, monkeypatch):
+    from faults import invoke
+
+    from mascompare.backends.hf import backend as hf_backend
+    from mascompare.backends.hf.fast_path_check import CheckResult
+    from mascompare.cli import app
+
+    def failing(steps, state, prompts, visible, room, latent):
+        hidden, logits = steps.prefill(state, prompts, visible)  # the run's own prefill, then a failed verdict
+        return CheckResult(False, "logits differ by 3.5 at step 2", {}), hidden, logits
+
+    monkeypatch.setattr(hf_backend, "check_fast_path", failing)
+    result = invoke(app, ["run", "method=baseline", "task=arith", f"model.path={tiny_model_dir}", "model.name=tiny",
+                          "generation.max_new_tokens=2", "run.progress=false", f"run.output_root={tmp_path}",
+                          "task.limit=2", "backend.compile=true", "backend.fast_path_check=fail"])
+    assert result.exit_code == 2
+    sentence = ("The fast path (backend.compile) failed its check against the eager path: logits differ by 3.5 at "
+                "step 2; set backend.fast_path_check=fallback to run eagerly instead, or backend.compile=false.")
+    assert error_line(result.output) == sentence
+    info = run_json(run_dir_of(tmp_path))
+    assert info["status"] == "stopped" and info["stop_reason"] == sentence
