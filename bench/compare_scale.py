@@ -78,7 +78,8 @@ def measure(tree: Path, root: Path, out: Path, *extra: str) -> tuple[float, floa
                "    print(f'@@ {u.ru_utime + u.ru_stime:.2f} {u.ru_maxrss / 1024:.0f}', file=sys.stderr)",
                "compare", str(root), "--out", str(out), *extra]
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tree)  # `python -c` imports from
+    # its working directory first: the checkout's own, not the one this benchmark runs in
     wall = time.perf_counter() - started
     marks = [line.split() for line in done.stderr.splitlines() if line.startswith("@@ ")]
     cpu, peak = (float(marks[-1][1]), float(marks[-1][2])) if marks else (float("nan"), float("nan"))

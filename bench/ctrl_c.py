@@ -30,7 +30,9 @@ def measure(tree: Path, number: int, samples: int, delay: float) -> tuple[float,
             [sys.executable, "-c", "import sys; from mascompare.cli import app; app(sys.argv[1:])", "run",
              "backend=scripted", f"backend.script={script}", "method=baseline", "task=arith", f"task.limit={samples}",
              f"backend.max_concurrency={samples}", "run.progress=false", f"run.output_root={root}"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            env=env, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal, even when
+        # this benchmark runs in the background (where a shell has its children ignore Ctrl-C)
         while not list(root.rglob("run.json")):
             time.sleep(0.05)
         time.sleep(1.0)  # the requests out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,9 @@ def cli_process(*args: str, root_mount: str = "", **popen) -> subprocess.Popen:
     command = [sys.executable, "-c", "import sys; from mascompare.cli import app; app(sys.argv[1:])", *args]
     if root_mount:
         command = ["unshare", "-m", "sh", "-c", root_mount + ' && exec "$@"', "sh", *command]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    # Ctrl-C as from a terminal, even where the tests run in the background (a shell has its children ignore it)
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
 def cli(*args: str, root_mount: str = "", timeout: float = 120) -> tuple[int, str]:
