@@ -279,11 +279,13 @@ def launch_hydra(argv: list[str], multirun: bool = False, check: bool = True) ->
         if user_wants_traceback:
             raise exc.__cause__ if isinstance(exc, StopRun) and exc.__cause__ else exc
         if isinstance(exc, StopRun) and exc.code in SIGNAL_EXIT.values():
+            saved_handlers.clear()  # the process ends: stop_now's own handlers stay
             stop_now(f"stopped: {exc.message}", exc.code)
         if isinstance(exc, StopRun):
             fail(exc.message, exc.code)
         fail(str(exc) if isinstance(exc, UserError) else explain_hydra_error(exc, argv[1:]))
     except KeyboardInterrupt as exc:  # before or after the run itself (e.g. while Hydra composes)
+        saved_handlers.clear()
         stop_now("stopped: interrupted before the run began; nothing was written." if not isinstance(exc, Terminated)
                  else "stopped: terminated (SIGTERM) before the run began; nothing was written.",
                  SIGNAL_EXIT[getattr(exc, "signal_name", "SIGINT")])
@@ -304,7 +306,10 @@ def launch_hydra(argv: list[str], multirun: bool = False, check: bool = True) ->
 
 def stop_now(message: str, status: int):
     """End a run stopped by a signal: its stop is recorded; say so and exit without waiting for threads that are
-    still blocked (e.g. a request to a server that does not answer, which nothing can interrupt)."""
+    still blocked (e.g. a request to a server that does not answer, which nothing can interrupt). A further
+    Ctrl-C or SIGTERM meanwhile is ignored: it would cut the exit short with Python's own status and message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     err.print(redact(message, _secrets), highlight=False, markup=False)
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     if stuck:
