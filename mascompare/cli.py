@@ -11,7 +11,10 @@ import difflib
 import json
 import os
 import re
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +27,7 @@ from mascompare.errors import UserError
 from mascompare.masking import is_secret_key, redact, redact_logs, secret_values
 from mascompare.records import RunRecord
 from mascompare.registry import unknown
+from mascompare.store import incomplete
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -179,15 +183,75 @@ def precheck(overrides: list[str], multirun: bool) -> None:
     from mascompare.settings import validate
     from mascompare.store import check_output_root
 
-    fixed = [o for o in overrides if not o.startswith("-")]
-    if multirun:
-        parsed = OverridesParser.create().parse_overrides(fixed)
-        fixed = [text for text, o in zip(fixed, parsed) if not o.is_sweep_override()]
+    given = [o for o in overrides if not o.startswith("-")]
+    parsed = OverridesParser.create().parse_overrides(given)
+    fixed = [text for text, o in zip(given, parsed) if not o.is_sweep_override()] if multirun else given
     cfg = hydra_app.compose_config(*fixed)
     if not multirun:
         validate(cfg)
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    check_added_keys(cfg, [o.key_or_group for o in parsed if o.is_add() or o.is_force_add()], swept)
+    if multirun:
+        check_sweep_dir(given, parsed)
     if isinstance(cfg.run.get("output_root"), str):
         hydra_app.existing_before = str(check_output_root(cfg.run.output_root))
+
+
+def check_sweep_dir(given: list[str], parsed) -> None:
+    """A sweep given the folder of another sweep (hydra.sweep.dir) would overwrite its multirun.yaml and mark its
+    jobs failed: refuse it before Hydra writes anything. The same sweep again resumes it."""
+    import yaml
+
+    chosen = [o.value() for o in parsed if o.key_or_group == "hydra.sweep.dir"]
+    if not chosen or not isinstance(chosen[-1], str) or "${" in chosen[-1]:
+        return  # the sweep's own name (its overrides' hash) cannot meet another sweep's
+    saved = Path(chosen[-1]).expanduser() / "multirun.yaml"
+    try:
+        theirs = ((yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("hydra") or {})["overrides"]["task"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return  # no sweep there, or not one of ours
+    ours = [(text, o) for text, o in zip(given, parsed) if not o.key_or_group.startswith("hydra.")]
+    if [str(o) for o in theirs or []] != [text for text, _ in ours] and not runs_kept(saved.parent, [o for _, o in ours]):
+        shown = " ".join(redact(str(o), _secrets) for o in theirs or [])
+        raise UserError(f"hydra.sweep.dir={chosen[-1]} holds another sweep ({shown}); give this sweep a folder of "
+                        "its own, or run that sweep's own command to resume it.")
+
+
+def runs_kept(sweep_dir: Path, parsed) -> bool:
+    """Whether every job folder of the sweep in `sweep_dir` that holds a run gets the same overrides from this
+    sweep: then this sweep amends that one (e.g. a failed job's bad value fixed) and hides none of its runs."""
+    import yaml
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
+
+    from mascompare.masking import mask_override
+
+    try:
+        (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    except HydraException:  # a sweep BasicSweeper does not expand (e.g. a range for Optuna): another sweep
+        return False
+    for run_json in sweep_dir.glob("*/run.json"):
+        try:
+            saved = yaml.safe_load((run_json.parent / ".hydra" / "overrides.yaml").read_text(encoding="utf-8"))
+            index = int(run_json.parent.name)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError):
+            return False
+        if index >= len(jobs) or [mask_override(o) for o in jobs[index]] != saved:
+            return False
+    return True
+
+
+def check_added_keys(cfg, added: list[str], swept: set[str]) -> None:
+    """A key added with + that its section does not read would be ignored without a word: refuse it."""
+    from mascompare.settings import unread_key
+
+    for key in added:
+        section = key.split(".", 1)[0]
+        if key.startswith("hydra.") or section in swept:  # a swept section's schema is each job's
+            continue
+        problem = unread_key(cfg, key)
+        if problem:
+            raise UserError(problem)
 
 
 def launch_hydra(argv: list[str], multirun: bool = False, check: bool = True) -> None:
@@ -195,25 +259,36 @@ def launch_hydra(argv: list[str], multirun: bool = False, check: bool = True) ->
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    from mascompare.app import StopRun, main
+    from mascompare.app import SIGNAL_EXIT, StopRun, Terminated, main
+
+    def terminate(signum, frame):
+        raise Terminated()
 
     user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    saved_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     sys.argv = argv
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, so we can state them in one sentence
     try:
-        if check:
-            precheck(argv[1:], multirun)
-        main()
+        signal.signal(signal.SIGTERM, terminate)  # stops the run as Ctrl-C does: run.json says why
+        with quiet_hydra_banner():
+            if check:
+                precheck(argv[1:], multirun)
+            main()
     except (StopRun, UserError, HydraException) as exc:
         if user_wants_traceback:
             raise exc.__cause__ if isinstance(exc, StopRun) and exc.__cause__ else exc
+        if isinstance(exc, StopRun) and exc.code in SIGNAL_EXIT.values():
+            saved_handlers.clear()  # the process ends: stop_now's own handlers stay
+            stop_now(f"stopped: {exc.message}", exc.code)
         if isinstance(exc, StopRun):
             fail(exc.message, exc.code)
         fail(str(exc) if isinstance(exc, UserError) else explain_hydra_error(exc, argv[1:]))
-    except KeyboardInterrupt:
-        err.print("interrupted: finished samples are saved; run the same command again to resume.")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:  # before or after the run itself (e.g. while Hydra composes)
+        saved_handlers.clear()
+        stop_now("stopped: interrupted before the run began; nothing was written." if not isinstance(exc, Terminated)
+                 else "stopped: terminated (SIGTERM) before the run began; nothing was written.",
+                 SIGNAL_EXIT[getattr(exc, "signal_name", "SIGINT")])
     except Exception as exc:
         if user_wants_traceback:
             raise
@@ -224,7 +299,50 @@ def launch_hydra(argv: list[str], multirun: bool = False, check: bool = True) ->
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
+        for sig, handler in saved_handlers.items():
+            signal.signal(sig, handler)
         GlobalHydra.instance().clear()
+
+
+def stop_now(message: str, status: int):
+    """End a run stopped by a signal: its stop is recorded; say so and exit without waiting for threads that are
+    still blocked (e.g. a request to a server that does not answer, which nothing can interrupt). A further
+    Ctrl-C or SIGTERM meanwhile is ignored: it would cut the exit short with Python's own status and message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    err.print(redact(message, _secrets), highlight=False, markup=False)
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        import logging
+
+        logging.shutdown()  # run.log whole
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    raise typer.Exit(status)
+
+
+HYDRA_BANNER = "Error executing job with overrides:"
+
+
+@contextmanager
+def quiet_hydra_banner():
+    """Hydra writes "Error executing job with overrides: [...]" before re-raising a failed job's error; the error
+    itself is reported in one sentence, so the banner is left out."""
+    real = sys.stderr
+
+    class Filtered:
+        def write(self, text):
+            return len(text) if text.startswith(HYDRA_BANNER) else real.write(text)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    sys.stderr = Filtered()
+    try:
+        yield
+    finally:
+        sys.stderr = real
 
 
 def hide_secrets(overrides: list[str]) -> list[str]:
@@ -319,7 +437,8 @@ def list_choices(ctx: typer.Context, config_dirs: list[Path] = CONFIG_DIRS):
 
 def read_run_json(run_dir: Path) -> RunRecord:
     """A run directory's run.json, or one sentence saying why it cannot be shown."""
-    from mascompare.store import RUN_FILE
+    from mascompare.records import DamagedRecord
+    from mascompare.store import RUN_FILE, read_run
 
     path = run_dir / RUN_FILE
     if run_dir.is_file():
@@ -327,14 +446,9 @@ def read_run_json(run_dir: Path) -> RunRecord:
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory: it has no run.json.")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({getattr(exc, 'lineno', None) and f'line {exc.lineno}' or exc}); "
-                        "the run may have been killed while writing it, so run its command again.") from None
-    try:
-        record = RunRecord.from_json(raw, str(path))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path} is not a complete record of a run ({exc}); run its command again to rewrite "
+        record = read_run(run_dir)
+    except DamagedRecord as problem:
+        raise UserError(f"{path} is not a complete record of a run ({problem}); run its command again to rewrite "
                         "it.") from None
     missing = incomplete(record)
     if missing:
@@ -343,24 +457,16 @@ def read_run_json(run_dir: Path) -> RunRecord:
     return record
 
 
-def incomplete(record) -> list[str]:
-    """What a run record lacks that show and compare need."""
-    missing = [key for key in ("status", "task", "method", "model") if not getattr(record, key)]
-    if not record.config:
-        missing.append("config")
-    if record.status in ("finished", "stopped") and record.summary is None:
-        missing.append("summary")
-    return missing
-
-
 @app.command()
 def show(run_dir: Path = typer.Argument(..., help="A run directory (holds run.json)."),
          as_json: bool = typer.Option(False, "--json", help="Print run.json's status and summary as JSON.")):
     """Print the summary of a run."""
-    from mascompare.display import print_summary
+    from mascompare.display import print_summary, problem_rows
+    from mascompare.store import read_samples, set_aside_lines
 
     try:
         record = read_run_json(run_dir)
+        samples = read_samples(run_dir, running=record.status == "running")
     except UserError as exc:
         fail(str(exc))
     if as_json:
@@ -369,7 +475,7 @@ def show(run_dir: Path = typer.Argument(..., help="A run directory (holds run.js
         shown = record.to_json()
         print(json.dumps({k: shown[k] for k in keys}, indent=2, default=str))
         return
-    print_summary(record)
+    print_summary(record, problem_rows(list(samples.latest.values()), samples.damaged, set_aside_lines(run_dir)))
 
 
 COMPARE_PATHS = typer.Argument(..., help="Run directories, a results root or a multirun directory.")
@@ -390,18 +496,34 @@ def comparison_of(command: str, paths: list[Path], reference: str | None, by: li
     if files:
         raise UserError(f"{files[0]} is a file; {command} takes run directories, a results root or a multirun "
                         f"directory, e.g. {files[0].parent}.")
-    collection = report.collect(paths)
-    for run in collection.runs:
-        missing = incomplete(run.info)
-        if missing:
-            raise UserError(f"{run.dir / 'run.json'} lacks {', '.join(missing)}, so it is not a complete record "
-                            "of a run; run its command again, or leave that directory out.")
-    return report.compare(collection, reference, by or (), metric)
+    return report.compare(report.collect(paths), reference, by or (), metric)
 
 
 def output_dir(paths: list[Path], out: Path | None) -> Path:
     """--out, else the one path, or the deepest folder holding all paths."""
     return out or Path(os.path.commonpath([str(p.resolve()) for p in paths]))
+
+
+def writable_output(paths: list[Path], out: Path | None) -> Path:
+    """output_dir, refused in one sentence where the files could not be written there."""
+    from mascompare.store import check_writable
+
+    if out is not None:
+        check_writable(out, "--out", "where the comparison's files go")
+        return out
+    for path in paths:
+        if path.is_file():
+            raise UserError(f"{path} is a file; compare takes run directories, a results root or a multirun "
+                            f"directory, e.g. {path.parent}.")
+        if not path.exists():
+            raise UserError(f"{path} does not exist; give run directories, a results root or a multirun directory.")
+    target = output_dir(paths, None)
+    try:
+        check_writable(target, "--out")
+    except UserError:
+        raise UserError(f"compare writes its files into {target}, which cannot be written (read-only or full); "
+                        "give --out with a writable folder.") from None
+    return target
 
 
 @app.command()
@@ -413,21 +535,22 @@ def compare(
     out: Path = typer.Option(None, "--out", "-o",
                              help="Where comparison.{md,csv,tex}, pareto.png and view.html go (default: the one "
                                   "PATH, or the deepest folder holding all PATHs)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the comparison table as JSON (one object per run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison table as JSON (one object per run) "
+                                                       "and write no files."),
     no_html: bool = typer.Option(False, "--no-html", help="Do not write view.html (see `mascompare view`)."),
 ):
     """Compare runs side by side: accuracy, tokens, time and cost, with paired statistics against a reference."""
     from mascompare import report
 
     try:
+        target = None if as_json else writable_output(paths, out)  # before anything is computed or printed
         comparison = comparison_of("compare", paths, reference, by, metric)
     except UserError as exc:
         fail(str(exc))
-    target = output_dir(paths, out)
-    if as_json:
+    if as_json:  # for scripts: the table on stdout, nothing written
         print(comparison.table.drop(columns=["run"], errors="ignore").to_json(orient="records", indent=2))
-    else:
-        report.render(comparison, Console())
+        return
+    report.render(comparison, Console())
     written = report.write(comparison, target)
     if not no_html:
         from mascompare import view as viewer

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from rich import progress as rp
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from mascompare.records import RunRecord, SampleRecord, Summary
+from mascompare.store import plural
 
 console = Console(stderr=True)
 
@@ -20,17 +23,21 @@ def log_handler() -> logging.Handler:
 
 
 class Progress:
-    """Samples done, running accuracy and tokens; silent when disabled."""
+    """Samples done, running accuracy and tokens, and the time left at the pace so far; silent when disabled.
+
+    A batch's samples finish together, so within a batch the bar counts the agent calls done instead: a long
+    first batch shows that work goes on before its first sample is written.
+    """
 
     def __init__(self, total: int, done: int, enabled: bool = True):
         self.enabled = enabled
-        self.correct = self.scored = self.errors = self.tokens = 0
+        self.correct = self.scored = self.errors = self.tokens = self.calls = 0
         self._bar = rp.Progress(
-            rp.TextColumn("[bold]{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
-            rp.TextColumn("{task.fields[stats]}"), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
-            console=console, disable=not enabled,
+            rp.SpinnerColumn(), rp.TextColumn("[bold]{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+            rp.TextColumn("{task.fields[stats]}"), rp.TimeElapsedColumn(), rp.TextColumn("left"),
+            rp.TimeRemainingColumn(), console=console, disable=not enabled,
         )
-        self._task = self._bar.add_task("samples", total=total, completed=done, stats="")
+        self._task = self._bar.add_task("samples", total=total, completed=done, stats=self._stats())
 
     def __enter__(self):
         self._bar.__enter__()
@@ -39,6 +46,11 @@ class Progress:
     def __exit__(self, *exc):
         return self._bar.__exit__(*exc)
 
+    def call(self) -> None:
+        """One agent call of one sample done (its sample is written when all of its batch's calls are)."""
+        self.calls += 1
+        self._bar.update(self._task, stats=self._stats())
+
     def advance(self, record: SampleRecord, metric: str) -> None:
         self.tokens += record.usage.input_tokens + record.usage.output_tokens
         if record.failed:
@@ -46,9 +58,22 @@ class Progress:
         else:
             self.scored += 1
             self.correct += record.correct(metric)
-        stats = f"acc {self.correct}/{self.scored}" if self.scored else "acc -"
+        self._bar.update(self._task, advance=1, stats=self._stats())
+
+    def _stats(self) -> str:
+        accuracy = f"acc {self.correct}/{self.scored}" if self.scored else "acc -"
         errors = f" · errors {self.errors}" if self.errors else ""
-        self._bar.update(self._task, advance=1, stats=f"{stats} · {self.tokens:,} tok{errors}")
+        return f"{accuracy} · {self.calls:,} calls · {self.tokens:,} tok{errors}"  # column heads: no plural
+
+
+def duration(seconds: float) -> str:
+    """'2 h 25 min', '14 min', '40 s'."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
 
 
 def _pct(value) -> str:
@@ -67,7 +92,8 @@ def _num(value, fmt: str = "{:.1f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def summary_table(run: RunRecord) -> Table:
+def summary_table(run: RunRecord, problems: list[tuple[str, str]] = ()) -> Table:
+    """run.json's essentials; `problems` (problem_rows) say why samples failed and which lines were damaged."""
     s = (run.summary or Summary()).to_json()
     title = f"{run.method} · {run.task} · {run.model}"
     table = Table(title=title, show_header=False, title_justify="left")
@@ -75,10 +101,13 @@ def summary_table(run: RunRecord) -> Table:
     table.add_column(overflow="fold")  # long values wrap at 80 columns instead of being cut
     table.add_row("status", str(run.status))
     if run.stop_reason:
-        table.add_row("stopped early", f"[yellow]{run.stop_reason}[/]")
+        table.add_row("stopped early", f"[yellow]{escape(run.stop_reason)}[/]")
     repeats = s.get("repeats", 1)
-    scored = f"{s.get('n', 0)} scored" + (f" ({s.get('samples')} samples x {repeats} repeats)" if repeats > 1 else "")
+    scored = f"{s.get('n', 0)} scored" + (f" ({plural(s.get('samples') or 0, 'sample')} x {repeats} repeats)"
+                                          if repeats > 1 else "")
     table.add_row("samples", f"{scored}, {s.get('errors', 0)} failed")
+    for label, value in problems:
+        table.add_row(label, f"[yellow]{escape(value)}[/]")
     for kind in ("strict", "flexible"):
         per_repeat = s.get(f"accuracy_{kind}_per_repeat")
         table.add_row(f"accuracy ({kind})", _pct(s.get(f"accuracy_{kind}")) + _interval(s.get(f"accuracy_{kind}_ci95"))
@@ -104,7 +133,8 @@ def summary_table(run: RunRecord) -> Table:
     if calibration.get("performed"):  # work done before evaluation, kept out of the per-sample figures
         usage = calibration["usage"]
         table.add_row("calibration (separate)",
-                      f"{calibration['questions']} questions, {usage['calls']} calls, {usage['input_tokens']:,} input + "
+                      f"{plural(calibration['questions'], 'question')}, {plural(usage['calls'], 'call')}, "
+                      f"{usage['input_tokens']:,} input + "
                       f"{usage['output_tokens']:,} output tokens, {calibration['elapsed_s']:.1f} s, "
                       f"cost {_cost(usage['cost_usd'])}")
     sandbox = (run.task_info or {}).get("sandbox")
@@ -141,8 +171,27 @@ def environment_rows(env: dict | None) -> list[tuple[str, str]]:
     return rows
 
 
-def print_summary(run: RunRecord) -> None:
+def problem_rows(records: list[SampleRecord], damaged: list = (), set_aside: int = 0) -> list[tuple[str, str]]:
+    """Why a run's latest records failed (the commonest errors first), and its lines that are not records."""
+    rows = []
+    errors = Counter(" ".join(r.error.split()) for r in records if r.failed)
+    if errors:
+        shown = [f"{error if len(error) <= 160 else error[:159] + '…'} ({count})"
+                 for error, count in errors.most_common(3)]
+        more = f"; and {plural(len(errors) - 3, 'other error')}" if len(errors) > 3 else ""
+        rows.append(("why they failed", "; ".join(shown) + more + " (the same command runs them again)"))
+    if damaged:
+        rows.append(("damaged lines", f"{plural(len(damaged), 'line')} of samples.jsonl left out: "
+                     + "; ".join(map(str, damaged[:3])) + (f"; and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+                     + " (the same command sets them aside and runs their samples again)"))
+    if set_aside:
+        rows.append(("set aside", f"{plural(set_aside, 'damaged line')} in samples.damaged.jsonl (their samples ran "
+                                  "again)"))
+    return rows
+
+
+def print_summary(run: RunRecord, problems: list[tuple[str, str]] = ()) -> None:
     """The table, then the run directory on a line of its own, whole, so that it can be copied at any width."""
     out = Console()
-    out.print(summary_table(run))
+    out.print(summary_table(run, problems))
     out.print(f"run dir: {run.run_dir}", soft_wrap=True, highlight=False, markup=False)

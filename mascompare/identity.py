@@ -19,7 +19,8 @@ from mascompare.masking import is_secret_key
 # the same run, e.g. against a server restarted on another port, or with a higher budget.
 # run.repeats is one of them: more repeats add to the same run, as a higher task.limit adds samples.
 NON_IDENTITY_KEYS = {
-    "run": ("output_root", "resume", "progress", "max_cost_usd", "dry_run", "cache", "repeats", "on_busy", "tracking"),
+    "run": ("output_root", "resume", "progress", "max_cost_usd", "dry_run", "cache", "repeats", "on_busy", "tracking",
+            "threads"),
     "task": ("limit",),
     "backend": ("base_url", "api_key", "api_key_file", "max_concurrency", "stream", "timeout_s", "max_retries",
                 "backoff_s", "max_backoff_s", "fast_path_check"),

@@ -9,11 +9,16 @@
 Every record is written with `schema: SCHEMA_VERSION`. `from_json` is the one way in: it reads records of
 this version and every older one (version 1: written before the version field existed, with fewer fields), and
 refuses records written by a newer version. Unknown fields of a known version are ignored, so a reader never
-fails on an addition.
+fails on an addition. It is also the one place that judges whether a line or file is a record at all: every
+known field must have its declared type (every integer in a record is a count or an index, so none is
+negative), and what is not a record raises `DamagedRecord`, whose message says which field is wrong and how.
 """
 
 from __future__ import annotations
 
+import functools
+import types
+import typing
 from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 
@@ -31,6 +36,11 @@ class NewerRecord(UserError):
     """A record written by a newer version of mascompare."""
 
 
+class DamagedRecord(ValueError):
+    """A line or file that is not a record of any version; the message names the field and what is wrong with it
+    ("repeat must be a non-negative integer, got 'x'"), for the reader to place in its own sentence."""
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -41,11 +51,106 @@ def _known(cls, raw: dict) -> dict:
     return {k: v for k, v in raw.items() if k in names}
 
 
-def _check_version(raw: dict, what: str) -> None:
+def _check_version(raw, what: str) -> None:
+    if not isinstance(raw, dict):
+        raise DamagedRecord(f"it is not a JSON object but {_kind(raw)}")
     version = raw.get("schema", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise DamagedRecord(f"schema must be a positive integer, got {_shown(version)}")
+    if version > SCHEMA_VERSION:
         raise NewerRecord(f"{what} has record schema {version!r}, newer than this mascompare reads "
                           f"({SCHEMA_VERSION}); upgrade mascompare to read it.")
+
+
+def _built(cls, raw, prefix: str = "", nested: dict | None = None):
+    """An instance of the record class `cls` from its JSON object, every known field checked against its type;
+    `nested` holds the fields already built from records of their own (usage, agents, ...)."""
+    if not isinstance(raw, dict):
+        raise DamagedRecord(f"{prefix.rstrip('.') or 'it'} must be a JSON object, got {_kind(raw)}")
+    checks, required = _schema(cls)
+    values = {}
+    for name, value in raw.items():
+        if name in checks:  # a reader ignores additions
+            if not checks[name](value) and not (nested and name in nested):
+                raise DamagedRecord(f"{prefix}{name} must be {_described(_hints(cls)[name])}, got {_shown(value)}")
+            values[name] = value
+    if nested:
+        values.update(nested)
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise DamagedRecord(f"it lacks {', '.join(prefix + name for name in missing)}")
+    return cls(**values)
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _schema(cls) -> tuple[dict, tuple]:
+    """Each field's check, and the fields without a default, in order."""
+    checks = {f.name: _check(_hints(cls)[f.name]) for f in fields(cls)}
+    required = tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+    return checks, required
+
+
+def _members(hint) -> tuple:
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _check(hint):
+    """Whether a JSON value has the declared type (an integer is a count or an index: never negative)."""
+    checks = []
+    for member in _members(hint):
+        origin, args = typing.get_origin(member) or member, typing.get_args(member)
+        if member is type(None):
+            checks.append(lambda value: value is None)
+        elif member is bool:
+            checks.append(lambda value: value is True or value is False)
+        elif member is int:
+            checks.append(lambda value: type(value) is int and value >= 0)
+        elif member is float:
+            checks.append(lambda value: type(value) in (int, float))
+        elif member is str:
+            checks.append(lambda value: type(value) is str)
+        elif origin is list:
+            item = _check(args[0]) if args else None
+            checks.append(lambda value, item=item: type(value) is list and (item is None or all(map(item, value))))
+        elif origin is dict:
+            item = _check(args[1]) if args else None
+            checks.append(lambda value, item=item: type(value) is dict
+                          and (item is None or all(map(item, value.values()))))
+        else:  # a record of its own: built and checked by its class
+            checks.append(lambda value: type(value) is dict)
+    return checks[0] if len(checks) == 1 else lambda value: any(check(value) for check in checks)
+
+
+TYPE_WORDS = {int: "a non-negative integer", float: "a number", str: "a string", bool: "true or false",
+              type(None): "null", list: "a list", dict: "a JSON object"}
+
+
+def _described(hint) -> str:
+    words = []
+    for member in _members(hint):
+        origin, args = typing.get_origin(member) or member, typing.get_args(member)
+        if origin is list and args:
+            words.append(f"a list of {_described(args[0]).removeprefix('a ').removeprefix('an ')}s")
+        elif origin is dict and args:
+            words.append(f"a JSON object of {_described(args[1]).removeprefix('a ').removeprefix('an ')}s")
+        else:
+            words.append(TYPE_WORDS.get(origin, "a JSON object"))
+    return " or ".join(words)
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true or false", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 @dataclass
@@ -90,8 +195,8 @@ class UsageRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict) -> "UsageRecord":
-        return cls(**_known(cls, raw))
+    def from_json(cls, raw: dict, prefix: str = "") -> "UsageRecord":
+        return _built(cls, raw, prefix)
 
 
 @dataclass
@@ -126,12 +231,14 @@ class Usage:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict) -> "Usage":
-        values = _known(cls, raw)
+    def from_json(cls, raw: dict, prefix: str = "usage.") -> "Usage":
+        usage = _built(cls, raw, prefix)
         # version 1 lines written before these figures existed
-        values.setdefault("context_tokens", values.get("input_tokens", 0) + values.get("kv_positions_received", 0))
-        values.setdefault("decoding_calls", values.get("calls", 0))  # every call decoded then
-        return cls(**values)
+        if "context_tokens" not in raw:
+            usage.context_tokens = usage.input_tokens + usage.kv_positions_received
+        if "decoding_calls" not in raw:
+            usage.decoding_calls = usage.calls  # every call decoded then
+        return usage
 
 
 @dataclass
@@ -186,23 +293,18 @@ class SampleRecord:
 
     @classmethod
     def from_json(cls, raw: dict, where: str = "a sample record") -> "SampleRecord":
-        """A line of any known schema version; raises KeyError, TypeError or ValueError when it is not a record."""
-        if not isinstance(raw, dict):
-            raise TypeError(f"a JSON object was expected, got {type(raw).__name__}")
+        """A line of any known schema version; raises DamagedRecord when it is not a record, NewerRecord when a
+        newer mascompare wrote it."""
         _check_version(raw, where)
-        values = _known(cls, raw)
-        values["schema"] = SCHEMA_VERSION
-        values.setdefault("repeat", 0)  # version 1 lines written before run.repeats
-        values.setdefault("batch", None)
-        for name in ("target", "error", "final_text"):
-            values.setdefault(name, None)
-        values["usage"] = Usage.from_json(raw.get("usage") or {})
-        values["agents"] = [UsageRecord.from_json(call) for call in raw.get("agents") or []]
-        values["transcript"] = [Turn(**_known(Turn, turn)) for turn in raw.get("transcript") or []]
-        record = cls(**values)
-        if not isinstance(record.id, str) or not isinstance(record.repeat, int):
-            raise TypeError(f"id must be a string and repeat an integer, got {record.id!r} and {record.repeat!r}")
-        return record
+        # version 1 lines were written before run.repeats and batches, and may lack what a failure never had
+        upgraded = {"repeat": 0, "batch": None, "target": None, "error": None, "final_text": None, **raw,
+                    "schema": SCHEMA_VERSION}
+        nested = {"usage": Usage.from_json(_optional(raw, "usage", dict) or {}),
+                  "agents": [UsageRecord.from_json(call, f"agents[{k}].")
+                             for k, call in enumerate(_optional(raw, "agents", list) or [])],
+                  "transcript": [_built(Turn, turn, f"transcript[{k}].")
+                                 for k, turn in enumerate(_optional(raw, "transcript", list) or [])]}
+        return _built(cls, upgraded, nested=nested)
 
 
 @dataclass
@@ -242,11 +344,7 @@ class Summary:
 
     @classmethod
     def from_json(cls, raw: dict | None) -> "Summary":
-        values = _known(cls, raw or {})
-        for key, value in values.items():
-            if key.endswith("_ci95") and value is not None:
-                values[key] = list(value)
-        return cls(**values)
+        return _built(cls, raw or {}, "summary.")
 
 
 @dataclass
@@ -284,15 +382,18 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, raw: dict, where: str = "run.json") -> "RunRecord":
-        """run.json of any known schema version; raises KeyError, TypeError or ValueError when it is not one."""
-        if not isinstance(raw, dict):
-            raise TypeError(f"a JSON object was expected, got {type(raw).__name__}")
+        """run.json of any known schema version; raises DamagedRecord when it is not one, NewerRecord when a newer
+        mascompare wrote it."""
         _check_version(raw, where)
-        values = _known(cls, raw)
-        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in values]
-        if missing:  # named in words: a reader's message shows it
-            raise ValueError(f"it lacks {', '.join(missing)}")
-        values["schema"] = SCHEMA_VERSION
-        values["summary"] = Summary.from_json(raw["summary"]) if isinstance(raw.get("summary"), dict) else None
-        return cls(**values)
+        summary = _optional(raw, "summary", dict)
+        return _built(cls, {**raw, "schema": SCHEMA_VERSION},
+                      nested={"summary": Summary.from_json(summary) if summary is not None else None})
+
+
+def _optional(raw: dict, name: str, kind: type):
+    """raw[name], which must be a `kind` (a JSON object or list) or null; None where it is null or absent."""
+    value = raw.get(name)
+    if value is not None and not isinstance(value, kind):
+        raise DamagedRecord(f"{name} must be {TYPE_WORDS[kind]} or null, got {_shown(value)}")
+    return value
 

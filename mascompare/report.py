@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 from rich.console import Console
@@ -27,10 +28,22 @@ from rich.table import Table
 from mascompare import environment, stats
 from mascompare.errors import UserError
 from mascompare.identity import run_identity
-from mascompare.records import RunRecord
+from mascompare.records import DamagedRecord, RunRecord
 from mascompare.registry import suggest
 from mascompare.stats import METRICS
-from mascompare.store import FAILURE_FILE, RUN_FILE, latest_records
+from mascompare.store import (
+    BOM,
+    FAILURE_FILE,
+    RUN_FILE,
+    SAMPLES_FILE,
+    DamagedLine,
+    incomplete,
+    plural,
+    read_run,
+    read_samples,
+    set_aside_lines,
+    side_file,
+)
 
 OUTPUT_FILES = ("comparison.md", "comparison.csv", "comparison.tex", "pareto.png")
 # Simplest first, as in the README; methods added later sort after these, by name.
@@ -53,6 +66,8 @@ class Run:
     info: RunRecord  # run.json
     config: dict  # the resolved config, flattened to dotted keys
     identity: dict  # the part of it that decides results, flattened
+    damaged: list[DamagedLine] = field(default_factory=list)  # samples.jsonl lines that are not records, left out
+    set_aside: int = 0  # lines an earlier run set aside in samples.damaged.jsonl
 
     @property
     def task(self) -> str:
@@ -114,19 +129,23 @@ def flatten(node, prefix: str = "") -> dict:
 
 
 def _job_dirs(path: Path) -> set[Path]:
-    """Directories below path that hold a run, or a Hydra job that may have failed before its run began."""
+    """Directories below path that hold a run, or a sweep job that failed before its run began (failed.json)."""
     found = {p.parent for p in path.rglob(RUN_FILE)} | {p.parent for p in path.rglob(FAILURE_FILE)}
-    found |= {p.parent.parent for p in path.rglob("overrides.yaml") if p.parent.name == ".hydra"}
     return {d.resolve() for d in found}
 
 
 def _overrides(job_dir: Path) -> list[str]:
     path = job_dir / ".hydra" / "overrides.yaml"
-    return [str(o) for o in (yaml.safe_load(path.read_text(encoding="utf-8")) or [])] if path.is_file() else []
+    try:
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    return [str(o) for o in overrides] if isinstance(overrides, list) else []
 
 
 def collect(paths: list[str | Path]) -> Collection:
-    """Every run under paths (run directories, a results root, multirun directories)."""
+    """Every run under paths (run directories, a results root, multirun directories). A run whose run.json
+    cannot be read is listed with the failed jobs, saying why, and the others are compared."""
     roots, dirs = [], set()
     for given in paths:
         path = Path(given)
@@ -137,25 +156,38 @@ def collect(paths: list[str | Path]) -> Collection:
         dirs |= _job_dirs(path)
     runs, failures = [], []
     for job_dir in sorted(dirs, key=_natural_key):
-        failure_file, run_file = job_dir / FAILURE_FILE, job_dir / RUN_FILE
-        if failure_file.is_file():  # a job refused before its run began has no .hydra/: failed.json names its overrides
-            failure = json.loads(failure_file.read_text())
-            failures.append(FailedJob(job_dir, failure.get("overrides") or _overrides(job_dir), failure["error"]))
-            continue
-        if not run_file.is_file():
-            failures.append(FailedJob(job_dir, _overrides(job_dir), "stopped before its run began (no run.json)"))
+        run_file = job_dir / RUN_FILE
+        if not run_file.is_file():  # a job refused before its run began: failed.json names its overrides
+            failures.append(_failure(job_dir))
             continue
         try:
-            info = RunRecord.from_json(json.loads(run_file.read_text(encoding="utf-8")), str(run_file))
-        except json.JSONDecodeError as exc:
-            failures.append(FailedJob(job_dir, _overrides(job_dir), f"run.json is not valid JSON (line {exc.lineno})"))
+            info = read_run(job_dir)
+        except DamagedRecord as problem:
+            failures.append(FailedJob(job_dir, _overrides(job_dir), f"its run.json is not a complete record of a "
+                                      f"run ({problem}); run its command again to rewrite it"))
             continue
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{run_file} is not a complete record of a run ({exc}); run its command again, or leave "
-                            "that directory out.") from None
+        missing = incomplete(info)
+        if missing:
+            failures.append(FailedJob(job_dir, _overrides(job_dir), f"its run.json lacks {', '.join(missing)}, so "
+                                      "it is not a complete record of a run; run its command again to rewrite it"))
+            continue
         config = info.config or {}
         runs.append(Run(len(runs), job_dir, info, flatten(config), flatten(run_identity(config))))
     return Collection(runs, _long_table(runs), failures, roots)
+
+
+def _failure(job_dir: Path) -> FailedJob:
+    """A job's failed.json (written by the sweep: its error and overrides), or why it cannot be read."""
+    try:
+        failure = json.loads((job_dir / FAILURE_FILE).read_bytes().removeprefix(BOM).decode("utf-8"))
+        if not isinstance(failure, dict) or not isinstance(failure.get("error"), str):
+            raise ValueError("it is not an object with an error")
+    except (ValueError, OSError) as problem:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        reason = str(problem).splitlines()[0][:120]
+        return FailedJob(job_dir, _overrides(job_dir), f"failed, and its {FAILURE_FILE} cannot be read ({reason})")
+    overrides = failure.get("overrides")
+    return FailedJob(job_dir, [str(o) for o in overrides] if isinstance(overrides, list) and overrides
+                     else _overrides(job_dir), failure["error"])
 
 
 def _natural_key(path: Path):
@@ -164,12 +196,16 @@ def _natural_key(path: Path):
 
 
 def _long_table(runs: list[Run]) -> pd.DataFrame:
-    """Every run's sample table (stats.sample_table), with the run's key, task, model and method on each row."""
-    tables = [stats.sample_table(list(latest_records(run.dir).values())).assign(run=run.key) for run in runs]
-    table = pd.concat(tables, ignore_index=True) if tables else stats.sample_table([]).assign(run=None)
-    keys = pd.DataFrame([{"run": r.key, "task": r.task, "model": r.model, "method": r.method} for r in runs],
-                        columns=["run", "task", "model", "method"])
-    return keys.merge(table, on="run", how="right") if len(table) else table.assign(task=None, model=None, method=None)
+    """Every run's sample table (stats.sample_table), with the run's key, task, model and method on each row.
+    Lines that are not records are left out, and counted on their run."""
+    rows = []
+    for run in runs:
+        samples = read_samples(run.dir, running=run.info.status == "running")
+        run.damaged = samples.damaged
+        run.set_aside = set_aside_lines(run.dir)
+        extra = {"run": run.key, "task": run.task, "model": run.model, "method": run.method}
+        rows += [{**row, **extra} for row in stats.sample_rows(list(samples.latest.values()))]
+    return pd.DataFrame.from_records(rows, columns=["run", "task", "model", "method", *stats.SAMPLE_COLUMNS])
 
 
 # ---------------------------------------------------------------- comparing
@@ -180,8 +216,12 @@ def compare(collection: Collection, reference: str | None = None, by: list[str] 
     runs = collection.runs
     if not runs:
         where = ", ".join(str(p) for p in collection.roots)
-        failed = f" ({len(collection.failures)} failed jobs)" if collection.failures else ""
-        raise UserError(f"No runs found in {where}{failed}; give run directories (with run.json), "
+        if collection.failures:  # jobs of ours that failed, or runs whose run.json cannot be read
+            first = collection.failures[0]
+            more = f" (and {plural(len(collection.failures) - 1, 'other job')})" if len(collection.failures) > 1 \
+                else ""
+            raise UserError(f"No run in {where} can be compared: {first.dir}: {first.error}{more}.")
+        raise UserError(f"No runs found in {where}; give run directories (with run.json), "
                         "a results root or a multirun directory.")
     if metric not in METRICS:
         raise UserError(f"--metric must be strict or flexible, got {metric!r}.")
@@ -194,7 +234,7 @@ def compare(collection: Collection, reference: str | None = None, by: list[str] 
     for task, model, rows in comparison.groups():
         group_runs = [runs[k] for k in rows.run]
         comparison.warnings[(task, model)] = _mismatches(group_runs, rows, collection.samples, by)
-        comparison.notes[(task, model)] = _notes(group_runs, rows)
+        comparison.notes[(task, model)] = _notes(group_runs, rows, collection.samples)
     return comparison
 
 
@@ -210,10 +250,10 @@ def _resolve_key(key: str, runs: list[Run], option: str) -> str:
 
 
 def _summaries(collection: Collection, by: list[str]) -> pd.DataFrame:
-    samples = collection.samples
+    tables = _per_run(collection.samples)
     rows = []
     for run in collection.runs:
-        summary = stats.summarize(samples[samples.run == run.key]).to_json()
+        summary = stats.summarize(tables.get(run.key, collection.samples.iloc[:0])).to_json()
         row = {"task": run.task, "model": run.model, "method": run.method, "run": run.key,
                "run_dir": str(run.dir), "status": run.info.status,
                **{k: summary[k] for k in ("n", "errors", "samples", "repeats")}}
@@ -310,21 +350,30 @@ def _is_reference(run: Run, method: str, conditions: dict) -> bool:
 
 def _set_references(comparison: Comparison, selector: tuple[str, dict]) -> None:
     """Each run is compared with the reference run of its table that shares the most of its settings."""
-    runs, samples, table = comparison.collection.runs, comparison.collection.samples, comparison.table
+    runs, table = comparison.collection.runs, comparison.table
+    tables, empty = _per_run(comparison.collection.samples), comparison.collection.samples.iloc[:0]
+    labels = dict(zip(table.run, table.label))
+    memo: dict = {}  # a reference's bootstrap, shared by the runs set against it
     results = {}
     for _, _, rows in comparison.groups():
         candidates = [runs[k] for k in rows.run if _is_reference(runs[k], *selector)]
         if not candidates:
             continue
-        varying = set(_differing(candidates)) | set(comparison.by)
+        varying = sorted(set(_differing(candidates)) | set(comparison.by))
+        exact: dict = {}  # a candidate by its values of the varying keys: the first such is the one max() picks
+        for c in candidates:
+            exact.setdefault(tuple(_hashable(c.config.get(k)) for k in varying), c)
+        candidate_keys = {c.key for c in candidates}
         for key in rows.run:
             run = runs[key]
-            if any(c.key == key for c in candidates):
+            if key in candidate_keys:
                 results[key] = {"reference": "(reference)"}
                 continue
-            ref = max(candidates, key=lambda c: sum(c.config.get(k) == run.config.get(k) for k in varying))
-            results[key] = {"reference": table.label[table.run == ref.key].item(), "reference_run": ref.key,
-                            **_paired(samples, key, ref.key, comparison.metric)}
+            ref = exact.get(tuple(_hashable(run.config.get(k)) for k in varying)) or \
+                max(candidates, key=lambda c: sum(c.config.get(k) == run.config.get(k) for k in varying))
+            results[key] = {"reference": labels[ref.key], "reference_run": ref.key,
+                            **stats.paired(tables.get(key, empty), tables.get(ref.key, empty), comparison.metric,
+                                           memo)}
     for column in ("reference", "reference_run", "n_paired", "accuracy_diff", "accuracy_diff_low",
                    "accuracy_diff_high", "mcnemar_p", "output_token_reduction", "input_token_reduction",
                    "context_token_reduction", "speedup", "speedup_low", "speedup_high"):
@@ -333,8 +382,13 @@ def _set_references(comparison: Comparison, selector: tuple[str, dict]) -> None:
         table[column] = pd.array(values, dtype="Int64") if column in ("reference_run", "n_paired") else values
 
 
-def _paired(samples: pd.DataFrame, run: int, ref: int, metric: str) -> dict:
-    return stats.paired(samples[samples.run == run], samples[samples.run == ref], metric)
+def _per_run(samples: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """The long table split by run, once (a boolean filter per run would read the whole table each time)."""
+    return {int(key): rows for key, rows in samples.groupby("run", sort=False)}
+
+
+def _hashable(value):
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
 def _mismatches(runs: list[Run], rows: pd.DataFrame, samples: pd.DataFrame, by: list[str]) -> list[str]:
@@ -357,34 +411,61 @@ def _mismatches(runs: list[Run], rows: pd.DataFrame, samples: pd.DataFrame, by: 
     return lines
 
 
+WHO_HAS_NAMES = 5  # runs named per value in a warning line before "and N more"
+
+
 def _who_has(runs: list[Run], key: str, labels: dict) -> str:
     """'64 (baseline, text_mas), 128 (latent_mas)'."""
     holders: dict[str, list[str]] = {}
     for run in runs:
         holders.setdefault(_show(run.identity.get(key)), []).append(labels[run.key])
-    return ", ".join(f"{value} ({', '.join(names)})" for value, names in holders.items())
+    return ", ".join(f"{value} ({', '.join(names[:WHO_HAS_NAMES])}"
+                     + (f" and {len(names) - WHO_HAS_NAMES} more" if len(names) > WHO_HAS_NAMES else "") + ")"
+                     for value, names in holders.items())
 
 
-def _notes(runs: list[Run], rows: pd.DataFrame) -> list[str]:
+def _notes(runs: list[Run], rows: pd.DataFrame, samples: pd.DataFrame) -> list[str]:
     labels = dict(zip(rows.run, rows.label))
+    failed = samples[samples.run.isin(rows.run) & samples.error.notna()]
+    reasons = {int(key): errors.value_counts() for key, errors in failed.groupby("run").error}
     notes = []
     for run in runs:
         status, why = run.info.status, run.info.stop_reason  # e.g. a budget cap
         if status != "finished":
             state = f"stopped early ({why})" if why else f"has not finished (status {status})"
             notes.append(f"{labels[run.key]} {state}: its figures cover the samples written so far.")
+        if run.key in reasons:
+            counts = reasons[run.key]
+            shown = "; ".join(f"{_clipped(error)} ({count})" for error, count in counts.head(3).items())
+            more = f"; and {plural(len(counts) - 3, 'other error')}" if len(counts) > 3 else ""
+            notes.append(f"{labels[run.key]}: {plural(int(counts.sum()), 'sample')} failed (not in its figures; the "
+                         f"same command runs them again): {shown}{more}.")
+        if run.damaged:
+            shown = "; ".join(map(str, run.damaged[:3])) + (f"; and {len(run.damaged) - 3} more"
+                                                            if len(run.damaged) > 3 else "")
+            notes.append(f"{labels[run.key]}: {plural(len(run.damaged), 'damaged line')} of its {SAMPLES_FILE} left "
+                         f"out ({shown}); running its command again sets them aside and runs their samples again.")
+        if run.set_aside:
+            notes.append(f"{labels[run.key]}: {plural(run.set_aside, 'damaged line')} of its {SAMPLES_FILE} "
+                         f"{'was' if run.set_aside == 1 else 'were'} set aside in {side_file(Path(SAMPLES_FILE))} "
+                         "and their samples run again.")
         calibration = (run.info.method_info or {}).get("calibration") or {}
         if calibration.get("performed"):
             usage = calibration.get("usage") or {}
             notes.append(
                 f"{labels[run.key]} calibrated its graph before evaluation (not in the figures): "
-                f"{calibration.get('questions')} questions, {usage.get('calls')} calls, "
+                f"{plural(calibration.get('questions') or 0, 'question')}, {plural(usage.get('calls') or 0, 'call')}, "
                 f"{usage.get('input_tokens', 0):,} input + {usage.get('output_tokens', 0):,} decoded tokens, "
                 f"{calibration.get('elapsed_s', 0):.1f} s, cost {_money(usage.get('cost_usd'))}.")
     return notes
 
 
 # ---------------------------------------------------------------- formatting
+
+
+def _clipped(text: str, width: int = 120) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _na(value) -> bool:
@@ -505,24 +586,66 @@ def _caption(comparison: Comparison, rows: pd.DataFrame) -> str:
             f"answered (paired n); accuracy = {comparison.metric}")
 
 
+TERMINAL_RUNS = 30  # a table of more runs is summarised per method on the terminal; the files list every run
+TERMINAL_LINES = 10  # notes, and failed jobs, shown on the terminal before "and N more"
+
+
 def render(comparison: Comparison, console: Console | None = None) -> None:
-    """The comparison on the terminal: per task and model the runs, then the paired statistics, warnings and notes."""
+    """The comparison on the terminal: per task and model the runs, then the paired statistics, warnings and notes;
+    a table of many runs as a summary per method instead (comparison.md and .csv have every run)."""
     console = console or Console()
     for task, model, rows in comparison.groups():
-        for table in _fitted(console, f"{task} · {model}", rows,
-                             columns(rows, comparison.by, comparison.metric, "runs"), comparison.by):
-            console.print(table)
-        if has_reference(rows):
-            for table in _fitted(console, f"{task} · {model}: paired statistics", rows,
-                                 columns(rows, comparison.by, comparison.metric, "paired"), comparison.by,
-                                 caption=_caption(comparison, rows)):
+        if len(rows) > TERMINAL_RUNS:
+            console.print(_method_summary(comparison, f"{task} · {model}", rows))
+        else:
+            for table in _fitted(console, f"{task} · {model}", rows,
+                                 columns(rows, comparison.by, comparison.metric, "runs"), comparison.by):
                 console.print(table)
+            if has_reference(rows):
+                for table in _fitted(console, f"{task} · {model}: paired statistics", rows,
+                                     columns(rows, comparison.by, comparison.metric, "paired"), comparison.by,
+                                     caption=_caption(comparison, rows)):
+                    console.print(table)
         for line in comparison.warnings[(task, model)]:
             console.print(f"[bold yellow]warning:[/] {line}", highlight=False)
-        for line in comparison.notes[(task, model)]:
+        notes = comparison.notes[(task, model)]
+        for line in notes[:TERMINAL_LINES]:
             console.print(f"note: {line}", highlight=False)
-    for failure in comparison.collection.failures:
+        if len(notes) > TERMINAL_LINES:
+            console.print(f"note: … and {plural(len(notes) - TERMINAL_LINES, 'more note')} in comparison.md",
+                          highlight=False)
+    failures = comparison.collection.failures
+    for failure in failures[:TERMINAL_LINES]:
         console.print(f"[bold red]failed:[/] {_failure_line(failure)}", highlight=False)
+    if len(failures) > TERMINAL_LINES:
+        console.print(f"[bold red]failed:[/] … and {plural(len(failures) - TERMINAL_LINES, 'more job')}, listed in "
+                      "comparison.md", highlight=False)
+
+
+def _method_summary(comparison: Comparison, title: str, rows: pd.DataFrame) -> Table:
+    """Per method: how many runs, the best by accuracy (with its interval and its difference to the reference),
+    the median and worst accuracy, and median tokens and time."""
+    metric = comparison.metric
+    accuracy = f"accuracy_{metric}"
+    table = Table(title=f"{title}: {len(rows)} runs, summarised per method (every run is in comparison.md and "
+                        "comparison.csv)", title_justify="left",
+                  caption=f"accuracy = {metric}; best: the run of the method with the highest accuracy",
+                  caption_justify="left")
+    for header in ("method", "runs", "best run", f"best {metric} acc [95% CI]", "Δ vs reference", "median acc",
+                   "worst acc", "median decoded tok", "median s / sample", "failed samples"):
+        table.add_column(header, justify="left" if header in ("method", "best run") else "right",
+                         no_wrap=header == "method", overflow="fold")
+    for method, mine in rows.groupby("method", sort=False):
+        scored = mine[mine[accuracy].notna()]
+        best = scored.loc[scored[accuracy].idxmax()] if len(scored) else None
+        table.add_row(
+            method, str(len(mine)), "—" if best is None else best["label"],
+            "—" if best is None else _accuracy(best, metric), "—" if best is None else _difference(best),
+            _pct(scored[accuracy].median() if len(scored) else None),
+            _pct(scored[accuracy].min() if len(scored) else None),
+            _amount(mine.mean_output_tokens.median()), _seconds(mine.mean_time_per_sample_s.median()),
+            str(int(mine.errors.sum())))
+    return table
 
 
 def _fitted(console: Console, title: str, rows: pd.DataFrame, spec, by, caption: str | None = None) -> list[Table]:
@@ -594,7 +717,7 @@ def _md_row(cells: list[str]) -> str:
 def to_markdown(comparison: Comparison, out_dir: Path | None = None) -> str:
     lines = ["# Comparison", ""]
     reference = comparison.reference or "none"
-    lines += [f"{len(comparison.table)} runs · reference: {reference} · paired statistics on the "
+    lines += [f"{plural(len(comparison.table), 'run')} · reference: {reference} · paired statistics on the "
               f"{comparison.metric} accuracy · 95% intervals: Wilson for accuracy (with repeats: a bootstrap over "
               "samples), paired bootstrap for Δ, bootstrap over batches for the speed-up (n.s.: it includes 1)", ""]
     for task, model, rows in comparison.groups():
@@ -651,14 +774,28 @@ def to_latex(comparison: Comparison) -> str:
 
 
 def pareto_front(xs, ys) -> list[int]:
-    """Indices of the points no other point beats: none has lower-or-equal x and higher-or-equal y, one strictly."""
-    points = list(zip(xs, ys))
-    return [i for i, (x, y) in enumerate(points)
-            if not any(ox <= x and oy >= y and (ox, oy) != (x, y) for ox, oy in points)]
+    """Indices of the points no other point beats: none has lower-or-equal x and higher-or-equal y, one strictly.
+
+    In one pass over the points sorted by x: a point is on the front when its y is the highest at its x (points
+    that coincide do not beat each other) and higher than every y at a lower x.
+    """
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    order = np.lexsort((-ys, xs))  # by x, the highest y first at each x
+    front, best_before, k = [], -np.inf, 0
+    while k < len(order):
+        x, top = xs[order[k]], ys[order[k]]
+        same_x = k
+        while same_x < len(order) and xs[order[same_x]] == x:
+            if ys[order[same_x]] == top and top > best_before:
+                front.append(int(order[same_x]))
+            same_x += 1
+        best_before, k = max(best_before, top), same_x
+    return sorted(front)
 
 
 def plot_pareto(comparison: Comparison, path: Path) -> None:
-    """Accuracy against decoded tokens and against time per sample: one labelled point per run, front drawn."""
+    """Accuracy against decoded tokens and against time per sample: one point per run, front drawn, labelled
+    where the labels fit (the front first)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in workers
 
@@ -689,7 +826,8 @@ def plot_pareto(comparison: Comparison, path: Path) -> None:
 
 
 def _plot_panel(ax, rows: pd.DataFrame, column: str, metric: str, colours: dict) -> list[tuple]:
-    """Points, intervals and front of one panel; returns (x, y, label) for each point, to be labelled later."""
+    """Points, intervals and front of one panel (one artist per method, however many runs); returns
+    (x, y, label, on the front) for each point, to be labelled later."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     rows = rows[rows[column].notna()]
@@ -701,13 +839,18 @@ def _plot_panel(ax, rows: pd.DataFrame, column: str, metric: str, colours: dict)
     lows = 100 * rows[f"accuracy_{metric}_low"].to_numpy(dtype=float)
     highs = 100 * rows[f"accuracy_{metric}_high"].to_numpy(dtype=float)
     front = pareto_front(xs, ys)
-    for i, (x, y, method) in enumerate(zip(xs, ys, rows.method)):
-        # clamped: at 100% the interval's upper end can fall a rounding error short of the point
-        ax.errorbar(x, y, yerr=[[max(y - lows[i], 0)], [max(highs[i] - y, 0)]], color=colours[method], alpha=0.35,
+    on_front = np.zeros(len(xs), dtype=bool)
+    on_front[front] = True
+    methods = rows.method.to_numpy()
+    for method in dict.fromkeys(methods):
+        mine = methods == method
+        # clamped: at 100% the interval's upper end can fall a rounding error short of the point; no interval: none
+        below = np.nan_to_num(np.maximum(ys[mine] - lows[mine], 0))
+        above = np.nan_to_num(np.maximum(highs[mine] - ys[mine], 0))
+        ax.errorbar(xs[mine], ys[mine], yerr=[below, above], fmt="none", color=colours[method], alpha=0.35,
                     capsize=3)
-        on_front = i in front
-        ax.scatter(x, y, s=90 if on_front else 55, color=colours[method], edgecolors="black" if on_front else "none",
-                   zorder=3)
+        ax.scatter(xs[mine], ys[mine], s=np.where(on_front[mine], 90, 55), color=colours[method],
+                   edgecolors=np.where(on_front[mine], "black", "none"), zorder=3)
     order = sorted(front, key=lambda i: xs[i])
     ax.plot(xs[order], ys[order], drawstyle="steps-post", color="grey", linestyle="--", linewidth=1.2,
             label="Pareto front (black rims)", zorder=2)
@@ -722,35 +865,65 @@ def _plot_panel(ax, rows: pd.DataFrame, column: str, metric: str, colours: dict)
     ax.set_ylim(max(-5, ax.get_ylim()[0]), min(105, ax.get_ylim()[1]))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8, frameon=False)
-    return list(zip(xs, ys, rows.label))
+    return list(zip(xs, ys, rows.label, on_front))
 
 
 # Where a label may go relative to its point (offset in points, alignment), tried in this order.
 LABEL_SPOTS = ((7, 5, "left"), (7, -14, "left"), (-7, 5, "right"), (-7, -14, "right"),
                (7, 17, "left"), (7, -26, "left"), (-7, 17, "right"), (-7, -26, "right"))
+MAX_LABELS = 30  # per panel: more are not read; comparison.md names every run
+MAX_LABEL_TRIES = 120  # points tried per panel once the front is labelled: a crowded plot has room for few more
+POINT_BOX = 6  # half the side of the box a point's marker covers, in pixels
 
 
 def _place_labels(ax, points: list[tuple], renderer) -> None:
-    """Put each label at the first spot that overlaps no point and no earlier label and stays inside the axes."""
-    from matplotlib.transforms import Bbox
-
-    taken = []
-    for x, y, _ in points:
-        px, py = ax.transData.transform((x, y))
-        taken.append(Bbox.from_extents(px - 6, py - 6, px + 6, py + 6))
-    for x, y, label in points:
+    """Label the points where a label fits: at the first spot that overlaps no point and no earlier label and
+    stays inside the axes. The front comes first (a front point gets its first spot even where it overlaps,
+    up to MAX_LABELS); the others only where a label fits, as long as MAX_LABEL_TRIES allows. A panel that
+    could not label every point says how many it did."""
+    if not points:
+        return
+    pixels = ax.transData.transform([(x, y) for x, y, _, _ in points])
+    taken = np.column_stack([pixels - POINT_BOX, pixels + POINT_BOX])  # x0, y0, x1, y1 of every marker
+    bounds = ax.bbox
+    scale = ax.figure.dpi / 72  # offset points to pixels
+    order = sorted(range(len(points)), key=lambda i: (not points[i][3], points[i][0], -points[i][1]))
+    placed = tries = 0
+    for i in order:
+        x, y, label, front = points[i]
+        if placed >= MAX_LABELS or (not front and tries >= MAX_LABEL_TRIES):
+            break
+        tries += not front
+        width, height, descent = _text_size(ax, label, renderer)
+        px, py = pixels[i]
         chosen = None
         for dx, dy, align in LABEL_SPOTS:
-            text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=align, fontsize=9)
-            box = text.get_window_extent(renderer)
-            fits = ax.bbox.containsx(box.x0) and ax.bbox.containsx(box.x1) and ax.bbox.containsy(box.y0) \
-                and ax.bbox.containsy(box.y1)
-            if fits and not any(box.overlaps(other) for other in taken):
-                chosen = box
+            x0 = px + dx * scale - (width if align == "right" else 0)
+            y0 = py + dy * scale - descent
+            box = (x0, y0, x0 + width, y0 + height)
+            inside = bounds.x0 <= box[0] and box[2] <= bounds.x1 and bounds.y0 <= box[1] and box[3] <= bounds.y1
+            if inside and not np.any((box[0] < taken[:, 2]) & (box[2] > taken[:, 0]) & (box[1] < taken[:, 3])
+                                     & (box[3] > taken[:, 1])):
+                chosen = (dx, dy, align, box)
                 break
-            text.remove()
-        if chosen is None:  # crowded: the first spot, overlapping if it must
+        if chosen is None and front:  # the front is the point of the plot: its label goes on, overlapping
             dx, dy, align = LABEL_SPOTS[0]
-            chosen = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=align,
-                                 fontsize=9).get_window_extent(renderer)
-        taken.append(chosen)
+            chosen = (dx, dy, align, (px, py, px + width, py + height))
+        if chosen is None:
+            continue
+        dx, dy, align, box = chosen
+        ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=align, fontsize=9)
+        taken = np.vstack([taken, box])
+        placed += 1
+    if placed < len(points):
+        ax.text(0.01, 0.99, f"{placed} of {len(points)} points labelled (the Pareto front first); comparison.md "
+                            "names every run", transform=ax.transAxes, ha="left", va="top", fontsize=8, color="0.35")
+
+
+def _text_size(ax, label: str, renderer) -> tuple[float, float, float]:
+    """A label's width, height and depth below its baseline, in pixels."""
+    text = ax.annotate(label, (0, 0), xycoords="axes pixels", fontsize=9)
+    box = text.get_window_extent(renderer)
+    baseline = ax.transAxes.transform((0, 0))[1]
+    text.remove()
+    return box.width, box.height, baseline - box.y0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import count
@@ -24,22 +25,24 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mascompare import environment, stats
+from mascompare import environment, stats, threads
 from mascompare.accounting import Accountant, Price, price_for
 from mascompare.backends import BACKENDS, KeptBackend, open_backend, release_backend
-from mascompare.backends.base import ChatBackend
+from mascompare.backends.base import ChatBackend, LatentBackend
 from mascompare.budget import Budget
-from mascompare.display import Progress, print_summary
+from mascompare.display import Progress, duration, print_summary, problem_rows
 from mascompare.errors import UserError
 from mascompare.identity import identity_hash, short_hash
 from mascompare.masking import mask_config
 from mascompare.methods import METHODS, Method, MethodOutput
 from mascompare.records import RunRecord, SampleRecord, Usage, now_iso
 from mascompare.settings import ModelSettings, Settings, validate
-from mascompare.store import RunStore
+from mascompare.store import RunStore, check_writable, plural, set_aside_lines
 from mascompare.tasks import Sample, Task, build_task
 
 log = logging.getLogger(__name__)
+CPU_MANY_SAMPLES = 50  # more than this to run on a CPU: say at the start how to run fewer
+LONG_RUN_S = 600  # a run whose pace promises more than this says so after its first samples
 
 
 @dataclass
@@ -105,24 +108,46 @@ def execute(cfg: DictConfig, out_dir: str | Path, kept: KeptBackend | None = Non
     """Run (or resume) one configuration into out_dir; returns its RunRecord (a dry run: its DryRunReport).
 
     `kept` (a sweep's) holds the backend between runs, so that equal configs load the model once.
-    `on_start()` is called once everything is checked, just before out_dir is first written.
+    `on_start()` is called once everything is checked and loaded, just before the run first writes its records:
+    a run refused before then (bad input found while loading, e.g. a missing API key) has written nothing.
     """
     plan = make_plan(cfg, out_dir, settings)
     if plan.settings.run.dry_run:
         from mascompare.dry_run import dry_run
 
         return dry_run(plan)
+    check_model_cache(plan.settings)
+    done = RunStore.completed_keys_in(plan.run_dir) if plan.settings.run.resume else set()
+    if not plan.todo(done):  # nothing left to do: the summary again, nothing loaded
+        store, record = begin(plan, on_start)
+        return finish(plan, store, record)
+    return finish(plan, *run_batches(plan, kept, on_start))
+
+
+def check_model_cache(settings: Settings) -> None:
+    """An embedded model not yet converted is converted into $MASCOMPARE_CACHE: refuse a cache that cannot be
+    written before the model loads, naming the variable."""
+    from mascompare.backends.models import STAMP_FILE, cache_dir, model_cache_dir
+
+    model = settings.model
+    if settings.backend.name != "hf" or model.path or model.embedded is None \
+            or (model_cache_dir(model.name) / STAMP_FILE).is_file():
+        return
+    check_writable(cache_dir(), "MASCOMPARE_CACHE", f"where the embedded model '{model.name}' is converted on first "
+                                                    "use")
+
+
+def begin(plan: Plan, on_start) -> tuple[RunStore, RunRecord]:
+    """The run's first writes: .hydra/ (on_start), the store opened (damaged lines set aside), its record."""
     if on_start is not None:
         on_start()
     store = RunStore(plan.run_dir)
     record = start_record(plan, store)
     todo = plan.todo(store.completed_keys())
     record.samples_resumed = len(plan.samples) * plan.repeats - len(todo)
-    log.info("%s: %d samples x %d repeats, %d already done, %d to run -> %s", record.task, len(plan.samples),
-             plan.repeats, record.samples_resumed, len(todo), store.dir)
-    if todo:
-        record.stop_reason = run_batches(plan, store, record, todo, kept)
-    return finish(plan, store, record)
+    log.info("%s: %s x %s, %d already done, %d to run -> %s", record.task, plural(len(plan.samples), "sample"),
+             plural(plan.repeats, "repeat"), record.samples_resumed, len(todo), store.dir)
+    return store, record
 
 
 def start_record(plan: Plan, store: RunStore) -> RunRecord:
@@ -140,23 +165,30 @@ def start_record(plan: Plan, store: RunStore) -> RunRecord:
         method_info=earlier.method_info if earlier else None, task_info=plan.task.run_info())
 
 
-def run_batches(plan: Plan, store: RunStore, record: RunRecord, todo: list[tuple[int, Sample]],
-                kept: KeptBackend | None) -> str | None:
-    """Phase 2: load, prepare, then every (repeat, sample) still to do; returns why the run stopped early, or None."""
+def run_batches(plan: Plan, kept: KeptBackend | None, on_start) -> tuple[RunStore, RunRecord]:
+    """Phase 2: load and prepare (nothing written yet), then start the record and run every (repeat, sample)
+    still to do; returns the store and the record, its stop_reason set where the run stopped early. A run stopped
+    by an exception keeps in run.json what its backend recorded (e.g. a failed check of its fast path); the
+    caller records why it stopped."""
     settings = plan.settings
     load_start = time.perf_counter()
-    backend, record.backend_reused = open_backend(settings.run, settings.backend, settings.model, kept,
-                                                  plan.backend_cls)
+    local = issubclass(plan.backend_cls, LatentBackend)  # the model runs here: torch computes with our threads
+    if local:
+        threads.apply(settings.run.threads)
+    with quiet_loading(not settings.run.progress and local):
+        backend, reused = open_backend(settings.run, settings.backend, settings.model, kept, plan.backend_cls)
+    store = record = None
     try:
-        record.model_load_s = round(time.perf_counter() - load_start, 3)
-        record.environment = environment.describe(backend, plan.samples)
+        model_load_s = round(time.perf_counter() - load_start, 3)
         batch_size = settings.run.batch_size
         if batch_size == "auto":
             batch_size = backend.auto_batch_size([s.question for s in plan.samples], settings.generation)
-        record.batch_size = batch_size
-        accountant = Accountant(plan.price)
+        accountant = WatchedAccountant(plan.price)
         method = plan.method_cls(settings.method, backend, plan.task, settings.generation, accountant)
-        method.prepare(store.dir, plan.samples, settings.run.resume)
+        method.prepare(plan.run_dir, plan.samples, settings.run.resume)
+        store, record = begin(plan, on_start)
+        record.backend_reused, record.model_load_s, record.batch_size = reused, model_load_s, batch_size
+        record.environment = environment.describe(backend, plan.samples)
         record.method_info = method.run_info()
         store.write_run(record)
         budget = None
@@ -166,10 +198,59 @@ def run_batches(plan: Plan, store: RunStore, record: RunRecord, todo: list[tuple
             budget = Budget(settings.run.max_cost_usd, sample_bounds(plan, store.dir),
                             [attempt.usage.cost_usd or 0.0 for attempt in store.all_records()],
                             calibration_cost(record.method_info))
-        return Batches(plan, method, backend, store, accountant, budget, batch_size).run(todo)
-    finally:
+        todo = plan.todo(store.completed_keys())
+        if record.environment.get("device") == "cpu" and len(todo) > CPU_MANY_SAMPLES:
+            log.warning("%s to run on a CPU, which answers a few questions a minute with a small model and far "
+                        "fewer with a large one: this may take hours; task.limit=N runs only the first N (the same "
+                        "command later resumes and extends the run)", plural(len(todo), "sample"))
+        record.stop_reason = Batches(plan, method, backend, store, accountant, budget, batch_size).run(todo)
         record.backend_info = backend.run_info()  # e.g. the checks the backend made of its fast path
+        return store, record
+    except BaseException as stop:
+        if not isinstance(stop, Exception) and kept is not None:
+            kept.close()  # interrupted: requests in flight are cancelled, even those of a sweep's kept backend
+        if record is not None and isinstance(stop, Exception):
+            record.backend_info = backend.run_info()
+            try:
+                store.write_run(record)
+            except OSError:
+                pass  # a full disk: the caller records the stop where it can
+        raise
+    finally:
         release_backend(backend, kept)
+
+
+@contextmanager
+def quiet_loading(quiet: bool):
+    """No progress bar of transformers or the hub (e.g. "Loading weights") while a local model loads, where
+    run.progress=false asks for none."""
+    if not quiet:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    hub_was_off, transformers_was_on = are_progress_bars_disabled(), transformers_logging.is_progress_bar_enabled()
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not hub_was_off:
+            enable_progress_bars()
+        if transformers_was_on:
+            transformers_logging.enable_progress_bar()
+
+
+class WatchedAccountant(Accountant):
+    """The accountant, telling the progress display of each call as it is recorded."""
+
+    on_record = None
+
+    def record(self, record) -> None:
+        super().record(record)
+        if self.on_record is not None:
+            self.on_record()
 
 
 def finish(plan: Plan, store: RunStore, record: RunRecord) -> RunRecord:
@@ -177,16 +258,21 @@ def finish(plan: Plan, store: RunStore, record: RunRecord) -> RunRecord:
     ids = {s.id for s in plan.samples}
     latest = [r for (sid, repeat), r in store.latest().items() if sid in ids and repeat < plan.repeats]
     record.task_info = plan.task.run_info()  # as scoring left it (e.g. sandbox processes that had to be killed)
+    summary = stats.summarize_records(latest)
+    if not record.stop_reason and summary.errors and not summary.n:
+        first = next(r.error for r in latest if r.failed)
+        record.stop_reason = (f"every sample failed ({plural(summary.errors, 'sample')}), e.g. with: {first}; "
+                              "fix that and run the same command again to retry them")
     record.status = "stopped" if record.stop_reason else "finished"
     record.finished = now_iso()
-    record.summary = stats.summarize_records(latest)
+    record.summary = summary
     if warning := stats.capped_share_warning(record.summary):
         log.warning(warning)
     if plan.settings.run.max_cost_usd is not None:
         record.summary.cost_usd_spent = (sum(r.usage.cost_usd or 0.0 for r in store.all_records())
                                          + calibration_cost(record.method_info))
     store.write_run(record)
-    print_summary(record)
+    print_summary(record, problem_rows(latest, set_aside=set_aside_lines(store.dir)))
     return record
 
 
@@ -234,7 +320,9 @@ class Batches:
     def run(self, todo: list[tuple[int, Sample]]) -> str | None:
         settings = self.plan.settings
         already = len(self.plan.samples) * self.plan.repeats - len(todo)
+        self.began, self.written, self.to_write, self.pace_told = time.perf_counter(), 0, len(todo), False
         with Progress(total=len(todo) + already, done=already, enabled=settings.run.progress) as self.progress:
+            self.accountant.on_record = self.progress.call
             for repeat in sorted({r for r, _ in todo}):
                 self.method.gen = settings.generation.for_repeat(repeat)  # every call's seed includes the repeat
                 mine = [s for r, s in todo if r == repeat]  # a sample id appears once in a repeat's batches
@@ -308,3 +396,20 @@ class Batches:
             if self.budget is not None:
                 self.budget.add(record.usage.cost_usd or 0.0)
             self.progress.advance(record, self.plan.settings.run.primary_metric)
+        self.written += len(batch)
+        self.tell_pace()
+
+    def tell_pace(self) -> None:
+        """Once, after the first batch (or the first samples in flight): how long the rest may take at this pace,
+        where that is long, with the knob that shortens it."""
+        workers = self.backend.sample_workers or 1
+        if self.pace_told or self.written < min(workers, self.to_write):
+            return
+        self.pace_told = True
+        elapsed = time.perf_counter() - self.began
+        left = elapsed / self.written * (self.to_write - self.written)
+        if left > LONG_RUN_S:
+            log.warning("the first %s took %s: at this pace the remaining %d take about %s; task.limit=N runs "
+                        "only the first N (the same command later resumes and extends the run)",
+                        plural(self.written, "sample"), duration(elapsed), self.to_write - self.written,
+                        duration(left))

@@ -13,6 +13,7 @@ an API preset's tokenizer) are optional, and absent means "none".
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ from mascompare.tracking import check as check_tracking
 
 
 class Section(BaseModel):
-    """A config section's typed settings. Unknown keys are ignored (a user may add `+backend.token=...` for a
-    server); known ones must have the declared type and range."""
+    """A config section's typed settings. Unknown keys are ignored here (a preset may carry keys its schema does
+    not read; one added on the command line with + is refused before, see `unread_key`); known ones must have the
+    declared type and range."""
 
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
@@ -180,6 +182,7 @@ class RunSettings(Section):
     cache: Flag
     on_busy: Annotated[Literal[ON_BUSY], choice(ON_BUSY)]
     tracking: Annotated[Literal[TRACKERS] | None, wanted("null or one of " + ", ".join(TRACKERS))]
+    threads: Annotated[Union[PositiveInt, Literal["auto"]], wanted("a positive integer or auto")]
 
 
 class TaskCommon(Section):
@@ -203,6 +206,7 @@ class EmbeddedSettings(Section):
     sha256: Annotated[str | None, wanted("null or the joined file's sha256")] = None
 
 
+URL = r"^https?://[^\s/?#]+\S*$"  # a scheme the HTTP client speaks, and a host
 PRICE_WANTED = ("null or {input: X, output: Y} in USD per million tokens (optionally cached_input), each a "
                 "non-negative number")
 
@@ -217,7 +221,7 @@ class ModelSettings(Section):
     chat_template_kwargs: Annotated[dict[str, Any] | None, wanted(
         "a mapping of names to values, e.g. {enable_thinking: false}, or null")] = None
     api_model: Annotated[str | None, wanted("the model id sent to the API, or null")] = None
-    endpoint: Annotated[str | None, wanted("a URL such as http://127.0.0.1:8000/v1, or null")] = None
+    endpoint: Annotated[str | None, wanted("a URL such as http://127.0.0.1:8000/v1, or null", pattern=URL)] = None
     tokenizer: Annotated[str | None, wanted("a model preset, directory or hub id whose tokenizer counts tokens, "
                                             "or null")] = None
     price: Annotated[PriceSettings | None, wanted(PRICE_WANTED)] = None
@@ -245,7 +249,8 @@ class HFSettings(Section):
 
 class OpenAISettings(Section):
     name: Literal["openai"]
-    base_url: Annotated[str | None, wanted("a URL such as http://127.0.0.1:8000/v1 or null")]
+    base_url: Annotated[str | None, wanted("an http:// or https:// URL such as http://127.0.0.1:8000/v1, or null",
+                                           pattern=URL)]
     api_key: Annotated[str | None, wanted("a string or null")]
     api_key_file: Annotated[str | None, wanted("a file path or null")]
     max_concurrency: PositiveInt
@@ -269,6 +274,8 @@ BACKEND_SETTINGS: dict[str, type[Section]] = {"hf": HFSettings, "openai": OpenAI
 
 
 # --- a whole config ---------------------------------------------------------------------------------------
+
+SECTIONS = ("generation", "run", "task", "method", "backend", "model")
 
 
 @dataclass(frozen=True)
@@ -307,3 +314,54 @@ def validate(cfg) -> Settings:
                         "to sample, or run.repeats=1.")
     return Settings(generation, run, task, method, backend, model)
 
+
+
+def section_schema(cfg, section: str) -> type[Section]:
+    """The schema a composed config's section is read with (the chosen task's, method's, backend's own)."""
+    from mascompare.generation import GenerationConfig
+    from mascompare.methods import METHODS
+    from mascompare.tasks import TASKS
+
+    if section == "backend":
+        from mascompare.registry import unknown
+
+        name = cfg.backend.get("name")
+        if name not in BACKEND_SETTINGS:
+            raise unknown("backend", str(name), BACKEND_SETTINGS)
+        return BACKEND_SETTINGS[name]
+    return {"generation": lambda: GenerationConfig, "run": lambda: RunSettings, "model": lambda: ModelSettings,
+            "task": lambda: TASKS.get(cfg.task.name).Settings, "method": lambda: METHODS.get(cfg.method.name).Settings,
+            }[section]()
+
+
+def unread_key(cfg, key: str) -> str | None:
+    """Why a key added on the command line with + (`+task.sandbox.wall_s=3`) would change nothing, in one sentence;
+    None when its section reads it (or takes any keys there, as model.chat_template_kwargs does)."""
+    from mascompare.config import group_options
+
+    parts = key.split(".")
+    if parts[0] not in SECTIONS:
+        if len(parts) == 1 and group_options(parts[0]) or "/" in key:
+            return None  # a config group chosen with +, e.g. +experiment=smoke
+        leaves = {leaf.rpartition(".")[2]: leaf for leaf in _leaves(cfg)}
+        close = difflib.get_close_matches(parts[-1], list(leaves), n=1, cutoff=0.6)
+        hint = f"did you mean {leaves[close[0]]}? " if close else ""
+        return (f"+{key} adds a key that mascompare does not read, so it would change nothing; {hint}its settings "
+                f"are under {', '.join(SECTIONS)}.")
+    annotation: Any = section_schema(cfg, parts[0])
+    for depth, part in enumerate(parts[1:], start=1):
+        model = _model_in(annotation)
+        if model is None or model.model_config.get("extra") == "allow":
+            return None  # a mapping of the user's own (or a section that keeps what it is given)
+        if part not in model.model_fields:
+            where = ".".join(parts[:depth])
+            close = difflib.get_close_matches(part, list(model.model_fields), n=1, cutoff=0.6)
+            hint = f"did you mean {where}.{close[0]}? " if close else ""
+            return (f"+{key} adds a key that {where} does not read, so it would change nothing; {hint}{where}'s keys "
+                    f"are {', '.join(model.model_fields)}.")
+        annotation = model.model_fields[part].annotation
+    return None
+
+
+def _leaves(cfg) -> list[str]:
+    return [f"{section}.{key}" for section in SECTIONS for key in (cfg.get(section) or {})]

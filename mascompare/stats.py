@@ -30,6 +30,11 @@ def sample_table(records: list[SampleRecord]) -> pd.DataFrame:
     """One row per record. `pair` matches a sample across runs: its id and its question, since ids alone can
     collide across task settings (arith seeds). `batch` is a string: records without a batch number (written
     before batches were numbered) are a batch each."""
+    return pd.DataFrame.from_records(sample_rows(records), columns=list(SAMPLE_COLUMNS))
+
+
+def sample_rows(records: list[SampleRecord]) -> list[dict]:
+    """sample_table's rows, for a caller that lays out many runs' records as one table."""
     rows = []
     for k, record in enumerate(records):
         usage = record.usage
@@ -42,7 +47,7 @@ def sample_table(records: list[SampleRecord]) -> pd.DataFrame:
             **{column: getattr(usage, column) for column in USAGE_COLUMNS},
             "time_s": usage.wall_time_s, "cost_usd": usage.cost_usd, "extractor_version": record.extractor_version,
         })
-    return pd.DataFrame.from_records(rows, columns=list(SAMPLE_COLUMNS))
+    return rows
 
 
 def summarize(table: pd.DataFrame) -> Summary:
@@ -166,18 +171,27 @@ def paired_bootstrap_interval(x, y, seed: int = 0, level: float = 0.95) -> tuple
     return percentile_interval(cluster_bootstrap(d, np.ones(len(d)), seed=seed), level)
 
 
-def speedup_interval(rows: pd.DataFrame, ref_rows: pd.DataFrame) -> tuple[float, float] | None:
+def speedup_interval(rows: pd.DataFrame, ref_rows: pd.DataFrame, memo: dict | None = None) -> tuple[float, float] | None:
     """95% interval of (reference time per sample) / (this run's), from independent bootstraps of the
-    two runs' batches: it shows the spread between batches, not the load on the machine on the day."""
-    ours, theirs = batch_time_estimates(rows, seed=1), batch_time_estimates(ref_rows, seed=2)
+    two runs' batches: it shows the spread between batches, not the load on the machine on the day.
+    `memo` keeps the reference's bootstrap for the next run set against the same rows of it."""
+    ours = batch_time_estimates(rows, seed=1)
+    key = tuple(ref_rows.index)  # the reference's rows in the caller's table: the same rows, the same bootstrap
+    if memo is None or key not in memo:
+        theirs = batch_time_estimates(ref_rows, seed=2)
+        if memo is not None:
+            memo[key] = theirs
+    else:
+        theirs = memo[key]
     if ours is None or theirs is None or (ours <= 0).any():
         return None
     return percentile_interval(theirs / ours)
 
 
-def paired(ours: pd.DataFrame, theirs: pd.DataFrame, metric: str) -> dict:
+def paired(ours: pd.DataFrame, theirs: pd.DataFrame, metric: str, memo: dict | None = None) -> dict:
     """A run's sample table against its reference's, on the samples both answered; each sample's repeats are
-    pooled into its mean, so a sample counts once however often either run answered it."""
+    pooled into its mean, so a sample counts once however often either run answered it. `memo`: see
+    speedup_interval."""
     ours, theirs = ours[ours.error.isna()], theirs[theirs.error.isna()]
     shared = set(ours.pair) & set(theirs.pair)
     if not shared:
@@ -191,7 +205,7 @@ def paired(ours: pd.DataFrame, theirs: pd.DataFrame, metric: str) -> dict:
     one_answer_each = ours.pair.is_unique and theirs.pair.is_unique
     run_time, ref_time = ours.time_s.mean(), theirs.time_s.mean()
     speedup = float(ref_time / run_time) if run_time > 0 and ref_time > 0 else None
-    interval = speedup_interval(ours, theirs) if speedup is not None else None
+    interval = speedup_interval(ours, theirs, memo) if speedup is not None else None
     xb, yb = x.astype(bool), y.astype(bool)
     return {
         "n_paired": len(both),

@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mascompare.errors import UserError
-from mascompare.store import FAILURE_FILE, RUN_FILE
+from mascompare.store import FAILURE_FILE, RUN_FILE, plural
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".comparison.lock"
@@ -86,8 +86,8 @@ class CompareSweep(Callback):
         except Exception:
             log.exception("writing the comparison for %s failed", sweep_dir)
             return None
-        log.info("comparison of %d runs (%d failed jobs): %s", len(collection.runs), len(collection.failures),
-                 sweep_dir / "comparison.md")
+        failed = f" ({plural(len(collection.failures), 'failed job')})" if collection.failures else ""
+        log.info("comparison of %s%s: %s", plural(len(collection.runs), "run"), failed, sweep_dir / "comparison.md")
         return comparison
 
 

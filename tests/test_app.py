@@ -119,14 +119,21 @@ def test_a_full_disk_mid_run_is_one_sentence_exit_1_and_recorded(tiny_model_dir,
 
 
 def test_secrets_reach_no_file_and_no_message(tiny_model_dir, tmp_path):
-    result = run(tiny_model_dir, tmp_path, f"+backend.apikey={SECRET}", f"+model.hf_token={SECRET}x")
+    # a secret-looking key added with + where a section takes any keys (the chat template's own arguments)
+    result = run(tiny_model_dir, tmp_path, f"+model.chat_template_kwargs.api_token={SECRET}")
     assert result.exit_code == 0, result.output
     run_dir = only_run_dir(tmp_path)
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert SECRET not in path.read_text(errors="replace"), path
-    assert json.loads((run_dir / "run.json").read_text())["config"]["backend"]["apikey"] == "***"
+    assert json.loads((run_dir / "run.json").read_text())["config"]["model"]["chat_template_kwargs"] == \
+        {"api_token": "***"}
     assert SECRET not in result.output
+
+    # one added where nothing reads it is refused, and the refusal does not show it either
+    unread = run(tiny_model_dir, tmp_path / "unread", f"+backend.apikey={SECRET}")
+    assert unread.exit_code == 2 and SECRET not in unread.output and not (tmp_path / "unread").exists()
+    assert "+backend.apikey adds a key that backend does not read" in unread.output
 
     mapping = runner.invoke(app, ["run", f"backend={{name: openai, api_key: {SECRET}}}",
                                   f"run.output_root={tmp_path / 'other'}"])

@@ -9,6 +9,7 @@ from helpers import sample_record
 from mascompare.errors import UserError
 from mascompare.records import (
     SCHEMA_VERSION,
+    DamagedRecord,
     NewerRecord,
     RunRecord,
     SampleRecord,
@@ -105,8 +106,8 @@ def test_a_line_of_a_newer_schema_is_refused_in_one_sentence(tmp_path):
     (tmp_path / "samples.jsonl").write_text(json.dumps(newer) + "\n")
     with pytest.raises(NewerRecord, match=f"^{tmp_path / 'samples.jsonl'} has record schema"):
         latest_records(tmp_path)  # the same sentence wherever a line is read
-    for odd in ("2", True, 2.5):
-        with pytest.raises(NewerRecord, match=f"has record schema {odd!r}, newer"):
+    for odd in ("2", True, 2.5, 0):  # not a version at all: a damaged line, not a newer one
+        with pytest.raises(DamagedRecord, match=f"^schema must be a positive integer, got {odd!r}$"):
             SampleRecord.from_json({**VERSION_1_LINE, "schema": odd})
 
 
@@ -120,11 +121,39 @@ def test_unknown_fields_are_ignored_at_every_level():
     assert "added_later" not in record.to_json() and "new_figure" not in record.to_json()["usage"]
 
 
-def test_what_is_not_a_line_is_refused():
-    with pytest.raises(TypeError, match="a JSON object was expected, got list"):
-        SampleRecord.from_json(["a"])
-    with pytest.raises(TypeError, match="id must be a string and repeat an integer"):
-        SampleRecord.from_json({"id": 3})
+@pytest.mark.parametrize("line, problem", [
+    (["a"], "it is not a JSON object but a list"),
+    ("a", "it is not a JSON object but a string"),
+    ({"repeat": 0}, "it lacks id"),
+    ({"id": 3}, "id must be a string, got 3"),
+    ({"id": "a", "repeat": "x"}, "repeat must be a non-negative integer, got 'x'"),
+    ({"id": "a", "repeat": True}, "repeat must be a non-negative integer, got True"),
+    ({"id": "a", "batch": -1}, "batch must be a non-negative integer or null, got -1"),
+    ({"id": "a", "correct_strict": "yes"}, "correct_strict must be true or false or null, got 'yes'"),
+    ({"id": "a", "usage": [1]}, "usage must be a JSON object or null, got [1]"),
+    ({"id": "a", "usage": {"input_tokens": "30"}}, "usage.input_tokens must be a non-negative integer, got '30'"),
+    ({"id": "a", "usage": {"output_tokens": -5}}, "usage.output_tokens must be a non-negative integer, got -5"),
+    ({"id": "a", "agents": [{"sample_id": "a", "agent": "x", "role": "y", "cost_usd": "1"}]},
+     "agents[0].cost_usd must be a number or null, got '1'"),
+    ({"id": "a", "agents": [{"agent": "x", "role": "y"}]}, "it lacks agents[0].sample_id"),
+    ({"id": "a", "agents": [{"sample_id": "a", "agent": "x", "role": "y", "kv_received_from": {"p": "2"}}]},
+     "agents[0].kv_received_from must be a JSON object of non-negative integers or null, got {'p': '2'}"),
+    ({"id": "a", "transcript": [{"agent": "x", "role": "y", "round": 0}]}, "it lacks transcript[0].text"),
+    ({"id": "a", "wall_time_s": "fast"}, "wall_time_s must be a number or null, got 'fast'"),
+])
+def test_what_is_not_a_line_is_named_field_by_field(line, problem):
+    with pytest.raises(DamagedRecord) as error:
+        SampleRecord.from_json(line)
+    assert str(error.value) == problem
+
+
+def test_a_run_json_of_the_wrong_types_is_named():
+    with pytest.raises(DamagedRecord, match=r"^summary.n must be a non-negative integer, got 'four'$"):
+        RunRecord.from_json({**VERSION_1_RUN, "summary": {"n": "four"}})
+    with pytest.raises(DamagedRecord, match=r"^config must be a JSON object, got \[\]$"):
+        RunRecord.from_json({**VERSION_1_RUN, "config": []})
+    with pytest.raises(DamagedRecord, match=r"^summary must be a JSON object or null, got 3$"):
+        RunRecord.from_json({**VERSION_1_RUN, "summary": 3})
 
 
 # ---------------------------------------------------------------- run.json
@@ -154,5 +183,5 @@ def test_a_run_json_of_a_newer_schema_or_missing_fields_is_refused():
     with pytest.raises(NewerRecord, match=rf"^run.json has record schema {SCHEMA_VERSION + 1}, newer than this "
                                           r"mascompare reads"):
         RunRecord.from_json({**VERSION_1_RUN, "schema": SCHEMA_VERSION + 1})
-    with pytest.raises(ValueError, match="^it lacks run_dir, config_hash$"):
+    with pytest.raises(DamagedRecord, match="^it lacks run_dir, config_hash$"):
         RunRecord.from_json({k: v for k, v in VERSION_1_RUN.items() if k not in ("run_dir", "config_hash")})

@@ -6,7 +6,8 @@ a slot freed by a finished request goes to the next sample at once instead of wa
 slowest request of a batch; `chat` still returns completions in input order.
 
 With `run.cache=true` the runner hands the backend a ResponseCache (backends/response_cache.py):
-a greedy or seeded request answered before is answered from it, without a call.
+a request answered before (the same model, messages, decoding settings and seed) is answered
+from it, without a call.
 
 Failures, by kind:
 - connection errors, timeouts, 429, 408 and 5xx, and a body that is not a valid completion:
@@ -16,7 +17,13 @@ Failures, by kind:
 - 401, 403 and 404 (bad key, no access, unknown model or URL) would fail every request the same
   way: the run stops at once with the server's message;
 - any other 4xx is this request's own fault (e.g. a prompt longer than the context): not
-  retried; the sample fails with the server's message.
+  retried; the sample fails with the server's message;
+- an answer without text (a refusal, a content filter): not retried; the sample fails, saying so.
+
+`close()` cancels: requests not yet sent are dropped, the ones in flight are abandoned (their
+threads are daemons, so a server that never answers cannot hold the process), and every
+waiting caller gets a failed completion at once. A Ctrl-C therefore ends an API run in a second,
+whatever the servers do.
 
 Token counts come from the response's `usage`. A server that sends none gets local counts
 (the model's tokenizer where `model.tokenizer` names one, else about 4 characters per token),
@@ -28,20 +35,23 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
+import re
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import openai
 
 from mascompare.backends.base import ChatBackend, Completion, Message
-from mascompare.backends.response_cache import ResponseCache, cacheable
+from mascompare.backends.response_cache import ResponseCache
 from mascompare.backends.tokens import TokenCounter
 from mascompare.errors import UserError
 from mascompare.generation import GenerationConfig
-from mascompare.settings import ModelSettings, OpenAISettings
+from mascompare.settings import URL, ModelSettings, OpenAISettings
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,53 @@ RETRY_STATUSES = (408, 409, 429)  # and every 5xx
 # the API's finish_reason in our terms: we send no stop sequences, so "stop" is the model ending its turn;
 # anything else (content_filter, tool_calls, ...) is recorded as "stop"
 FINISH_REASONS = {"stop": "eos", "length": "length"}
+CANCELLED = "cancelled: the run was stopped while this request was in flight"
+CANCEL_POLL_S = 0.2  # how often a caller waiting for requests looks whether the run was stopped
+
+
+class MalformedResponse(ValueError):
+    """A 200 whose body is not a chat completion; the message says what is wrong with it."""
+
+
+class DaemonPool:
+    """A fixed number of daemon threads running submitted calls in order. Unlike ThreadPoolExecutor's, its threads
+    never hold up the end of the process: a request blocked on a server that does not answer is simply left."""
+
+    def __init__(self, workers: int, name: str):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        for k in range(workers):
+            threading.Thread(target=self._work, name=f"{name}-{k}", daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        if self._closed:
+            future.cancel()
+        else:
+            self._jobs.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as error:  # handed to whoever waits for the result
+                future.set_exception(error)
+
+    def shutdown(self, workers: int) -> None:
+        """Drop the calls not started; each thread ends once its current call returns."""
+        self._closed = True
+        while True:
+            try:
+                future, _, _ = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            future.cancel()
+        for _ in range(workers):
+            self._jobs.put(None)
 
 
 def _key_from_file(path) -> str | None:
@@ -75,6 +132,9 @@ class OpenAIBackend(ChatBackend):
         self.api_model = model.api_id
         self.base_url = str(settings.base_url or model.endpoint or os.environ.get("OPENAI_BASE_URL")
                             or OPENAI_URL).rstrip("/")
+        if not re.match(URL, self.base_url):  # the config's URLs are checked by the schema; this one came from outside
+            raise UserError(f"OPENAI_BASE_URL={self.base_url} is not an http:// or https:// URL; set it to one such "
+                            "as http://127.0.0.1:8000/v1, or unset it.")
         self._key = settings.api_key or _key_from_file(settings.api_key_file) or os.environ.get("OPENAI_API_KEY") or ""
         if not self._key and self.base_url == OPENAI_URL:
             raise UserError("The OpenAI API needs a key: set the environment variable OPENAI_API_KEY "
@@ -90,7 +150,8 @@ class OpenAIBackend(ChatBackend):
         # our own retries (with their accounting and logging) replace the client's
         self._client = openai.OpenAI(base_url=self.base_url, api_key=self._key or "unused",
                                      timeout=self.timeout_s, max_retries=0, http_client=self.http_client())
-        self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="openai-request")
+        self._pool = DaemonPool(self.max_concurrency, "openai-request")
+        self._cancelled = threading.Event()  # set by close(): nothing more is sent, waiting callers return
         self.template_kwargs = model.chat_template_kwargs or {}  # the server applies the chat template
         self.counter = TokenCounter(model.tokenizer, self.template_kwargs)
         log.info("openai backend: model %s at %s, up to %d concurrent requests",
@@ -106,7 +167,11 @@ class OpenAIBackend(ChatBackend):
     def chat(self, conversations: list[list[Message]], gen: GenerationConfig,
              seeds: list[int] | None = None) -> list[Completion]:
         seeds = seeds if seeds is not None else [gen.seed] * len(conversations)
-        return list(self._pool.map(lambda job: self.complete(job[0], gen, job[1]), zip(conversations, seeds)))
+        futures = [self._pool.submit(self.complete, messages, gen, seed) for messages, seed in zip(conversations, seeds)]
+        pending = set(futures)
+        while pending and not self._cancelled.is_set():
+            _, pending = wait(pending, timeout=CANCEL_POLL_S, return_when=FIRST_COMPLETED)
+        return [f.result() if f.done() and not f.cancelled() else failed(CANCELLED) for f in futures]
 
     def count_tokens(self, messages: list[Message]) -> int:
         return self.counter.count(messages)
@@ -141,7 +206,7 @@ class OpenAIBackend(ChatBackend):
 
     def complete(self, messages: list[Message], gen: GenerationConfig, seed: int | None = None) -> Completion:
         params = self.request_params(messages, gen, seed)
-        if self.cache is None or not cacheable(gen):
+        if self.cache is None:
             return self.request(params, messages)
         if (kept := self.cache.get(params)) is not None:
             return kept
@@ -152,6 +217,8 @@ class OpenAIBackend(ChatBackend):
     def request(self, params: dict, messages: list[Message]) -> Completion:
         attempts = self.max_retries + 1
         for attempt in range(attempts):
+            if self._cancelled.is_set():
+                return failed(CANCELLED)
             try:
                 response = self._client.chat.completions.create(**params)
                 return self.completion(response, messages)
@@ -162,15 +229,20 @@ class OpenAIBackend(ChatBackend):
                                     f"'{self.api_model}' with HTTP {status}: {message}") from None
                 if not (status in RETRY_STATUSES or status >= 500):
                     return failed(f"HTTP {status} from the server (not retried): {message}")
-                problem, wait = f"HTTP {status}: {message}", retry_after(exc.response)
+                problem, wait_s = f"HTTP {status}: {message}", retry_after(exc.response)
             except openai.APIConnectionError as exc:  # includes timeouts
-                problem, wait = self.redact(f"{type(exc).__name__}: {exc}"), None
-            except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError, IndexError) as exc:
-                problem, wait = self.redact(f"malformed response ({type(exc).__name__}: {exc})"), None
+                if self._cancelled.is_set():  # the client was closed under it
+                    return failed(CANCELLED)
+                problem, wait_s = self.redact(f"{type(exc).__name__}: {exc}"), None
+            except (openai.APIResponseValidationError, MalformedResponse) as exc:
+                problem, wait_s = self.redact(f"malformed response ({exc})"), None
+            except NoText as exc:  # the server's considered answer: asking again would get the same
+                return failed(self.redact(str(exc)))
             if attempt + 1 < attempts:
-                delay = min(self.max_backoff_s, wait if wait is not None else self.backoff(attempt))
+                delay = min(self.max_backoff_s, wait_s if wait_s is not None else self.backoff(attempt))
                 log.warning("request failed (%s); attempt %d of %d in %.1f s", problem, attempt + 2, attempts, delay)
-                time.sleep(delay)
+                if self._cancelled.wait(delay):
+                    return failed(CANCELLED)
         return failed(f"failed after {attempts} attempts; last: {problem}")
 
     def backoff(self, attempt: int) -> float:
@@ -179,30 +251,64 @@ class OpenAIBackend(ChatBackend):
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def completion(self, response, messages: list[Message]) -> Completion:
+        """The completion a response holds; raises MalformedResponse where it holds none, NoText where the server
+        answered without text. The openai package builds its objects without checking them, so every field is
+        checked here."""
         if isinstance(response, (str, bytes)):  # a 200 whose body is not JSON comes back as raw text
-            raise ValueError(f"the body is not JSON: {str(response)[:80]!r}")
-        choice = response.choices[0]
-        text = choice.message.content or ""
-        reason = FINISH_REASONS.get(choice.finish_reason, "stop")
-        usage = response.usage
-        if usage is None or usage.prompt_tokens is None:
+            raise MalformedResponse(f"the body is not JSON: {str(response)[:80]!r}")
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise MalformedResponse(f"it holds no choices (got {_shown(choices)})")
+        message = getattr(choices[0], "message", None)
+        if message is None:
+            raise MalformedResponse("its first choice holds no message")
+        text, finish = getattr(message, "content", None), getattr(choices[0], "finish_reason", None)
+        if text is None:
+            refusal = getattr(message, "refusal", None)
+            raise NoText(f"the server answered without text (finish_reason {finish!r}"
+                         + (f", refusal: {str(refusal)[:200]}" if refusal else "") + ")")
+        if not isinstance(text, str):
+            raise MalformedResponse(f"its message content is {_shown(text)}, not text")
+        reason = FINISH_REASONS.get(finish, "stop")
+        usage = getattr(response, "usage", None)
+        prompt = _count(usage, "prompt_tokens")
+        if usage is None or prompt is None:
             return Completion(text, self.counter.count(messages), self.counter.count_text(text),
                               usage_source="estimate", finish_reason=reason)
-        cached = getattr(usage.prompt_tokens_details, "cached_tokens", None)
-        reasoning = getattr(usage.completion_tokens_details, "reasoning_tokens", None)
-        return Completion(text, usage.prompt_tokens, usage.completion_tokens or 0, usage_source="api",
+        cached = _count(getattr(usage, "prompt_tokens_details", None), "cached_tokens", "usage.prompt_tokens_details")
+        reasoning = _count(getattr(usage, "completion_tokens_details", None), "reasoning_tokens",
+                           "usage.completion_tokens_details")
+        return Completion(text, prompt, _count(usage, "completion_tokens") or 0, usage_source="api",
                           cached_prompt_tokens=cached, reasoning_tokens=reasoning, finish_reason=reason)
 
     def redact(self, text: str) -> str:
         return text.replace(self._key, "***") if len(self._key) >= 4 else text
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._cancelled.set()
+        self._pool.shutdown(self.max_concurrency)
         self._client.close()
+
+
+class NoText(Exception):
+    """A well-formed answer without text: a refusal, a content filter, a tool call."""
 
 
 def failed(error: str) -> Completion:
     return Completion("", 0, 0, usage_source="api", error=error, finish_reason="error")
+
+
+def _count(part, name: str, where: str = "usage") -> int | None:
+    """A token count of the response's usage (None where it has none); one that is not a count is malformed."""
+    value = getattr(part, name, None) if part is not None else None
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise MalformedResponse(f"its {where}.{name} is {_shown(value)}, not a token count")
+    return value
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def retry_after(response) -> float | None:

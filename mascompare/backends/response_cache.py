@@ -3,8 +3,9 @@ twice for the same call.
 
 A response is keyed by the request as it would be sent: the model id, the messages and every decoding
 setting (a SHA-256 of their canonical JSON; the server's address is not part of it, so a server moved
-to another port still hits). Only calls whose answer the request decides are kept, greedy or seeded
-ones; failed calls never are. One SQLite file under `run.output_root` serves every run there, from
+to another port still hits). Every call's answer is decided by its request: greedy decoding, or
+sampling with the call's own seed, which the request carries (generation.seed is always set); failed
+calls are never kept. One SQLite file under `run.output_root` serves every run there, from
 many threads and processes at once (a joblib sweep): SQLite's write-ahead log and busy timeout.
 """
 
@@ -18,15 +19,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from mascompare.backends.base import Completion
-from mascompare.generation import GenerationConfig
 
 CACHE_FILE = "response_cache.sqlite"
 KEPT_FIELDS = [f.name for f in fields(Completion) if f.name not in ("error", "usage_source")]
-
-
-def cacheable(gen: GenerationConfig) -> bool:
-    """Only calls the request decides: greedy decoding, or sampling with a fixed seed."""
-    return gen.greedy or gen.seed is not None
 
 
 def request_key(params: dict) -> str:

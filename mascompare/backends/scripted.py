@@ -14,10 +14,12 @@ messages answers it (a rule without `when` answers every request):
           - {text: "The answer is 7.", delay_s: 0.2}
     default: {text: "The answer is 0."}   # for requests no rule matches (this is the default default)
 
-A reply: `text` (the completion), `status` (200; another status answers with an OpenAI-style error body),
-`body` (a raw body sent instead, e.g. one that is not JSON), `delay_s` (before answering; past the backend's
-timeout the request times out), `usage` ({prompt_tokens, completion_tokens}; null sends none; absent: words
-counted), `finish_reason` (stop | length), `headers`.
+A reply: `text` (the completion; null sends a message without content, as a refusal does), `status` (200;
+another status answers with an OpenAI-style error body), `body` (a raw body sent instead, e.g. one that is not
+JSON), `delay_s` (before answering; past the backend's timeout the request times out; a backend that is closed
+meanwhile drops the connection, as a server does when its client goes), `usage` ({prompt_tokens,
+completion_tokens}, sent as written, so that a broken server's strings or negative counts can be played; null
+sends none; absent: words counted), `finish_reason` (stop | length | content_filter), `headers`.
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ DEFAULT_TEXT = "The answer is 0."
 
 
 class Reply(Section):
-    text: str = DEFAULT_TEXT
+    text: str | None = DEFAULT_TEXT
     status: Annotated[int, wanted("an HTTP status", ge=100, le=599)] = 200
     body: str | None = None
     delay_s: Annotated[float, wanted("a non-negative number of seconds", ge=0)] = 0.0
-    usage: dict[str, int] | None | Literal["counted"] = "counted"
-    finish_reason: Literal["stop", "length"] = "stop"
+    usage: dict[str, Any] | None | Literal["counted"] = "counted"
+    finish_reason: Literal["stop", "length", "content_filter"] = "stop"
     headers: dict[str, str] = {}
 
 
@@ -76,6 +78,7 @@ class ScriptedServer:
         self.requests: list[tuple[float, dict]] = []
         self._turns = [itertools.count() for _ in script.rules]
         self._lock = threading.Lock()
+        self.closed = threading.Event()  # the backend has gone: connections still open are dropped
 
     def reply_for(self, body: dict) -> Reply:
         text = "\n".join(str(m.get("content")) for m in body.get("messages") or [])
@@ -93,18 +96,18 @@ class ScriptedServer:
         reply = self.reply_for(body)
         timeout = (request.extensions.get("timeout") or {}).get("read")
         if reply.delay_s:
+            if self.closed.wait(min(reply.delay_s, timeout if timeout is not None else reply.delay_s)):
+                raise httpx2.ReadError("the client closed the connection", request=request)
             if timeout is not None and reply.delay_s > timeout:
-                time.sleep(timeout)
                 raise httpx2.ReadTimeout("the scripted server did not answer in time", request=request)
-            time.sleep(reply.delay_s)
         if reply.body is not None:
             return httpx2.Response(reply.status, text=reply.body, headers=reply.headers)
         if reply.status != 200:
             error = {"error": {"message": f"scripted status {reply.status}", "type": "scripted", "code": reply.status}}
             return httpx2.Response(reply.status, json=error, headers=reply.headers)
         words = sum(len(str(m.get("content")).split()) for m in body.get("messages") or [])
-        usage = ({"prompt_tokens": words, "completion_tokens": len(reply.text.split())} if reply.usage == "counted"
-                 else reply.usage)
+        usage = ({"prompt_tokens": words, "completion_tokens": len((reply.text or "").split())}
+                 if reply.usage == "counted" else reply.usage)
         completion: dict[str, Any] = {
             "id": f"scripted-{len(self.requests)}", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
@@ -125,6 +128,10 @@ class ScriptedBackend(OpenAIBackend):
         import httpx2
 
         return httpx2.Client(transport=httpx2.MockTransport(self.server.handle))
+
+    def close(self) -> None:
+        self.server.closed.set()
+        super().close()
 
     def environment(self) -> dict:
         return {"backend": self.name, "device": "scripted server in this process", "dtype": None}

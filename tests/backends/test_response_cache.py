@@ -10,7 +10,7 @@ import pytest
 
 from conftest import decoding
 from mascompare.backends.base import Completion
-from mascompare.backends.response_cache import CACHE_FILE, ResponseCache, cacheable, request_key
+from mascompare.backends.response_cache import CACHE_FILE, ResponseCache, request_key
 from mascompare.errors import UserError
 
 PARAMS = {"model": "served-model", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 16,
@@ -57,9 +57,7 @@ def test_failed_calls_are_never_kept(cache):
     assert cache.get(PARAMS) is None
 
 
-def test_only_greedy_or_seeded_calls_are_cacheable():
-    assert cacheable(decoding(temperature=0.0))
-    assert cacheable(decoding(temperature=0.8, seed=7))
+def test_every_call_is_decided_by_its_request_so_every_call_may_be_kept():
     with pytest.raises(UserError, match="generation.seed must be an integer from 0 to"):
         decoding(temperature=0.8, seed=None)  # every sampled call is seeded: an unseeded one cannot be configured
 
