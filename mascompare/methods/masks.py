@@ -150,3 +150,38 @@ def read_masks(path: Path, masks_format: str, method: str, names: list[str], wha
         raise UserError(f"The masks in {path} are for {what} {data.get('agents')}, but this run's are {names}.")
     return data
 
+
+
+def stored_edges(path: Path, data: dict, where: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The initial mask and the learned logits a masks file keeps at `where` (keys under "initial" and "logits",
+    e.g. ["spatial"]) for `n` graph nodes, as arrays; one clear error when either is not an n x n matrix, the mask
+    not of 0s and 1s, or the logit of a potential edge not a finite number (null marks the others)."""
+
+    def name(key: str) -> str:
+        return ".".join([key, *where])
+
+    def matrix(key: str) -> np.ndarray:
+        value = data.get(key)
+        for part in where:
+            value = value.get(part) if isinstance(value, dict) else None
+        try:
+            array = np.asarray(value, dtype=float)  # null becomes NaN
+        except (TypeError, ValueError):
+            array = None
+        if array is None or array.shape != (n, n):
+            raise UserError(f"{name(key)} in the masks file {path} must be a {n} x {n} matrix of numbers (one row and "
+                            f"column per graph node), got {json.dumps(value)[:80]}; restore the file, or give a "
+                            "masks file this method wrote.")
+        return array
+
+    initial, logits = matrix("initial"), matrix("logits")
+    if not np.isin(initial, (0, 1)).all():
+        raise UserError(f"{name('initial')} in the masks file {path} must hold only 0 and 1, "
+                        "got other values; restore the file, or give a masks file this method wrote.")
+    bad = np.argwhere((initial == 1) & ~np.isfinite(logits))
+    if len(bad):
+        i, j = bad[0]
+        raise UserError(f"{name('logits')} in the masks file {path} must be a finite number "
+                        f"for every potential edge, got {logits[i, j]} at row {i}, column {j}; restore the file, "
+                        "or give a masks file this method wrote.")
+    return initial.astype(int), logits

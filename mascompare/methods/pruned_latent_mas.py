@@ -63,6 +63,7 @@ from mascompare.methods.masks import (
     learned_logits,
     pruned_masks,
     read_masks,
+    stored_edges,
 )
 from mascompare.methods.packs import prepare_prompts
 from mascompare.methods.pruned_mas import PrunedMASSettings, draw_masks
@@ -198,9 +199,9 @@ class PrunedLatentMAS(Method):
     def read_masks(self, path: Path, policy: EdgePolicy) -> dict:
         data = read_masks(path, MASKS_FORMAT, "pruned_latent_mas", [a.name for a in self.nodes],
                           "graph nodes (method.agents, plus the final agent with method.final_sees=learned)")
-        policy.masks[KIND] = np.asarray(data["initial"], dtype=int)
+        policy.masks[KIND], logits = stored_edges(path, data, [], len(self.nodes))
         policy.alive[KIND] = policy.masks[KIND].copy()
-        policy.load_logits({KIND: np.asarray(data["logits"], dtype=float)})
+        policy.load_logits({KIND: logits})
         return data
 
     # --- execution -------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ from mascompare.methods.masks import (
     learned_logits,
     pruned_masks,
     read_masks,
+    stored_edges,
 )
 from mascompare.methods.packs import PackChoice, prepare_prompts, team_from_pack
 from mascompare.methods.roles import (
@@ -234,10 +235,11 @@ class PrunedMAS(Method):
 
     def read_masks(self, path: Path, policy: EdgePolicy) -> dict:
         data = read_masks(path, MASKS_FORMAT, "pruned_mas", [a.name for a in self.agents], "agents")
+        logits = {}
         for kind in KINDS:
-            policy.masks[kind] = np.asarray(data["initial"][kind], dtype=int)
+            policy.masks[kind], logits[kind] = stored_edges(path, data, [kind], len(self.agents))
             policy.alive[kind] = policy.masks[kind].copy()
-        policy.load_logits({k: np.asarray(data["logits"][k], dtype=float) for k in KINDS})
+        policy.load_logits(logits)
         if data["topology"] != self.settings.topology or data["rounds"] != self.rounds:
             log.warning("masks from %s were learned for topology %s with %d rounds; running %d rounds",
                         path, data["topology"], data["rounds"], self.rounds)

@@ -311,3 +311,18 @@ def test_sampled_test_graphs_are_drawn_among_the_kept_edges_and_recorded(tiny_ba
             if name in records:
                 assert set(records[name].kv_received_from) == {a for a, b in edges if b == name}
     assert len({json.dumps(o.diagnostics) for o in outputs}) > 1
+
+
+def test_a_masks_file_with_a_missing_logit_on_an_edge_is_refused(tiny_backend, tmp_path):
+    limited = make_task("arith", "task.seed=0", "task.levels=[1,2]", "task.limit=2")
+    calibrate = ["method.calibration.split=tail", "method.calibration.size=2", "method.calibration.iterations=1",
+                 "method.calibration.batch_size=2"]
+    make_method(tiny_backend, *calibrate, task=limited, max_new_tokens=1).prepare(tmp_path, limited.samples(),
+                                                                                 resume=True)
+    masks = json.loads((tmp_path / MASKS_FILE).read_text())
+    masks["logits"][0][1] = None  # agent 0 -> agent 1 is a potential edge
+    (tmp_path / "damaged.json").write_text(json.dumps(masks))
+    reuse = make_method(tiny_backend, f"method.masks={tmp_path / 'damaged.json'}", task=limited)
+    with pytest.raises(UserError, match=r"^logits in the masks file .* must be a finite number for every potential "
+                                        r"edge, got nan at row 0, column 1;"):
+        reuse.prepare(None, limited.samples(), resume=True)

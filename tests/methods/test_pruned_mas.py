@@ -241,6 +241,28 @@ def test_masks_for_other_agents_are_refused(tmp_path):
         build(bad, Scripted(bad), arith(1)).prepare(None, [], resume=True)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m["logits"]["spatial"].pop(), r"^logits\.spatial in the masks file .* must be a 4 x 4 matrix of numbers"),
+    (lambda m: m["logits"]["temporal"][0].__setitem__(1, "high"), r"^logits\.temporal .* must be a 4 x 4 matrix"),
+    (lambda m: m["initial"]["spatial"][0].__setitem__(1, 2), r"^initial\.spatial .* must hold only 0 and 1"),
+    (lambda m: m["logits"]["spatial"][0].__setitem__(1, float("nan")),
+     r"^logits\.spatial .* must be a finite number for every potential edge, got nan at row 0, column 1;"),
+    (lambda m: m["logits"]["spatial"][0].__setitem__(1, None), r"got nan at row 0, column 1; restore the file"),
+])
+def test_a_damaged_masks_file_is_refused_in_one_sentence(tmp_path, damage, message):
+    cfg = method_cfg("method.rounds=2", "method.prune_rate=0")
+    build(cfg, Scripted(cfg), arith(1)).prepare(tmp_path, [], resume=True)
+    masks = json.loads((tmp_path / MASKS_FILE).read_text())
+    damage(masks)
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(json.dumps(masks))  # NaN is written as the bare word NaN, which Python's json reads back
+    reuse = method_cfg("method.rounds=2", f"method.masks={damaged}")
+    backend = Scripted(reuse)
+    with pytest.raises(UserError, match=message):
+        build(reuse, backend, arith(1)).prepare(None, [], resume=True)
+    assert backend.calls == []  # refused before anything ran
+
+
 def test_gsm8k_calibrates_on_the_last_test_questions_and_refuses_an_overlap():
     cfg = method_cfg("method.calibration.size=5")
     task = make_task("gsm8k", "task.limit=20")
