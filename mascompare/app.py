@@ -98,7 +98,7 @@ def main(cfg: DictConfig) -> float | None:
             raise  # Hydra records the failed job (failed.json in its directory) and names its overrides
         if interrupted:
             raise StopRun(reason, SIGNAL_EXIT.get(getattr(exc, "signal_name", "SIGINT"), 130)) from exc
-        raise StopRun(sentence(reason), USAGE_ERROR if isinstance(exc, UserError) else RUN_FAULT) from exc
+        raise StopRun(sentence(reason), exc.status if isinstance(exc, UserError) else RUN_FAULT) from exc
     if record.status == "dry_run":  # a DryRunReport: nothing ran, so nothing to track
         remove_if_unused(out_dir, Path(cfg.run.output_root))
         return None
@@ -196,7 +196,6 @@ def remove_if_unused(directory: Path, root: Path) -> None:
 existing_before: str | None = None  # set by the command line: the output root's closest folder that already existed
 
 
-USAGE_ERROR = 2  # exit status of bad input
 RUN_FAULT = 1  # exit status of a run stopped by a fault of its environment (a full disk, ...)
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
 # what each way of failing to write asks of the user

@@ -283,7 +283,9 @@ def launch_hydra(argv: list[str], multirun: bool = False, check: bool = True) ->
             stop_now(f"stopped: {exc.message}", exc.code)
         if isinstance(exc, StopRun):
             fail(exc.message, exc.code)
-        fail(str(exc) if isinstance(exc, UserError) else explain_hydra_error(exc, argv[1:]))
+        if isinstance(exc, UserError):
+            fail(str(exc), exc.status)
+        fail(explain_hydra_error(exc, argv[1:]))
     except KeyboardInterrupt as exc:  # before or after the run itself (e.g. while Hydra composes)
         saved_handlers.clear()
         stop_now("stopped: interrupted before the run began; nothing was written." if not isinstance(exc, Terminated)
@@ -396,7 +398,7 @@ def run(
                             "hydra.searchpath, not both.")
         check_overrides(overrides)
     except UserError as exc:
-        fail(str(exc))
+        fail(str(exc), exc.status)
     argv = ["mascompare", *overrides, *search_path]
     if dry_run:  # and leave no files behind: no log file
         argv += ["run.dry_run=true", "hydra.job_logging.root.handlers=[console]"]
@@ -416,7 +418,7 @@ def list_choices(ctx: typer.Context, config_dirs: list[Path] = CONFIG_DIRS):
     try:
         shipped, *yours = config_locations.config_sources()
     except UserError as exc:
-        fail(str(exc))
+        fail(str(exc), exc.status)
     defaults = {}
     for item in yaml.safe_load(shipped.joinpath("config.yaml").read_text(encoding="utf-8"))["defaults"]:
         if isinstance(item, dict):
@@ -468,7 +470,7 @@ def show(run_dir: Path = typer.Argument(..., help="A run directory (holds run.js
         record = read_run_json(run_dir)
         samples = read_samples(run_dir, running=record.status == "running")
     except UserError as exc:
-        fail(str(exc))
+        fail(str(exc), exc.status)
     if as_json:
         keys = ("status", "stop_reason", "task", "method", "model", "backend", "run_dir", "config_hash",
                 "started", "finished", "samples_total", "summary", "method_info")
@@ -546,7 +548,7 @@ def compare(
         target = None if as_json else writable_output(paths, out)  # before anything is computed or printed
         comparison = comparison_of("compare", paths, reference, by, metric)
     except UserError as exc:
-        fail(str(exc))
+        fail(str(exc), exc.status)
     if as_json:  # for scripts: the table on stdout, nothing written
         print(comparison.table.drop(columns=["run"], errors="ignore").to_json(orient="records", indent=2))
         return
@@ -576,7 +578,7 @@ def view(
     try:
         comparison = comparison_of("view", paths, reference, by, metric)
     except UserError as exc:
-        fail(str(exc))
+        fail(str(exc), exc.status)
     path = viewer.write(comparison, output_dir(paths, out))
     print(path)
     if open_page:

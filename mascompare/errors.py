@@ -9,5 +9,13 @@ def is_int_at_least(value, minimum: int) -> bool:
 class UserError(Exception):
     """Bad input from the user: the message is one sentence saying what is wrong and what would be right.
 
-    The CLI prints it without a traceback and exits with status 2.
+    The CLI prints it without a traceback and exits with `status`.
     """
+
+    status = 2
+
+
+class EnvironmentFault(UserError):
+    """The machine, not the input, is at fault (e.g. a full disk): one sentence as for bad input, status 1."""
+
+    status = 1

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from mascompare.errors import UserError
+from mascompare.errors import EnvironmentFault, UserError
 from mascompare.identity import short_hash
 from mascompare.records import DamagedRecord, RunRecord, SampleRecord
 
@@ -360,6 +360,6 @@ def check_writable(folder: str | Path, setting: str, purpose: str = "") -> Path:
         raise UserError(f"{where} is not writable ({existing} is read-only for this user); "
                         f"set {setting} to a writable directory.")
     if stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES:
-        raise UserError(f"{where} is on a full disk (under 1 MB free at {existing}); free some space or set "
+        raise EnvironmentFault(f"{where} is on a full disk (under 1 MB free at {existing}); free some space or set "
                         f"{setting} to another disk.")
     return existing

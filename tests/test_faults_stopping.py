@@ -87,6 +87,25 @@ def test_a_disk_that_fills_up_mid_run_stops_it_with_exit_1_and_the_reason_and_re
     assert len(keys_once(after)) == 40 == len(set(keys_once(after))) and run_json(after)["status"] == "finished"
 
 
+def test_a_disk_full_before_the_run_refuses_it_with_exit_1_and_writes_nothing(tmp_path):
+    root = tmp_path / "disk"
+    root.mkdir()
+    args = scripted_args(root / "results", script={})
+    command = " ".join(f"'{a}'" for a in [sys.executable, "-c", "import sys; from mascompare.cli import app; "
+                                          "app(sys.argv[1:])", *args])
+    # a private 512 kB tmpfs, filled before the run: a fault of the machine, not of the input (exit 1, not 2)
+    shell = (f"mount -t tmpfs -o size=512k tmpfs {root} && (dd if=/dev/zero of={root}/filler bs=1k 2>/dev/null; "
+             f"ls -A {root} > {tmp_path}/before.txt; {command} > {tmp_path}/out.txt 2>&1; echo $? > {tmp_path}/rc; "
+             f"ls -A {root} > {tmp_path}/after.txt)")
+    cli_process(root_mount=shell).communicate(timeout=120)  # the mount line does the work; its python prints help
+    output = (tmp_path / "out.txt").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "1", output
+    assert error_line(output) == (f"run.output_root={root / 'results'} is on a full disk (under 1 MB free at {root}); "
+                                  "free some space or set run.output_root to another disk.")
+    assert "Traceback" not in output
+    assert (tmp_path / "after.txt").read_text() == (tmp_path / "before.txt").read_text() == "filler\n"
+
+
 def test_a_failed_fast_path_check_with_fail_stops_the_run_with_a_true_status(tiny_model_dir, tmp_path, monkeypatch):
     from faults import invoke
 
