@@ -88,7 +88,8 @@ def main(cfg: DictConfig) -> float | None:
     except BaseException as exc:
         interrupted = not isinstance(exc, Exception)
         if interrupted:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the record of the first
+            for number in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the record of the first
+                signal.signal(number, signal.SIG_IGN)
         reason = str(exc) if isinstance(exc, UserError) else fault_reason(exc, cfg, bool(started))
         if started:  # the run had begun: run.json says it stopped, and why
             mark_stopped(out_dir, reason)
