@@ -178,12 +178,23 @@ def save_hydra_record(cfg: DictConfig, hydra_cfg, out_dir: Path) -> None:
         OmegaConf.save(OmegaConf.create(node), record / name)
 
 
+def detach_log(path: Path) -> None:
+    """Close the root logger's handler of `path` (Hydra's run.log of a run that is going away), so that a later
+    run in this process does not log into a folder that no longer exists."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.absolute():
+            root.removeHandler(handler)
+            handler.close()
+
+
 def remove_if_unused(directory: Path, root: Path) -> None:
     """Remove what Hydra created before the run was refused: the run directory and its empty parents, up to
     the output root (or up to the folder that existed before the command, where the command line said which),
     with the log file a refused run may have started; nothing of a directory where a run ever ran."""
     if any((directory / name).exists() for name in (RUN_FILE, SAMPLES_FILE, RECORD_SUBDIR)):
         return
+    detach_log(directory / "run.log")
     (directory / "run.log").unlink(missing_ok=True)
     keep = Path(existing_before) if existing_before else root
     while keep.resolve() in directory.resolve().parents and directory.is_dir():

@@ -3,6 +3,7 @@ exit 2, with nothing written (the output root exactly as it was, also where an e
 
 from __future__ import annotations
 
+import logging
 import pytest
 from faults import cli, error_line, files, invoke, scripted_args, scripted_run
 
@@ -62,6 +63,9 @@ def test_a_model_cache_that_is_a_file_names_the_variable_and_leaves_nothing(tmp_
         f"MASCOMPARE_CACHE={cache} (where the embedded model 'smollm2-135m' is converted on first use) is a file; "
         "set MASCOMPARE_CACHE to a directory.")
     assert not root.exists() and cache.read_text() == "not a folder"
+    # nor a log handler of the folder that went: later runs in this process would fail to log into it
+    assert not [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)
+                and str(root) in h.baseFilename]
 
 
 def test_a_read_only_output_root_is_one_sentence_and_nothing_is_written(tmp_path):

@@ -33,6 +33,7 @@ error message.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -236,6 +237,8 @@ class OpenAIBackend(ChatBackend):
                 problem, wait_s = self.redact(f"{type(exc).__name__}: {exc}"), None
             except (openai.APIResponseValidationError, MalformedResponse) as exc:
                 problem, wait_s = self.redact(f"malformed response ({exc})"), None
+            except json.JSONDecodeError as exc:  # the body is not JSON, e.g. cut short
+                problem, wait_s = self.redact(f"malformed response (the body is not JSON: {exc})"), None
             except NoText as exc:  # the server's considered answer: asking again would get the same
                 return failed(self.redact(str(exc)))
             if attempt + 1 < attempts:

@@ -559,18 +559,11 @@
     // The KV positions a latent agent received, and from whom where the record says
     const from = call.kv_received_from;
     if (from && typeof from === "object") {
-      const parts = Object.entries(from).map(([agent, positions]) => `${agent} (${positionsText(positions)})`);
+      // {agent: positions}: the record's schema checks that every count is a non-negative integer
+      const parts = Object.entries(from).map(([agent, positions]) => `${agent} (${fmt(positions)} positions)`);
       if (parts.length) return "KV from " + parts.join(", ");
     }
     return call.kv_positions_received ? `${fmt(call.kv_positions_received)} KV positions received` : null;
-  }
-
-  function positionsText(positions) {
-    if (typeof positions === "number") return `${positions.toLocaleString()} positions`;
-    if (Array.isArray(positions) && positions.length === 2 && positions.every((p) => typeof p === "number")) {
-      return `positions ${positions[0]}–${positions[1]}`;
-    }
-    return JSON.stringify(positions);
   }
 
   function callView(call, last, local) {

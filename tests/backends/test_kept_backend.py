@@ -32,10 +32,10 @@ def test_a_kept_backend_outlives_its_run_and_a_plain_one_is_closed(monkeypatch, 
     backend, _ = open_backend(cfg.run, cfg.backend, cfg.model, kept)
     assert backend.cache is not None and (tmp_path / "response_cache.sqlite").is_file()
     release_backend(backend, kept)
-    assert backend.cache is None and not backend._pool._shutdown  # still open for the sweep's next run
+    assert backend.cache is None and not backend._pool._closed  # still open for the sweep's next run
     plain, reused = open_backend(cfg.run.model_copy(update={"cache": False}), cfg.backend, cfg.model)
     assert plain.cache is None and not reused
     release_backend(plain)
-    assert plain._pool._shutdown
+    assert plain._pool._closed
     kept.close()
-    assert backend._pool._shutdown
+    assert backend._pool._closed

@@ -199,14 +199,14 @@ def test_fields_the_records_add_are_shown(tiny_sweep, open_page, tmp_path):
     texts, store = read_texts(source), RunStore(run_dir)
     for row in latest_rows(source / "samples.jsonl").values():
         calls = [{**call, "messages": expand_messages(call["messages"], texts)} for call in row["agents"]]
-        calls[-1]["kv_received_from"] = {"planner": 81, "critic": [81, 170]}
+        calls[-1]["kv_received_from"] = {"planner": 81, "critic": 1089}
         sandbox = {"ending": "failed", "status": "exited with status 1", "seconds": 0.05,
                    "stdout": "partial output\n", "stderr": "Traceback (most recent call last):\nNameError: x"}
         store.append(SampleRecord.from_json({**row, "agents": calls,
                                              "score_details": {"sandbox": {"strict": None, "flexible": sandbox}}}))
     view = open_page(write_view(tmp_path / "runs", tmp_path), "#question/0")
     view.wait_for_selector("#question li.call")
-    assert "KV from planner (81 positions), critic (positions 81–170)" in view.text_content("li.call:last-child")
+    assert "KV from planner (81 positions), critic (1,089 positions)" in view.text_content("li.call:last-child")
     assert view.text_content(".sandbox-run[data-kind='flexible'] pre.stdout") == "partial output\n"
     assert "NameError: x" in view.text_content(".sandbox-run[data-kind='flexible'] pre.stderr")
     assert "exited with status 1" in view.text_content(".sandbox")
