@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 
 from mascompare.app import compose_config
 from mascompare.backends.models import resolve
+from mascompare.settings import ModelSettings
 
 KIT = Path(__file__).resolve().parent.parent / ".gpu_kit"
 PACKAGES = ("hydra", "omegaconf", "antlr4")
@@ -28,7 +29,7 @@ PACKAGES = ("hydra", "omegaconf", "antlr4")
 
 def main():
     shutil.rmtree(KIT, ignore_errors=True)
-    source = resolve(compose_config().model)  # the embedded model (converted once, then read from its cache)
+    source = resolve(ModelSettings.of(compose_config().model, "model"))  # the embedded model (converted once, then read from its cache)
     AutoTokenizer.from_pretrained(source.path).save_pretrained(KIT / "smollm2-tokenizer")
     for name in PACKAGES:
         package = Path(importlib.import_module(name).__file__).parent
