@@ -18,8 +18,8 @@ synchronised wall time on CUDA. Ratios are what to read; absolute figures depend
         --tokenizer .gpu_kit/smollm2-tokenizer --device cuda --budget-s 300    # a GPU (see bench/gpu_kit.py)
 
 On a machine without the embedded model, `--tokenizer DIR` (a saved tokenizer) replaces it and the shapes are
-random weights built in place (bfloat16 on CUDA). Only item 2 needs hydra-core and omegaconf beyond what the
-backend itself imports (omegaconf).
+random weights built in place (bfloat16 on CUDA). Only item 2 needs hydra-core beyond what the backend itself
+imports (omegaconf, pydantic).
 """
 
 from __future__ import annotations
@@ -191,7 +191,6 @@ def main():
     else:
         from mascompare.app import compose_config
         from mascompare.backends import build_backend
-
         from mascompare.settings import validate
 
         settings = validate(compose_config("method=baseline", "task=arith", f"backend.device={args.device}",

@@ -13,8 +13,8 @@ side by side in one run; absolute seconds are not stable, ratios are.
         # of a random-weight model decodes max_new_tokens, so both methods run at exactly equal settings
 
 On a machine without the embedded model (a GPU machine), `--tokenizer DIR` (a saved tokenizer, e.g. the SmolLM2
-one that bench/gpu_kit.py saves) replaces it, with `--random-shape`. The script needs hydra-core and omegaconf
-(bench/gpu_kit.py copies them for a machine that lacks them), not datasets, openai or gguf.
+one that bench/gpu_kit.py saves) replaces it, with `--random-shape`. The script needs hydra-core, omegaconf
+(bench/gpu_kit.py copies them for a machine that lacks them) and pydantic, not datasets, openai or gguf.
 """
 
 from __future__ import annotations
