@@ -19,27 +19,27 @@ import argparse
 import statistics
 import time
 
-from omegaconf import OmegaConf
-
 from mascompare.app import compose_config
 from mascompare.backends import llama_server
 from mascompare.backends.openai_api import OpenAIBackend
 from mascompare.generation import GenerationConfig
-from mascompare.methods import build_method
+from mascompare.methods import METHODS
+from mascompare.settings import validate
 from mascompare.tasks import build_task
 
 
 def conversations(n: int) -> list[list[dict]]:
     """The prompts baseline sends for the first n arith questions."""
-    cfg = compose_config("task=arith", f"task.limit={n}", "method=baseline")
-    task = build_task(cfg.task)
-    method = build_method(cfg.method, None, task, None, None)
-    return [method.prompt(s.question) for s in task.load()]
+    settings = validate(compose_config("task=arith", f"task.limit={n}", "method=baseline"))
+    task = build_task(settings.task)
+    method = METHODS.get("baseline")(settings.method, None, task, None, None)
+    return [method.prompt(s.question) for s in task.samples()]
 
 
 def throughput(base_url: str, concurrency: int, requests: list, gen: GenerationConfig) -> tuple[float, int]:
-    backend = OpenAIBackend(OmegaConf.create({"name": "openai", "base_url": base_url, "max_concurrency": concurrency}),
-                            OmegaConf.create({"name": "smollm2-135m-server", "api_model": llama_server.ALIAS}))
+    settings = validate(compose_config("model=smollm2-135m-server", f"backend.base_url={base_url}",
+                                       f"backend.max_concurrency={concurrency}", f"model.api_model={llama_server.ALIAS}"))
+    backend = OpenAIBackend(settings.backend, settings.model)
     start = time.perf_counter()
     completions = backend.chat(requests, gen)
     elapsed = time.perf_counter() - start
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     requests = conversations(args.requests)
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    gen = validate(compose_config(f"generation.max_new_tokens={args.max_new_tokens}")).generation
     print(f"{args.requests} requests, max_new_tokens {args.max_new_tokens}, greedy, {args.passes} alternating passes")
     for replicas in args.replicas:
         with llama_server.start(replicas=replicas, threads=1) as server:

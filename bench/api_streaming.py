@@ -64,8 +64,8 @@ def one_pass(base_url: str, task_file: Path, stream: bool, args, root: Path) -> 
     with contextlib.redirect_stdout(io.StringIO()):  # the run's summary table
         info = execute(cfg, root / ("stream" if stream else "barrier"))
     elapsed = time.perf_counter() - start
-    assert info["summary"]["errors"] == 0, info["summary"]
-    rows = [json.loads(line) for line in (Path(info["run_dir"]) / "samples.jsonl").open()]
+    assert info.summary.errors == 0, info.summary
+    rows = [json.loads(line) for line in (Path(info.run_dir) / "samples.jsonl").open()]
     return len(rows) / elapsed, [r["usage"]["output_tokens"] for r in sorted(rows, key=lambda r: r["id"])]
 
 

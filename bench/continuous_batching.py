@@ -24,8 +24,8 @@ import torch
 from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.backends import build_backend
-from mascompare.generation import GenerationConfig
-from mascompare.methods import build_method
+from mascompare.methods import METHODS
+from mascompare.settings import validate
 from mascompare.tasks import build_task
 
 ARMS = ("static", "continuous")
@@ -50,13 +50,14 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    cfg = compose_config("method=baseline", f"task={args.task}", f"task.limit={args.limit}",
-                         f"generation.max_new_tokens={args.max_new_tokens}", "backend.device=cpu")
-    backend = build_backend(cfg.backend, cfg.model)
-    task = build_task(cfg.task)
-    samples = task.load()
+    settings = validate(compose_config("method=baseline", f"task={args.task}", f"task.limit={args.limit}",
+                                       f"generation.max_new_tokens={args.max_new_tokens}", "backend.device=cpu"))
+    backend = build_backend(settings.backend, settings.model)
+    task = build_task(settings.task)
+    samples = task.samples()
     accountant = Accountant()
-    method = build_method(cfg.method, backend, task, GenerationConfig.from_cfg(cfg.generation), accountant)
+    method = METHODS.get("baseline")(settings.method, backend, task, settings.generation, accountant)
+    method.prepare(None, samples, resume=False)
     run_arm("static", backend, method, samples[:2], 2)  # warm-up: a process's first passes are slow
     for sample in samples[:2]:
         accountant.take(sample.id)

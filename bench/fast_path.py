@@ -18,8 +18,8 @@ synchronised wall time on CUDA. Ratios are what to read; absolute figures depend
         --tokenizer .gpu_kit/smollm2-tokenizer --device cuda --budget-s 300    # a GPU (see bench/gpu_kit.py)
 
 On a machine without the embedded model, `--tokenizer DIR` (a saved tokenizer) replaces it and the shapes are
-random weights built in place (bfloat16 on CUDA). Only item 2 needs hydra-core and omegaconf beyond what the
-backend itself imports (omegaconf).
+random weights built in place (bfloat16 on CUDA). Only item 2 needs hydra-core beyond what the backend itself
+imports (omegaconf, pydantic).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from rich.table import Table
 from mascompare.backends.hf import HFBackend
 from mascompare.backends.hf.fast_path_check import check_fast_path
 from mascompare.backends.hf.loading import pick_device
-from mascompare.generation import GenerationConfig
 
 QUESTIONS = ["What is 17 + 25?", "A train leaves at 3 pm and travels for 2 hours. When does it arrive?",
              "Name three primary colours.", "If x + 4 = 10, what is x?", "Summarise the water cycle in one line.",
@@ -98,11 +97,13 @@ def bytes_per_step(model, batch: int, positions: int) -> int:
 def hierarchical_seconds(backend, task, samples, steps: int, max_new_tokens: int, side_by_side: bool) -> float:
     from mascompare.accounting import Accountant
     from mascompare.app import compose_config
-    from mascompare.methods import build_method
+    from mascompare.methods import METHODS
+    from mascompare.settings import validate
 
-    cfg = compose_config("method=latent_mas", "task=arith", "method.structure=hierarchical",
-                         f"method.latent_steps={steps}")
-    method = build_method(cfg.method, backend, task, GenerationConfig(max_new_tokens=max_new_tokens), Accountant())
+    settings = validate(compose_config("method=latent_mas", "task=arith", "method.structure=hierarchical",
+                                       f"method.latent_steps={steps}", f"generation.max_new_tokens={max_new_tokens}"))
+    method = METHODS.get("latent_mas")(settings.method, backend, task, settings.generation, Accountant())
+    method.prepare(None, samples, resume=False)
     join = backend.can_join_rows
     backend.can_join_rows = (lambda: True) if side_by_side else (lambda: False)
     try:
@@ -190,9 +191,11 @@ def main():
     else:
         from mascompare.app import compose_config
         from mascompare.backends import build_backend
+        from mascompare.settings import validate
 
-        cfg = compose_config("method=baseline", "task=arith", f"backend.device={args.device}", "backend.compile=false")
-        base = build_backend(cfg.backend, cfg.model)
+        settings = validate(compose_config("method=baseline", "task=arith", f"backend.device={args.device}",
+                                           "backend.compile=false"))
+        base = build_backend(settings.backend, settings.model)
         device, tokenizer = base.device, base.tokenizer
     for shape in args.random_shape or [None]:
         model = random_model(shape, tokenizer, device) if shape else base.model
@@ -210,12 +213,12 @@ def main():
 
     if not args.skip_hierarchical:
         from mascompare.app import compose_config
-        from mascompare.tasks import build_task
+        from mascompare.tasks import build_task, task_settings
 
         eager = base or HFBackend.from_loaded(random_model(args.random_shape[-1], tokenizer, device), tokenizer,
                                               "random", device)
-        task = build_task(compose_config("task=arith", f"task.limit={args.questions}").task)
-        samples = task.load()
+        task = build_task(task_settings(compose_config("task=arith", f"task.limit={args.questions}").task))
+        samples = task.samples()
         hierarchical = {"one after another": [], "side by side": []}
         hierarchical_seconds(eager, task, samples[:2], args.latent_steps, 8, True)  # warm-up
         for _ in range(args.repeats):

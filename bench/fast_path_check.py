@@ -27,8 +27,8 @@ from mascompare.backends import build_backend
 from mascompare.backends.hf import HFBackend
 from mascompare.backends.hf import backend as hf_backend
 from mascompare.backends.hf.fast_path_check import check_fast_path
-from mascompare.generation import GenerationConfig
-from mascompare.methods import build_method
+from mascompare.methods import METHODS
+from mascompare.settings import validate
 from mascompare.tasks import build_task
 
 ARMS = ("baseline", "text_mas", "latent_mas", "pruned_mas", "pruned_latent_mas")
@@ -53,27 +53,27 @@ def main():
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    base = build_backend(compose_config("backend.device=cpu", "backend.compile=false").backend,
-                         compose_config().model)
+    loaded = validate(compose_config("backend.device=cpu", "backend.compile=false"))
+    base = build_backend(loaded.backend, loaded.model)
     print(f"{base.model_name} on cpu ({base.dtype}), {torch.get_num_threads()} thread; fast path forced on, traced by "
           "torch.compile's eager backend; process CPU time")
     rows, total_check, total_run = [], 0.0, 0.0
     for arm in args.arms:
-        cfg = compose_config("+experiment=smoke", f"+experiment/smoke_arm={arm}")
+        settings = validate(compose_config("+experiment=smoke", f"+experiment/smoke_arm={arm}"))
         backend = HFBackend.from_loaded(base.model, base.tokenizer, base.model_name, "cpu", compiled=True)
         backend.steps.compile_config.backend = "eager"
         timed = TimedCheck()
         hf_backend.check_fast_path = timed
         try:
-            task = build_task(cfg.task)
-            samples = task.load()
-            gen = GenerationConfig.from_cfg(cfg.generation)
+            task = build_task(settings.task)
+            samples = task.samples()
             start = time.process_time()
-            method = build_method(cfg.method, backend, task, gen, Accountant())
-            if hasattr(method, "prepare"):
-                method.prepare(None, samples, resume=False)
-            for i in range(0, len(samples), cfg.run.batch_size):
-                method.run(samples[i:i + cfg.run.batch_size])
+            method = METHODS.get(settings.method.name)(settings.method, backend, task, settings.generation,
+                                                       Accountant())
+            method.prepare(None, samples, resume=False)
+            batch_size = settings.run.batch_size
+            for i in range(0, len(samples), batch_size):
+                method.run(samples[i:i + batch_size])
             elapsed = time.process_time() - start
         finally:
             hf_backend.check_fast_path = check_fast_path

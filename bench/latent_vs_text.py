@@ -13,8 +13,8 @@ side by side in one run; absolute seconds are not stable, ratios are.
         # of a random-weight model decodes max_new_tokens, so both methods run at exactly equal settings
 
 On a machine without the embedded model (a GPU machine), `--tokenizer DIR` (a saved tokenizer, e.g. the SmolLM2
-one that bench/gpu_kit.py saves) replaces it, with `--random-shape`. The script needs hydra-core and omegaconf
-(bench/gpu_kit.py copies them for a machine that lacks them), not datasets, openai or gguf.
+one that bench/gpu_kit.py saves) replaces it, with `--random-shape`. The script needs hydra-core, omegaconf
+(bench/gpu_kit.py copies them for a machine that lacks them) and pydantic, not datasets, openai or gguf.
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mascompare.accounting import Accountant, summed
+from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.backends import build_backend
 from mascompare.backends.hf import HFBackend
 from mascompare.backends.hf.loading import pick_device
-from mascompare.generation import GenerationConfig
-from mascompare.methods import build_method
+from mascompare.methods import METHODS as METHOD_CLASSES
+from mascompare.records import Usage
+from mascompare.settings import validate
 from mascompare.tasks import build_task
 
 METHODS = ("baseline", "text_mas", "latent_mas")
@@ -51,9 +52,9 @@ SHAPES = {
 }
 
 
-def compose_cfg(method: str, args) -> object:
+def compose_cfg(method: str, args, *extra: str) -> object:
     overrides = [f"method={method}", f"task={args.task}", f"task.limit={args.limit}",
-                 f"generation.max_new_tokens={args.max_new_tokens}"]
+                 f"generation.max_new_tokens={args.max_new_tokens}", *extra]
     if method != "baseline":
         overrides.append(f"method.structure={args.structure}")
     if method == "latent_mas":
@@ -94,9 +95,10 @@ def clock(device: torch.device) -> float:
 
 
 def run_method(method_name, backend, task, samples, batch_size, args) -> dict:
-    cfg = compose_cfg(method_name, args)
+    settings = validate(compose_cfg(method_name, args))
     accountant = Accountant()
-    method = build_method(cfg.method, backend, task, GenerationConfig.from_cfg(cfg.generation), accountant)
+    method = METHOD_CLASSES.get(method_name)(settings.method, backend, task, settings.generation, accountant)
+    method.prepare(None, samples, resume=False)
     passes = [0]  # forward passes of the model, one after another: the method's critical path
     counter = backend.model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
     correct, start = 0, clock(backend.device)
@@ -108,10 +110,10 @@ def run_method(method_name, backend, task, samples, batch_size, args) -> dict:
     finally:
         counter.remove()
     elapsed = clock(backend.device) - start
-    usage = summed([r for s in samples for r in accountant.take(s.id)])
+    usage = Usage.of([r for s in samples for r in accountant.take(s.id)])
     n = len(samples)
-    return {"accuracy": correct / n, "decoded": usage["output_tokens"] / n, "input": usage["input_tokens"] / n,
-            "latent": usage["latent_steps"] / n, "seconds": elapsed / n,
+    return {"accuracy": correct / n, "decoded": usage.output_tokens / n, "input": usage.input_tokens / n,
+            "latent": usage.latent_steps / n, "seconds": elapsed / n,
             "passes": None if backend.compiled else passes[0] / -(-n // batch_size)}
 
 
@@ -134,17 +136,17 @@ def main():
     if args.tokenizer and not args.random_shape:
         parser.error("--tokenizer needs --random-shape: it replaces the embedded model's tokenizer only")
 
-    cfg = compose_cfg("baseline", args)
+    settings = validate(compose_cfg("baseline", args, f"backend.device={args.device}",
+                                    f"backend.compile={str(args.compile).lower()}"))
     if args.tokenizer:
         device = pick_device(args.device)
         backend = random_backend(args.random_shape, device, load_tokenizer(args.tokenizer), args.compile)
     else:
-        cfg.backend.device, cfg.backend.compile = args.device, args.compile
-        backend = build_backend(cfg.backend, cfg.model)
+        backend = build_backend(settings.backend, settings.model)
         if args.random_shape:
             backend = random_backend(args.random_shape, backend.device, backend.tokenizer, args.compile)
-    task = build_task(cfg.task)
-    samples = task.load()
+    task = build_task(settings.task)
+    samples = task.samples()
     console = Console(width=100)  # room for every column
     for structure in ("sequential", "hierarchical") if args.structure == "both" else (args.structure,):
         args.structure = structure

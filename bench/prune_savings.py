@@ -17,21 +17,23 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from mascompare.accounting import Accountant, summed
+from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.backends import build_backend
-from mascompare.generation import GenerationConfig
-from mascompare.methods import build_method
+from mascompare.methods import METHODS
+from mascompare.records import Usage
+from mascompare.settings import validate
 from mascompare.tasks import build_task
 
 
 def compose_cfg(prune_rate: float, args) -> object:
     overrides = [
-        "method=pruned_mas", f"task={args.task}", f"task.limit={args.limit}",
+        "method=pruned_mas", f"task={args.task}", f"task.limit={args.limit}", f"backend.device={args.device}",
         f"generation.max_new_tokens={args.max_new_tokens}", f"method.rounds={args.rounds}",
         f"method.topology={args.topology}", f"method.decision={args.decision}", f"method.prune_rate={prune_rate}",
         f"method.seed={args.seed}", f"method.calibration.size={args.cal_size}",
@@ -43,9 +45,9 @@ def compose_cfg(prune_rate: float, args) -> object:
 
 
 def run_graph(prune_rate, backend, task, samples, args, out_dir) -> dict:
-    cfg = compose_cfg(prune_rate, args)
+    settings = validate(compose_cfg(prune_rate, args))
     accountant = Accountant()
-    method = build_method(cfg.method, backend, task, GenerationConfig.from_cfg(cfg.generation), accountant)
+    method = METHODS.get("pruned_mas")(settings.method, backend, task, settings.generation, accountant)
     method.prepare(out_dir, samples, resume=False)  # calibrates here when prune_rate > 0
     correct, start = 0, time.perf_counter()
     for i in range(0, len(samples), args.batch_size):
@@ -53,10 +55,10 @@ def run_graph(prune_rate, backend, task, samples, args, out_dir) -> dict:
         for sample, output in zip(batch, method.run(batch)):
             correct += task.score(task.extract(output.final_text).flexible, sample.target)
     elapsed = time.perf_counter() - start
-    usage, n = summed([r for s in samples for r in accountant.take(s.id)]), len(samples)
+    usage, n = Usage.of([r for s in samples for r in accountant.take(s.id)]), len(samples)
     info = method.run_info()
-    return {"accuracy": correct / n, "input": usage["input_tokens"] / n, "decoded": usage["output_tokens"] / n,
-            "calls": usage["calls"] / n, "seconds": elapsed / n, "graph": info["graph"],
+    return {"accuracy": correct / n, "input": usage.input_tokens / n, "decoded": usage.output_tokens / n,
+            "calls": usage.calls / n, "seconds": elapsed / n, "graph": info["graph"],
             "calibration": info["calibration"]}
 
 
@@ -80,14 +82,13 @@ def main():
     parser.add_argument("--cal-iterations", type=int, default=6)
     parser.add_argument("--cal-batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default=None, help="directory for the pruned graph's masks.json and masks.png")
+    parser.add_argument("--out", type=Path, default=None, help="directory for the pruned graph's masks.json and masks.png")
     args = parser.parse_args()
 
-    cfg = compose_cfg(args.prune_rate, args)
-    cfg.backend.device = args.device
-    backend = build_backend(cfg.backend, cfg.model)
-    task = build_task(cfg.task)
-    samples = task.load()
+    settings = validate(compose_cfg(args.prune_rate, args))
+    backend = build_backend(settings.backend, settings.model)
+    task = build_task(settings.task)
+    samples = task.samples()
     console = Console()
     console.print(f"{len(samples)} {args.task} questions · {backend.model_name} on {backend.device} · "
                   f"{args.topology} graph, 4 agents, {args.rounds} round(s), decision {args.decision} · "

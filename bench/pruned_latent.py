@@ -26,12 +26,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mascompare.accounting import Accountant, summed
+from mascompare.accounting import Accountant
 from mascompare.app import compose_config
 from mascompare.backends import build_backend
-from mascompare.generation import GenerationConfig
-from mascompare.methods import build_method
-from mascompare.results import wilson_interval
+from mascompare.methods import METHODS
+from mascompare.records import Usage
+from mascompare.settings import validate
+from mascompare.stats import wilson_interval
 from mascompare.tasks import build_task
 
 ARMS = {  # label -> method and its own settings
@@ -57,15 +58,13 @@ def compose_cfg(method: str, own: list[str], args) -> object:
 
 
 def run_arm(label, method_name, own, backend, task, samples, args) -> dict:
-    cfg = compose_cfg(method_name, own, args)
+    settings = validate(compose_cfg(method_name, own, args))
     accountant = Accountant()
-    method = build_method(cfg.method, backend, task, GenerationConfig.from_cfg(cfg.generation), accountant)
-    calibration_cpu = 0.0
-    if hasattr(method, "prepare"):
-        out = Path(args.out) / label.replace(" ", "_") if args.out else None
-        start = time.process_time()
-        method.prepare(out, samples, resume=False)  # calibrates here
-        calibration_cpu = time.process_time() - start
+    method = METHODS.get(method_name)(settings.method, backend, task, settings.generation, accountant)
+    out = Path(args.out) / label.replace(" ", "_") if args.out else None
+    start = time.process_time()
+    method.prepare(out, samples, resume=False)  # pruned methods calibrate here
+    calibration_cpu = time.process_time() - start
     correct, start = 0, time.process_time()
     for i in range(0, len(samples), args.batch_size):
         batch = samples[i:i + args.batch_size]
@@ -77,9 +76,9 @@ def run_arm(label, method_name, own, backend, task, samples, args) -> dict:
     for r in records:
         per_agent[r.agent] += r.kv_positions_received
     n = len(samples)
-    info = method.run_info() if hasattr(method, "run_info") else {}
-    return {"label": label, "correct": correct, "n": n, "usage": {k: v / n for k, v in summed(records).items()
-                                                                   if isinstance(v, (int, float))},
+    info = method.run_info()
+    return {"label": label, "correct": correct, "n": n,
+            "usage": {k: v / n for k, v in Usage.of(records).to_json().items() if isinstance(v, (int, float))},
             "kv_per_agent": {a: v / n for a, v in per_agent.items()}, "cpu": cpu / n,
             "calibration": info.get("calibration"), "calibration_cpu": calibration_cpu, "graph": info.get("graph")}
 
@@ -100,10 +99,10 @@ def main():
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # process CPU time is then a stable measure on a shared machine
-    cfg = compose_cfg("latent_mas", [], args)
-    backend = build_backend(cfg.backend, cfg.model)
-    task = build_task(cfg.task)
-    samples = task.load()
+    settings = validate(compose_cfg("latent_mas", [], args))
+    backend = build_backend(settings.backend, settings.model)
+    task = build_task(settings.task)
+    samples = task.samples()
     console = Console(width=140)
     console.print(f"{len(samples)} arith questions (levels {args.levels}) · {backend.model_name} on {backend.device}, "
                   f"1 thread · max_new_tokens {args.max_new_tokens} · greedy · m = {args.latent_steps} · "

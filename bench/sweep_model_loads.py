@@ -27,7 +27,8 @@ def main() -> None:
         sweep = Path(scratch) / "sweep"
         command = [sys.executable, "-m", "mascompare.cli", "run", "-m", "method=baseline,text_mas,latent_mas",
                    "task=arith", f"task.limit={args.limit}", f"generation.max_new_tokens={args.max_new_tokens}",
-                   "run.progress=false", f"run.output_root={scratch}", f"hydra.sweep.dir={sweep}"]
+                   # progress on: its loading bars are the second count of loads (run.progress=false hides them)
+                   "run.progress=true", f"run.output_root={scratch}", f"hydra.sweep.dir={sweep}"]
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         elapsed = time.perf_counter() - start
