@@ -8,6 +8,7 @@ clusters (a sample with all its repeats; a batch, since a batch's samples share 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -110,12 +111,31 @@ def cluster_bootstrap(totals, sizes, resamples: int = BOOTSTRAP_RESAMPLES, seed:
     (time per sample, since a batch's samples share its wall time).
     """
     totals, sizes = np.asarray(totals, dtype=float), np.asarray(sizes, dtype=float)
+    return np.concatenate([(counts @ totals) / (counts @ sizes)
+                           for counts in _resample_counts(len(totals), resamples, seed)])
+
+
+CACHED_COUNTS_BYTES = 16 << 20  # a count matrix kept for reuse is at most this big (n <= 200 at 10,000 resamples)
+
+
+def _resample_counts(n: int, resamples: int, seed: int) -> list[np.ndarray]:
+    """The resamples-by-n count matrix of a bootstrap, a chunk at a time. It depends only on n, resamples and
+    seed, so runs with as many clusters share one draw (the draw, not the arithmetic, is what takes the time)."""
+    if resamples * n * 8 > CACHED_COUNTS_BYTES:
+        return _draw_counts(n, resamples, seed)
+    return _cached_counts(n, resamples, seed)
+
+
+@functools.lru_cache(maxsize=6)  # enough for the sizes and seeds of runs alike (samples, batches; seeds 0-2)
+def _cached_counts(n: int, resamples: int, seed: int) -> list[np.ndarray]:
+    return _draw_counts(n, resamples, seed)
+
+
+def _draw_counts(n: int, resamples: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    n, estimates = len(totals), []
-    for start in range(0, resamples, BOOTSTRAP_CHUNK):  # a resamples-by-n count matrix, a chunk at a time
-        counts = rng.multinomial(n, np.full(n, 1 / n), size=min(BOOTSTRAP_CHUNK, resamples - start))
-        estimates.append((counts @ totals) / (counts @ sizes))
-    return np.concatenate(estimates)
+    # float, as the product with totals would cast it each time; the counts are small integers, exact in float
+    return [rng.multinomial(n, np.full(n, 1 / n), size=min(BOOTSTRAP_CHUNK, resamples - start)).astype(float)
+            for start in range(0, resamples, BOOTSTRAP_CHUNK)]
 
 
 def percentile_interval(estimates, level: float = 0.95) -> tuple[float, float]:
