@@ -263,7 +263,7 @@ def _resolve_key(key: str, runs: list[Run], option: str) -> str:
 
 
 def _summaries(collection: Collection, by: list[str]) -> pd.DataFrame:
-    tables, totals = _per_run(collection.samples), collection.batch_totals
+    tables, totals = stats.split_by_run(collection.samples), collection.batch_totals
     rows = []
     for run in collection.runs:
         summary = stats.summarize(tables.get(run.key, collection.samples.iloc[:0]), totals.get(run.key)).to_json()
@@ -364,7 +364,7 @@ def _is_reference(run: Run, method: str, conditions: dict) -> bool:
 def _set_references(comparison: Comparison, selector: tuple[str, dict]) -> None:
     """Each run is compared with the reference run of its table that shares the most of its settings."""
     runs, table = comparison.collection.runs, comparison.table
-    tables, empty = _per_run(comparison.collection.samples), comparison.collection.samples.iloc[:0]
+    tables, empty = stats.split_by_run(comparison.collection.samples), comparison.collection.samples.iloc[:0]
     totals = comparison.collection.batch_totals
     labels = dict(zip(table.run, table.label))
     memo: dict = {}  # a reference's bootstrap, shared by the runs set against it
@@ -394,11 +394,6 @@ def _set_references(comparison: Comparison, selector: tuple[str, dict]) -> None:
         values = [results.get(k, {}).get(column) for k in table.run]
         # counts stay integers next to the blanks of runs without a reference
         table[column] = pd.array(values, dtype="Int64") if column in ("reference_run", "n_paired") else values
-
-
-def _per_run(samples: pd.DataFrame) -> dict[int, pd.DataFrame]:
-    """The long table split by run, once (a boolean filter per run would read the whole table each time)."""
-    return {int(key): rows for key, rows in samples.groupby("run", sort=False)}
 
 
 def _hashable(value):

@@ -25,6 +25,8 @@ USAGE_COLUMNS = ("input_tokens", "context_tokens", "output_tokens", "latent_step
 SAMPLE_COLUMNS = ("id", "repeat", "batch", "pair", "error", "correct_strict", "correct_flexible", *USAGE_COLUMNS,
                   "time_s", "cost_usd", "extractor_version")
 MEAN_COLUMNS = ("input_tokens", "context_tokens", "output_tokens", "latent_steps", "calls", "forward_passes")
+SUMMARY_COLUMNS = ("id", "repeat", "pair", "batch", "correct_strict", "correct_flexible", *MEAN_COLUMNS, "time_s",
+                   "cost_usd")  # what summarize reads of the answered samples
 
 
 def sample_table(records: list[SampleRecord]) -> pd.DataFrame:
@@ -51,19 +53,57 @@ def sample_rows(records: list[SampleRecord]) -> list[dict]:
     return rows
 
 
-def summarize(table: pd.DataFrame, batch_totals: tuple | None = None) -> Summary:
+class Columns:
+    """A sample table as numpy arrays, a column each (converted when first asked for), with its row labels:
+    what summarize and paired read. `split_by_run` cuts a table of many runs into these at once."""
+
+    def __init__(self, columns: dict[str, np.ndarray] | pd.DataFrame, index, length: int):
+        self.columns, self.index, self.length = columns, index, length
+        self.arrays: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def of(cls, table: "pd.DataFrame | Columns") -> "Columns":
+        return table if isinstance(table, Columns) else cls(table, table.index, len(table))
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        if column not in self.arrays:
+            self.arrays[column] = np.asarray(self.columns[column])
+        return self.arrays[column]
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def answered(self) -> np.ndarray:
+        return pd.isna(self["error"])
+
+
+def split_by_run(samples: pd.DataFrame) -> dict[int, Columns]:
+    """A table of many runs (column `run`) as each run's Columns, every column converted once for all runs."""
+    runs = samples.run.to_numpy()
+    order = np.argsort(runs, kind="stable")  # each run's rows in their order in the table
+    keys, starts = np.unique(runs[order], return_index=True)
+    ends = [*starts[1:], len(order)]
+    columns = {c: samples[c].to_numpy()[order] for c in samples.columns}
+    index = samples.index.to_numpy()[order]
+    return {int(key): Columns({c: values[start:end] for c, values in columns.items()}, index[start:end], end - start)
+            for key, start, end in zip(keys.tolist(), starts.tolist(), ends)}
+
+
+def summarize(table: "pd.DataFrame | Columns", batch_totals: tuple | None = None) -> Summary:
     """A run's figures from its sample table: accuracy (strict and flexible, with 95% intervals, per repeat when
     there are several), mean usage per answer, time per sample with its interval over batches, calls cut off at
     max_new_tokens, and cost (unknown when any answer's is). Computed on the table's columns as numpy arrays:
     `compare` summarises thousands of runs, and pandas' per-call cost would dominate. `batch_totals`: the
     answered samples' batch totals, from batch_totals_by_run, where the caller has them."""
-    answered = table.error.isna().to_numpy()
-    done = {column: table[column].to_numpy()[answered] for column in table.columns if column != "error"}
+    table = Columns.of(table)
+    answered = table.answered
+    done = {column: table[column][answered] for column in SUMMARY_COLUMNS}
     n = int(answered.sum())
     repeats = sorted(set(done["repeat"].tolist()))
     summary = Summary(n=n, errors=len(table) - n, samples=len(set(done["id"].tolist())), repeats=len(repeats),
-                      decoding_calls=int(table.decoding_calls.sum()),
-                      calls_at_max_new_tokens=int(table.calls_at_max_new_tokens.sum()))
+                      decoding_calls=int(table["decoding_calls"].sum()),
+                      calls_at_max_new_tokens=int(table["calls_at_max_new_tokens"].sum()))
     for kind in METRICS:
         correct = done[f"correct_{kind}"].astype(bool)
         setattr(summary, f"accuracy_{kind}", float(correct.mean()) if n else None)
@@ -258,22 +298,23 @@ def _speedup_interval(ours, theirs, key, memo: dict | None, totals=(None, None))
 PAIRED_COLUMNS = ("output_tokens", "input_tokens", "context_tokens")
 
 
-def paired(ours: pd.DataFrame, theirs: pd.DataFrame, metric: str, memo: dict | None = None,
+def paired(ours: "pd.DataFrame | Columns", theirs: "pd.DataFrame | Columns", metric: str, memo: dict | None = None,
            batch_totals: tuple = (None, None)) -> dict:
     """A run's sample table against its reference's, on the samples both answered; each sample's repeats are
     pooled into its mean, so a sample counts once however often either run answered it. `memo`: see
     speedup_interval. Computed on numpy arrays, as summarize is. `batch_totals`: the two runs' answered samples'
     batch totals (batch_totals_by_run), used where every answered sample is paired."""
     columns = (f"correct_{metric}", *PAIRED_COLUMNS, "time_s", "batch")
-    ours_done, theirs_done = ours.error.isna().to_numpy(), theirs.error.isna().to_numpy()
-    our_pairs, their_pairs = ours.pair.to_numpy()[ours_done], theirs.pair.to_numpy()[theirs_done]
+    ours, theirs = Columns.of(ours), Columns.of(theirs)
+    ours_done, theirs_done = ours.answered, theirs.answered
+    our_pairs, their_pairs = ours["pair"][ours_done], theirs["pair"][theirs_done]
     shared = set(our_pairs.tolist()) & set(their_pairs.tolist())
     if not shared:
         return {"n_paired": 0}
     our_kept = np.array([p in shared for p in our_pairs.tolist()], dtype=bool)
     their_kept = np.array([p in shared for p in their_pairs.tolist()], dtype=bool)
-    a = {c: ours[c].to_numpy()[ours_done][our_kept] for c in columns}
-    b = {c: theirs[c].to_numpy()[theirs_done][their_kept] for c in columns}
+    a = {c: ours[c][ours_done][our_kept] for c in columns}
+    b = {c: theirs[c][theirs_done][their_kept] for c in columns}
     our_pairs, their_pairs = our_pairs[our_kept], their_pairs[their_kept]
     order = sorted(shared)  # the pairs as a grouping by pair orders them
     x, our_means = _pair_means(our_pairs, a, metric, order)
