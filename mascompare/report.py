@@ -12,7 +12,6 @@ directory.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import os
@@ -98,11 +97,6 @@ class Collection:
     samples: pd.DataFrame  # the long table: one row per run and sample
     failures: list[FailedJob]
     roots: list[Path]
-
-    @functools.cached_property
-    def batch_totals(self) -> dict:
-        """Each run's batch totals (stats.batch_totals_by_run), for its summary and its speed-up."""
-        return stats.batch_totals_by_run(self.samples)
 
 
 @dataclass
@@ -263,10 +257,10 @@ def _resolve_key(key: str, runs: list[Run], option: str) -> str:
 
 
 def _summaries(collection: Collection, by: list[str]) -> pd.DataFrame:
-    tables, totals = stats.split_by_run(collection.samples), collection.batch_totals
+    tables = stats.split_by_run(collection.samples)
     rows = []
     for run in collection.runs:
-        summary = stats.summarize(tables.get(run.key, collection.samples.iloc[:0]), totals.get(run.key)).to_json()
+        summary = stats.summarize(tables.get(run.key, collection.samples.iloc[:0])).to_json()
         row = {"task": run.task, "model": run.model, "method": run.method, "run": run.key,
                "run_dir": str(run.dir), "status": run.info.status,
                **{k: summary[k] for k in ("n", "errors", "samples", "repeats")}}
@@ -365,7 +359,6 @@ def _set_references(comparison: Comparison, selector: tuple[str, dict]) -> None:
     """Each run is compared with the reference run of its table that shares the most of its settings."""
     runs, table = comparison.collection.runs, comparison.table
     tables, empty = stats.split_by_run(comparison.collection.samples), comparison.collection.samples.iloc[:0]
-    totals = comparison.collection.batch_totals
     labels = dict(zip(table.run, table.label))
     memo: dict = {}  # a reference's bootstrap, shared by the runs set against it
     results = {}
@@ -387,7 +380,7 @@ def _set_references(comparison: Comparison, selector: tuple[str, dict]) -> None:
                 max(candidates, key=lambda c: sum(c.config.get(k) == run.config.get(k) for k in varying))
             results[key] = {"reference": labels[ref.key], "reference_run": ref.key,
                             **stats.paired(tables.get(key, empty), tables.get(ref.key, empty), comparison.metric,
-                                           memo, (totals.get(key), totals.get(ref.key)))}
+                                           memo)}
     for column in ("reference", "reference_run", "n_paired", "accuracy_diff", "accuracy_diff_low",
                    "accuracy_diff_high", "mcnemar_p", "output_token_reduction", "input_token_reduction",
                    "context_token_reduction", "speedup", "speedup_low", "speedup_high"):

@@ -90,12 +90,11 @@ def split_by_run(samples: pd.DataFrame) -> dict[int, Columns]:
             for key, start, end in zip(keys.tolist(), starts.tolist(), ends)}
 
 
-def summarize(table: "pd.DataFrame | Columns", batch_totals: tuple | None = None) -> Summary:
+def summarize(table: "pd.DataFrame | Columns") -> Summary:
     """A run's figures from its sample table: accuracy (strict and flexible, with 95% intervals, per repeat when
     there are several), mean usage per answer, time per sample with its interval over batches, calls cut off at
     max_new_tokens, and cost (unknown when any answer's is). Computed on the table's columns as numpy arrays:
-    `compare` summarises thousands of runs, and pandas' per-call cost would dominate. `batch_totals`: the
-    answered samples' batch totals, from batch_totals_by_run, where the caller has them."""
+    `compare` summarises thousands of runs, and pandas' per-call cost would dominate."""
     table = Columns.of(table)
     answered = table.answered
     done = {column: table[column][answered] for column in SUMMARY_COLUMNS}
@@ -118,7 +117,7 @@ def summarize(table: "pd.DataFrame | Columns", batch_totals: tuple | None = None
     for column in MEAN_COLUMNS:
         setattr(summary, f"mean_{column}", _mean(done[column]) if n else None)
     summary.mean_time_per_sample_s = _mean(done["time_s"]) if n else None
-    estimates = _batch_time_estimates(done["batch"], done["time_s"], seed=0, totals=batch_totals)
+    estimates = _batch_time_estimates(done["batch"], done["time_s"], seed=0)
     summary.time_per_sample_s_ci95 = list(percentile_interval(estimates)) if estimates is not None else None
     costs = done["cost_usd"]
     summary.cost_usd = None if not n or pd.isna(costs).any() else float(np.asarray(costs, dtype=float).sum())
@@ -220,31 +219,40 @@ def batch_time_estimates(rows: pd.DataFrame, seed: int) -> np.ndarray | None:
     return _batch_time_estimates(rows.batch.to_numpy(), rows.time_s.to_numpy(), seed)
 
 
-def _batch_time_estimates(batches, times, seed: int, totals=None) -> np.ndarray | None:
-    """`totals`: the batches' (sums, counts), where the caller has them already."""
-    totals, counts = totals or _batch_totals(batches, times)
+def _batch_time_estimates(batches, times, seed: int) -> np.ndarray | None:
+    totals, counts = _batch_totals(batches, times)
     if len(totals) < 2:
         return None
     return cluster_bootstrap(totals, counts, seed=seed)
 
 
-def _batch_totals(batches, times) -> tuple[np.ndarray, np.ndarray]:
+def _batch_totals(batches, times) -> tuple[list[float], list[int]]:
     """Each batch's total time and count of timed samples, batches in the order of their names as text.
-    pandas' grouped sum is a compensated sum whose last bit earlier figures depend on, so it is kept."""
-    rows = pd.DataFrame({"batch": np.asarray(batches).astype(str), "time_s": np.asarray(times, dtype=float)})
-    return _totals(rows.groupby("batch").time_s.agg(["sum", "count"]))
 
-
-def _totals(grouped: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    return grouped["sum"].to_numpy(), grouped["count"].to_numpy()
-
-
-def batch_totals_by_run(samples: pd.DataFrame) -> dict:
-    """_batch_totals of every run's answered samples in a table of many runs (column `run`), in one grouping:
-    a group's sum does not depend on the other groups, so each run's is the one it would get alone."""
-    done = samples[samples.error.isna()]
-    grouped = done.groupby([done.run, done.batch.astype(str)]).time_s.agg(["sum", "count"])
-    return {run: _totals(rows) for run, rows in grouped.groupby(level=0, sort=False)}
+    The sums are taken as pandas' grouped sum takes them, so that the figures match earlier versions, which
+    grouped with pandas, to the last bit: rows already in batch order without a missing time are added in
+    order (numpy's add.reduceat); otherwise each batch's sum is compensated (Kahan), missing times left out."""
+    names = [str(batch) for batch in (batches.tolist() if hasattr(batches, "tolist") else batches)]
+    times = np.asarray(times, dtype=float)
+    keys = sorted(set(names))
+    position = {key: k for k, key in enumerate(keys)}
+    codes = [position[name] for name in names]
+    if all(a <= b for a, b in zip(codes, codes[1:])) and not np.isnan(times).any():
+        starts = [k for k in range(len(codes)) if k == 0 or codes[k] != codes[k - 1]]
+        sums = np.add.reduceat(times, starts).tolist() if starts else []
+        return sums, np.diff([*starts, len(codes)]).tolist()
+    sums, compensations, counts = [0.0] * len(keys), [0.0] * len(keys), [0] * len(keys)
+    for code, time in zip(codes, times.tolist()):
+        if time != time:  # missing: neither summed nor counted
+            continue
+        y = time - compensations[code]
+        t = sums[code] + y
+        compensations[code] = t - sums[code] - y
+        if compensations[code] != compensations[code]:  # an infinite time: the compensation is dropped
+            compensations[code] = 0.0
+        sums[code] = t
+        counts[code] += 1
+    return sums, counts
 
 
 # ---------------------------------------------------------------- a run against a reference
@@ -280,12 +288,12 @@ def speedup_interval(rows: pd.DataFrame, ref_rows: pd.DataFrame, memo: dict | No
                              (ref_rows.batch.to_numpy(), ref_rows.time_s.to_numpy()), tuple(ref_rows.index), memo)
 
 
-def _speedup_interval(ours, theirs, key, memo: dict | None, totals=(None, None)) -> tuple[float, float] | None:
+def _speedup_interval(ours, theirs, key, memo: dict | None) -> tuple[float, float] | None:
     """speedup_interval on (batches, times) arrays; key names the reference's rows in the caller's table (the
-    same rows, the same bootstrap); totals: the two runs' batch totals where the caller has them."""
-    ours = _batch_time_estimates(*ours, seed=1, totals=totals[0])
+    same rows, the same bootstrap)."""
+    ours = _batch_time_estimates(*ours, seed=1)
     if memo is None or key not in memo:
-        estimates = _batch_time_estimates(*theirs, seed=2, totals=totals[1])
+        estimates = _batch_time_estimates(*theirs, seed=2)
         if memo is not None:
             memo[key] = estimates
     else:
@@ -298,12 +306,11 @@ def _speedup_interval(ours, theirs, key, memo: dict | None, totals=(None, None))
 PAIRED_COLUMNS = ("output_tokens", "input_tokens", "context_tokens")
 
 
-def paired(ours: "pd.DataFrame | Columns", theirs: "pd.DataFrame | Columns", metric: str, memo: dict | None = None,
-           batch_totals: tuple = (None, None)) -> dict:
+def paired(ours: "pd.DataFrame | Columns", theirs: "pd.DataFrame | Columns", metric: str,
+           memo: dict | None = None) -> dict:
     """A run's sample table against its reference's, on the samples both answered; each sample's repeats are
     pooled into its mean, so a sample counts once however often either run answered it. `memo`: see
-    speedup_interval. Computed on numpy arrays, as summarize is. `batch_totals`: the two runs' answered samples'
-    batch totals (batch_totals_by_run), used where every answered sample is paired."""
+    speedup_interval. Computed on numpy arrays, as summarize is."""
     columns = (f"correct_{metric}", *PAIRED_COLUMNS, "time_s", "batch")
     ours, theirs = Columns.of(ours), Columns.of(theirs)
     ours_done, theirs_done = ours.answered, theirs.answered
@@ -325,8 +332,7 @@ def paired(ours: "pd.DataFrame | Columns", theirs: "pd.DataFrame | Columns", met
     run_time, ref_time = _mean(a["time_s"]), _mean(b["time_s"])
     speedup = float(ref_time / run_time) if run_time > 0 and ref_time > 0 else None
     ref_key = tuple(theirs.index[theirs_done][their_kept])
-    totals = (batch_totals[0] if our_kept.all() else None, batch_totals[1] if their_kept.all() else None)
-    interval = _speedup_interval((a["batch"], a["time_s"]), (b["batch"], b["time_s"]), ref_key, memo, totals) \
+    interval = _speedup_interval((a["batch"], a["time_s"]), (b["batch"], b["time_s"]), ref_key, memo) \
         if speedup is not None else None
     xb, yb = x.astype(bool), y.astype(bool)
     return {
