@@ -490,15 +490,20 @@ METRIC_OPTION = typer.Option("flexible", "--metric",
                              help="Accuracy for the paired statistics and the plot: strict or flexible.")
 
 
-def comparison_of(command: str, paths: list[Path], reference: str | None, by: list[str] | None, metric: str):
-    """The comparison of every run under paths, or one sentence saying why there is none."""
+def comparison_of(command: str, paths: list[Path], reference: str | None, by: list[str] | None, metric: str,
+                  for_view: bool = False):
+    """The comparison of every run under paths, or one sentence saying why there is none; for_view: its page
+    will be written (see report.collect)."""
     from mascompare import report
 
     files = [p for p in paths if p.is_file()]
     if files:
         raise UserError(f"{files[0]} is a file; {command} takes run directories, a results root or a multirun "
                         f"directory, e.g. {files[0].parent}.")
-    return report.compare(report.collect(paths), reference, by or (), metric)
+    read_view = None
+    if for_view:
+        from mascompare.view.records import read_run as read_view
+    return report.compare(report.collect(paths, read_view), reference, by or (), metric)
 
 
 def output_dir(paths: list[Path], out: Path | None) -> Path:
@@ -546,7 +551,7 @@ def compare(
 
     try:
         target = None if as_json else writable_output(paths, out)  # before anything is computed or printed
-        comparison = comparison_of("compare", paths, reference, by, metric)
+        comparison = comparison_of("compare", paths, reference, by, metric, for_view=not (as_json or no_html))
     except UserError as exc:
         fail(str(exc), exc.status)
     if as_json:  # for scripts: the table on stdout, nothing written
@@ -576,7 +581,7 @@ def view(
     from mascompare import view as viewer
 
     try:
-        comparison = comparison_of("view", paths, reference, by, metric)
+        comparison = comparison_of("view", paths, reference, by, metric, for_view=True)
     except UserError as exc:
         fail(str(exc), exc.status)
     path = viewer.write(comparison, output_dir(paths, out))

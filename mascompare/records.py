@@ -123,7 +123,12 @@ def _check(hint):
                           and (item is None or all(map(item, value.values()))))
         else:  # a record of its own: built and checked by its class
             checks.append(lambda value: type(value) is dict)
-    return checks[0] if len(checks) == 1 else lambda value: any(check(value) for check in checks)
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2 and type(None) in _members(hint):  # `X | None`, the common union: no generator per value
+        check = checks[1 - _members(hint).index(type(None))]
+        return lambda value: value is None or check(value)
+    return lambda value: any(check(value) for check in checks)
 
 
 TYPE_WORDS = {int: "a non-negative integer", float: "a number", str: "a string", bool: "true or false",

@@ -16,6 +16,7 @@ import io
 import json
 import os
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class Run:
     identity: dict  # the part of it that decides results, flattened
     damaged: list[DamagedLine] = field(default_factory=list)  # samples.jsonl lines that are not records, left out
     set_aside: int = 0  # lines an earlier run set aside in samples.damaged.jsonl
+    view_records: Any = None  # what the page shows of its samples (view.records.RunRecords), where collected
 
     @property
     def task(self) -> str:
@@ -143,9 +145,11 @@ def _overrides(job_dir: Path) -> list[str]:
     return [str(o) for o in overrides] if isinstance(overrides, list) else []
 
 
-def collect(paths: list[str | Path]) -> Collection:
+def collect(paths: list[str | Path], read_view: Callable | None = None) -> Collection:
     """Every run under paths (run directories, a results root, multirun directories). A run whose run.json
-    cannot be read is listed with the failed jobs, saying why, and the others are compared."""
+    cannot be read is listed with the failed jobs, saying why, and the others are compared. read_view
+    (view.records.read_run): keeps on each run what view.html shows of its samples, so that its samples.jsonl
+    is read once."""
     roots, dirs = [], set()
     for given in paths:
         path = Path(given)
@@ -173,7 +177,7 @@ def collect(paths: list[str | Path]) -> Collection:
             continue
         config = info.config or {}
         runs.append(Run(len(runs), job_dir, info, flatten(config), flatten(run_identity(config))))
-    return Collection(runs, _long_table(runs), failures, roots)
+    return Collection(runs, _long_table(runs, read_view), failures, roots)
 
 
 def _failure(job_dir: Path) -> FailedJob:
@@ -195,16 +199,19 @@ def _natural_key(path: Path):
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
 
 
-def _long_table(runs: list[Run]) -> pd.DataFrame:
+def _long_table(runs: list[Run], read_view: Callable | None = None) -> pd.DataFrame:
     """Every run's sample table (stats.sample_table), with the run's key, task, model and method on each row.
-    Lines that are not records are left out, and counted on their run."""
+    Lines that are not records are left out, and counted on their run. read_view: see collect."""
     rows = []
     for run in runs:
         samples = read_samples(run.dir, running=run.info.status == "running")
         run.damaged = samples.damaged
         run.set_aside = set_aside_lines(run.dir)
         extra = {"run": run.key, "task": run.task, "model": run.model, "method": run.method}
-        rows += [{**row, **extra} for row in stats.sample_rows(list(samples.latest.values()))]
+        latest = samples.latest
+        rows += [{**row, **extra} for row in stats.sample_rows(list(latest.values()))]
+        if read_view is not None:
+            run.view_records = read_view(run.dir, run.info, latest)
     return pd.DataFrame.from_records(rows, columns=["run", "task", "model", "method", *stats.SAMPLE_COLUMNS])
 
 
@@ -250,7 +257,7 @@ def _resolve_key(key: str, runs: list[Run], option: str) -> str:
 
 
 def _summaries(collection: Collection, by: list[str]) -> pd.DataFrame:
-    tables = _per_run(collection.samples)
+    tables = stats.split_by_run(collection.samples)
     rows = []
     for run in collection.runs:
         summary = stats.summarize(tables.get(run.key, collection.samples.iloc[:0])).to_json()
@@ -351,7 +358,7 @@ def _is_reference(run: Run, method: str, conditions: dict) -> bool:
 def _set_references(comparison: Comparison, selector: tuple[str, dict]) -> None:
     """Each run is compared with the reference run of its table that shares the most of its settings."""
     runs, table = comparison.collection.runs, comparison.table
-    tables, empty = _per_run(comparison.collection.samples), comparison.collection.samples.iloc[:0]
+    tables, empty = stats.split_by_run(comparison.collection.samples), comparison.collection.samples.iloc[:0]
     labels = dict(zip(table.run, table.label))
     memo: dict = {}  # a reference's bootstrap, shared by the runs set against it
     results = {}
@@ -380,11 +387,6 @@ def _set_references(comparison: Comparison, selector: tuple[str, dict]) -> None:
         values = [results.get(k, {}).get(column) for k in table.run]
         # counts stay integers next to the blanks of runs without a reference
         table[column] = pd.array(values, dtype="Int64") if column in ("reference_run", "n_paired") else values
-
-
-def _per_run(samples: pd.DataFrame) -> dict[int, pd.DataFrame]:
-    """The long table split by run, once (a boolean filter per run would read the whole table each time)."""
-    return {int(key): rows for key, rows in samples.groupby("run", sort=False)}
 
 
 def _hashable(value):

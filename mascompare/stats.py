@@ -8,6 +8,7 @@ clusters (a sample with all its repeats; a batch, since a batch's samples share 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -24,6 +25,8 @@ USAGE_COLUMNS = ("input_tokens", "context_tokens", "output_tokens", "latent_step
 SAMPLE_COLUMNS = ("id", "repeat", "batch", "pair", "error", "correct_strict", "correct_flexible", *USAGE_COLUMNS,
                   "time_s", "cost_usd", "extractor_version")
 MEAN_COLUMNS = ("input_tokens", "context_tokens", "output_tokens", "latent_steps", "calls", "forward_passes")
+SUMMARY_COLUMNS = ("id", "repeat", "pair", "batch", "correct_strict", "correct_flexible", *MEAN_COLUMNS, "time_s",
+                   "cost_usd")  # what summarize reads of the answered samples
 
 
 def sample_table(records: list[SampleRecord]) -> pd.DataFrame:
@@ -50,31 +53,85 @@ def sample_rows(records: list[SampleRecord]) -> list[dict]:
     return rows
 
 
-def summarize(table: pd.DataFrame) -> Summary:
+class Columns:
+    """A sample table as numpy arrays, a column each (converted when first asked for), with its row labels:
+    what summarize and paired read. `split_by_run` cuts a table of many runs into these at once."""
+
+    def __init__(self, columns: dict[str, np.ndarray] | pd.DataFrame, index, length: int):
+        self.columns, self.index, self.length = columns, index, length
+        self.arrays: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def of(cls, table: "pd.DataFrame | Columns") -> "Columns":
+        return table if isinstance(table, Columns) else cls(table, table.index, len(table))
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        if column not in self.arrays:
+            self.arrays[column] = np.asarray(self.columns[column])
+        return self.arrays[column]
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def answered(self) -> np.ndarray:
+        return pd.isna(self["error"])
+
+
+def split_by_run(samples: pd.DataFrame) -> dict[int, Columns]:
+    """A table of many runs (column `run`) as each run's Columns, every column converted once for all runs."""
+    runs = samples.run.to_numpy()
+    order = np.argsort(runs, kind="stable")  # each run's rows in their order in the table
+    keys, starts = np.unique(runs[order], return_index=True)
+    ends = [*starts[1:], len(order)]
+    columns = {c: samples[c].to_numpy()[order] for c in samples.columns}
+    index = samples.index.to_numpy()[order]
+    return {int(key): Columns({c: values[start:end] for c, values in columns.items()}, index[start:end], end - start)
+            for key, start, end in zip(keys.tolist(), starts.tolist(), ends)}
+
+
+def summarize(table: "pd.DataFrame | Columns") -> Summary:
     """A run's figures from its sample table: accuracy (strict and flexible, with 95% intervals, per repeat when
     there are several), mean usage per answer, time per sample with its interval over batches, calls cut off at
-    max_new_tokens, and cost (unknown when any answer's is)."""
-    done = table[table.error.isna()]
-    n = len(done)
-    repeats = sorted(done.repeat.unique().tolist())
-    summary = Summary(n=n, errors=len(table) - n, samples=int(done.id.nunique()), repeats=len(repeats),
-                      decoding_calls=int(table.decoding_calls.sum()),
-                      calls_at_max_new_tokens=int(table.calls_at_max_new_tokens.sum()))
+    max_new_tokens, and cost (unknown when any answer's is). Computed on the table's columns as numpy arrays:
+    `compare` summarises thousands of runs, and pandas' per-call cost would dominate."""
+    table = Columns.of(table)
+    answered = table.answered
+    done = {column: table[column][answered] for column in SUMMARY_COLUMNS}
+    n = int(answered.sum())
+    repeats = sorted(set(done["repeat"].tolist()))
+    summary = Summary(n=n, errors=len(table) - n, samples=len(set(done["id"].tolist())), repeats=len(repeats),
+                      decoding_calls=int(table["decoding_calls"].sum()),
+                      calls_at_max_new_tokens=int(table["calls_at_max_new_tokens"].sum()))
     for kind in METRICS:
-        column = f"correct_{kind}"
-        setattr(summary, f"accuracy_{kind}", float(done[column].mean()) if n else None)
-        interval = accuracy_interval(done.groupby("pair")[column].apply(list).to_dict())
+        correct = done[f"correct_{kind}"].astype(bool)
+        setattr(summary, f"accuracy_{kind}", float(correct.mean()) if n else None)
+        by_pair: dict[str, list[bool]] = {}
+        for pair, right in zip(done["pair"].tolist(), correct.tolist()):
+            by_pair.setdefault(pair, []).append(right)
+        interval = accuracy_interval({pair: by_pair[pair] for pair in sorted(by_pair)})
         setattr(summary, f"accuracy_{kind}_ci95", list(interval) if interval else None)
         if len(repeats) > 1:
             setattr(summary, f"accuracy_{kind}_per_repeat",
-                    [float(done[done.repeat == k][column].mean()) for k in repeats])
+                    [float(correct[done["repeat"] == k].mean()) for k in repeats])
     for column in MEAN_COLUMNS:
-        setattr(summary, f"mean_{column}", float(done[column].mean()) if n else None)
-    summary.mean_time_per_sample_s = float(done.time_s.mean()) if n else None
-    estimates = batch_time_estimates(done, seed=0)
+        setattr(summary, f"mean_{column}", _mean(done[column]) if n else None)
+    summary.mean_time_per_sample_s = _mean(done["time_s"]) if n else None
+    estimates = _batch_time_estimates(done["batch"], done["time_s"], seed=0)
     summary.time_per_sample_s_ci95 = list(percentile_interval(estimates)) if estimates is not None else None
-    summary.cost_usd = None if not n or done.cost_usd.isna().any() else float(done.cost_usd.sum())
+    costs = done["cost_usd"]
+    summary.cost_usd = None if not n or pd.isna(costs).any() else float(np.asarray(costs, dtype=float).sum())
     return summary
+
+
+def _mean(values: np.ndarray) -> float:
+    """A column's mean as pandas takes it (missing values left out; the sum over the others, in row order)."""
+    values = np.asarray(values, dtype=float)
+    missing = np.isnan(values)
+    if missing.any():
+        values = np.where(missing, 0.0, values)
+    count = len(values) - int(missing.sum())
+    return float(values.sum() / count) if count else float("nan")
 
 
 def summarize_records(records: list[SampleRecord]) -> Summary:
@@ -110,12 +167,31 @@ def cluster_bootstrap(totals, sizes, resamples: int = BOOTSTRAP_RESAMPLES, seed:
     (time per sample, since a batch's samples share its wall time).
     """
     totals, sizes = np.asarray(totals, dtype=float), np.asarray(sizes, dtype=float)
+    return np.concatenate([(counts @ totals) / (counts @ sizes)
+                           for counts in _resample_counts(len(totals), resamples, seed)])
+
+
+CACHED_COUNTS_BYTES = 16 << 20  # a count matrix kept for reuse is at most this big (n <= 200 at 10,000 resamples)
+
+
+def _resample_counts(n: int, resamples: int, seed: int) -> list[np.ndarray]:
+    """The resamples-by-n count matrix of a bootstrap, a chunk at a time. It depends only on n, resamples and
+    seed, so runs with as many clusters share one draw (the draw, not the arithmetic, is what takes the time)."""
+    if resamples * n * 8 > CACHED_COUNTS_BYTES:
+        return _draw_counts(n, resamples, seed)
+    return _cached_counts(n, resamples, seed)
+
+
+@functools.lru_cache(maxsize=6)  # enough for the sizes and seeds of runs alike (samples, batches; seeds 0-2)
+def _cached_counts(n: int, resamples: int, seed: int) -> list[np.ndarray]:
+    return _draw_counts(n, resamples, seed)
+
+
+def _draw_counts(n: int, resamples: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    n, estimates = len(totals), []
-    for start in range(0, resamples, BOOTSTRAP_CHUNK):  # a resamples-by-n count matrix, a chunk at a time
-        counts = rng.multinomial(n, np.full(n, 1 / n), size=min(BOOTSTRAP_CHUNK, resamples - start))
-        estimates.append((counts @ totals) / (counts @ sizes))
-    return np.concatenate(estimates)
+    # float, as the product with totals would cast it each time; the counts are small integers, exact in float
+    return [rng.multinomial(n, np.full(n, 1 / n), size=min(BOOTSTRAP_CHUNK, resamples - start)).astype(float)
+            for start in range(0, resamples, BOOTSTRAP_CHUNK)]
 
 
 def percentile_interval(estimates, level: float = 0.95) -> tuple[float, float]:
@@ -140,10 +216,43 @@ def accuracy_interval(correct_by_sample: dict[str, list[bool]]) -> tuple[float, 
 
 def batch_time_estimates(rows: pd.DataFrame, seed: int) -> np.ndarray | None:
     """Bootstrap estimates of a run's mean time per sample, resampling its batches (None with fewer than two)."""
-    batches = rows.groupby(rows.batch.astype(str)).time_s.agg(["sum", "count"])
-    if len(batches) < 2:
+    return _batch_time_estimates(rows.batch.to_numpy(), rows.time_s.to_numpy(), seed)
+
+
+def _batch_time_estimates(batches, times, seed: int) -> np.ndarray | None:
+    totals, counts = _batch_totals(batches, times)
+    if len(totals) < 2:
         return None
-    return cluster_bootstrap(batches["sum"].to_numpy(), batches["count"].to_numpy(), seed=seed)
+    return cluster_bootstrap(totals, counts, seed=seed)
+
+
+def _batch_totals(batches, times) -> tuple[list[float], list[int]]:
+    """Each batch's total time and count of timed samples, batches in the order of their names as text.
+
+    The sums are taken as pandas' grouped sum takes them, so that the figures match earlier versions, which
+    grouped with pandas, to the last bit: rows already in batch order without a missing time are added in
+    order (numpy's add.reduceat); otherwise each batch's sum is compensated (Kahan), missing times left out."""
+    names = [str(batch) for batch in (batches.tolist() if hasattr(batches, "tolist") else batches)]
+    times = np.asarray(times, dtype=float)
+    keys = sorted(set(names))
+    position = {key: k for k, key in enumerate(keys)}
+    codes = [position[name] for name in names]
+    if all(a <= b for a, b in zip(codes, codes[1:])) and not np.isnan(times).any():
+        starts = [k for k in range(len(codes)) if k == 0 or codes[k] != codes[k - 1]]
+        sums = np.add.reduceat(times, starts).tolist() if starts else []
+        return sums, np.diff([*starts, len(codes)]).tolist()
+    sums, compensations, counts = [0.0] * len(keys), [0.0] * len(keys), [0] * len(keys)
+    for code, time in zip(codes, times.tolist()):
+        if time != time:  # missing: neither summed nor counted
+            continue
+        y = time - compensations[code]
+        t = sums[code] + y
+        compensations[code] = t - sums[code] - y
+        if compensations[code] != compensations[code]:  # an infinite time: the compensation is dropped
+            compensations[code] = 0.0
+        sums[code] = t
+        counts[code] += 1
+    return sums, counts
 
 
 # ---------------------------------------------------------------- a run against a reference
@@ -175,49 +284,82 @@ def speedup_interval(rows: pd.DataFrame, ref_rows: pd.DataFrame, memo: dict | No
     """95% interval of (reference time per sample) / (this run's), from independent bootstraps of the
     two runs' batches: it shows the spread between batches, not the load on the machine on the day.
     `memo` keeps the reference's bootstrap for the next run set against the same rows of it."""
-    ours = batch_time_estimates(rows, seed=1)
-    key = tuple(ref_rows.index)  # the reference's rows in the caller's table: the same rows, the same bootstrap
+    return _speedup_interval((rows.batch.to_numpy(), rows.time_s.to_numpy()),
+                             (ref_rows.batch.to_numpy(), ref_rows.time_s.to_numpy()), tuple(ref_rows.index), memo)
+
+
+def _speedup_interval(ours, theirs, key, memo: dict | None) -> tuple[float, float] | None:
+    """speedup_interval on (batches, times) arrays; key names the reference's rows in the caller's table (the
+    same rows, the same bootstrap)."""
+    ours = _batch_time_estimates(*ours, seed=1)
     if memo is None or key not in memo:
-        theirs = batch_time_estimates(ref_rows, seed=2)
+        estimates = _batch_time_estimates(*theirs, seed=2)
         if memo is not None:
-            memo[key] = theirs
+            memo[key] = estimates
     else:
-        theirs = memo[key]
-    if ours is None or theirs is None or (ours <= 0).any():
+        estimates = memo[key]
+    if ours is None or estimates is None or (ours <= 0).any():
         return None
-    return percentile_interval(theirs / ours)
+    return percentile_interval(estimates / ours)
 
 
-def paired(ours: pd.DataFrame, theirs: pd.DataFrame, metric: str, memo: dict | None = None) -> dict:
+PAIRED_COLUMNS = ("output_tokens", "input_tokens", "context_tokens")
+
+
+def paired(ours: "pd.DataFrame | Columns", theirs: "pd.DataFrame | Columns", metric: str,
+           memo: dict | None = None) -> dict:
     """A run's sample table against its reference's, on the samples both answered; each sample's repeats are
     pooled into its mean, so a sample counts once however often either run answered it. `memo`: see
-    speedup_interval."""
-    ours, theirs = ours[ours.error.isna()], theirs[theirs.error.isna()]
-    shared = set(ours.pair) & set(theirs.pair)
+    speedup_interval. Computed on numpy arrays, as summarize is."""
+    columns = (f"correct_{metric}", *PAIRED_COLUMNS, "time_s", "batch")
+    ours, theirs = Columns.of(ours), Columns.of(theirs)
+    ours_done, theirs_done = ours.answered, theirs.answered
+    our_pairs, their_pairs = ours["pair"][ours_done], theirs["pair"][theirs_done]
+    shared = set(our_pairs.tolist()) & set(their_pairs.tolist())
     if not shared:
         return {"n_paired": 0}
-    ours, theirs = ours[ours.pair.isin(shared)], theirs[theirs.pair.isin(shared)]
-    columns = [f"correct_{metric}", "output_tokens", "input_tokens", "context_tokens"]
-    both = ours.groupby("pair")[columns].mean().merge(theirs.groupby("pair")[columns].mean(), how="left",
-                                                      left_index=True, right_index=True, suffixes=("", "_ref"))
-    x, y = both[f"correct_{metric}"].to_numpy(), both[f"correct_{metric}_ref"].to_numpy()
+    our_kept = np.array([p in shared for p in our_pairs.tolist()], dtype=bool)
+    their_kept = np.array([p in shared for p in their_pairs.tolist()], dtype=bool)
+    a = {c: ours[c][ours_done][our_kept] for c in columns}
+    b = {c: theirs[c][theirs_done][their_kept] for c in columns}
+    our_pairs, their_pairs = our_pairs[our_kept], their_pairs[their_kept]
+    order = sorted(shared)  # the pairs as a grouping by pair orders them
+    x, our_means = _pair_means(our_pairs, a, metric, order)
+    y, their_means = _pair_means(their_pairs, b, metric, order)
     low, high = paired_bootstrap_interval(x, y)
-    one_answer_each = ours.pair.is_unique and theirs.pair.is_unique
-    run_time, ref_time = ours.time_s.mean(), theirs.time_s.mean()
+    one_answer_each = len(set(our_pairs.tolist())) == len(our_pairs) and \
+        len(set(their_pairs.tolist())) == len(their_pairs)
+    run_time, ref_time = _mean(a["time_s"]), _mean(b["time_s"])
     speedup = float(ref_time / run_time) if run_time > 0 and ref_time > 0 else None
-    interval = speedup_interval(ours, theirs, memo) if speedup is not None else None
+    ref_key = tuple(theirs.index[theirs_done][their_kept])
+    interval = _speedup_interval((a["batch"], a["time_s"]), (b["batch"], b["time_s"]), ref_key, memo) \
+        if speedup is not None else None
     xb, yb = x.astype(bool), y.astype(bool)
     return {
-        "n_paired": len(both),
+        "n_paired": len(order),
         "accuracy_diff": float(x.mean() - y.mean()),
         "accuracy_diff_low": low, "accuracy_diff_high": high,
         # McNemar's test needs one right-or-wrong answer per sample and run
         "mcnemar_p": mcnemar_exact(int((xb & ~yb).sum()), int((~xb & yb).sum())) if one_answer_each else None,
-        **{f"{kind}_token_reduction": _reduction(both[f"{kind}_tokens"].mean(), both[f"{kind}_tokens_ref"].mean())
+        **{f"{kind}_token_reduction": _reduction(_mean(our_means[f"{kind}_tokens"]),
+                                                 _mean(their_means[f"{kind}_tokens"]))
            for kind in ("output", "input", "context")},
         "speedup": speedup, "speedup_low": interval[0] if interval else None,
         "speedup_high": interval[1] if interval else None,
     }
+
+
+def _pair_means(pairs: np.ndarray, columns: dict, metric: str, order: list[str]) -> tuple[np.ndarray, dict]:
+    """Each pair's mean correctness and token counts over its rows, pairs in `order`. The values are whole
+    numbers, so the sums are exact in any order."""
+    position = {pair: k for k, pair in enumerate(order)}
+    index = np.array([position[p] for p in pairs.tolist()], dtype=np.intp)
+    counts = np.bincount(index, minlength=len(order)).astype(float)
+
+    def means(values):
+        return np.bincount(index, weights=np.asarray(values, dtype=float), minlength=len(order)) / counts
+
+    return means(columns[f"correct_{metric}"]), {c: means(columns[c]) for c in PAIRED_COLUMNS}
 
 
 def _reduction(value: float, ref: float) -> float | None:

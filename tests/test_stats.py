@@ -167,3 +167,52 @@ def test_paired_figures_cover_the_shared_samples_only():
     assert figures["accuracy_diff"] == 0.5 and figures["mcnemar_p"] == mcnemar_exact(1, 0)
     assert figures["output_token_reduction"] == pytest.approx(0.75) and figures["speedup"] == pytest.approx(2.0)
     assert paired(ours, sample_table([record("z")]), "flexible") == {"n_paired": 0}
+
+
+# ---------------------------------------------------------------- many runs at once (compare)
+
+
+def _many_runs_table(seed: int = 4):
+    """Three runs' sample tables as one, with repeats, a failed sample, a missing time and uneven batches."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    tables = []
+    for run in range(3):
+        records = [record(f"q{k}", repeat=r, batch=(2 * k + r) // 3, correct=bool(rng.random() < 0.6),
+                          error="boom" if (run, k, r) == (1, 2, 0) else None,
+                          wall=float(rng.uniform(0.05, 4.0)))
+                   for k in range(7 + run) for r in range(2)]
+        table = sample_table(records)
+        table.loc[3, "time_s"] = float("nan") if run == 2 else table.loc[3, "time_s"]
+        table.insert(0, "run", run)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def test_runs_split_from_one_table_get_exactly_the_figures_they_get_alone():
+    from mascompare.stats import split_by_run, summarize
+
+    samples = _many_runs_table()
+    alone = {run: rows for run, rows in samples.groupby("run")}
+    split = split_by_run(samples)
+    for run in alone:
+        assert summarize(split[run]).to_json() == summarize(alone[run]).to_json()
+    for metric in ("strict", "flexible"):
+        assert paired(split[1], split[0], metric, {}) == paired(alone[1], alone[0], metric)
+        assert paired(split[2], split[0], metric, {}) == paired(alone[2], alone[0], metric)
+
+
+def test_a_bootstrap_drawn_once_for_many_runs_equals_a_fresh_draw():
+    from mascompare.stats import BOOTSTRAP_CHUNK, BOOTSTRAP_RESAMPLES, _cached_counts
+
+    _cached_counts.cache_clear()
+    rng = np.random.default_rng(7)
+    for totals in (rng.random(12), rng.random(12) * 100, rng.random(5)):
+        draw = np.random.default_rng(3)  # the draw cluster_bootstrap makes, a chunk at a time
+        expected = np.concatenate([(counts @ totals) / counts.sum(axis=1) for counts in
+                                   (draw.multinomial(len(totals), np.full(len(totals), 1 / len(totals)),
+                                                     size=BOOTSTRAP_CHUNK)
+                                    for _ in range(BOOTSTRAP_RESAMPLES // BOOTSTRAP_CHUNK))])
+        assert np.array_equal(cluster_bootstrap(totals, np.ones(len(totals)), seed=3), expected)
+    assert _cached_counts.cache_info().hits == 1  # the second run of 12 clusters reused the first one's draw

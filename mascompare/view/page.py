@@ -21,8 +21,10 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -41,13 +43,27 @@ SAMPLE_COLUMNS = ("run", "q", "rep", "ok_s", "ok_f", "ans_s", "ans_f", "out", "i
 
 
 def write(comparison: report.Comparison, out_dir: str | Path, pareto_png: bytes | None = None) -> Path:
-    """view.html in out_dir (replaced whole); pareto_png: the plot already drawn, else it is drawn here."""
+    """view.html in out_dir (replaced whole); pareto_png: the plot already drawn, else it is drawn here.
+    The transcripts are written out as they are encoded, into a scratch file that follows the page's head, so
+    that the page is never held whole in memory."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if pareto_png is None:
         pareto_png = _draw_pareto(comparison)
     path = out / VIEW_FILE
-    report._replace(path, render(comparison, out, pareto_png).encode("utf-8"))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out) as details:
+            index = _page_data(comparison, out, pareto_png, _details_writer(details.write))
+            details.seek(0)
+            head, tail = _page_parts(comparison, out, index, DETAILS_MARK)
+            with open(tmp, "w", encoding="utf-8") as page:
+                page.write(head)
+                shutil.copyfileobj(details, page)
+                page.write(tail)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -57,19 +73,45 @@ def _draw_pareto(comparison: report.Comparison) -> bytes:
         return (Path(tmp) / "pareto.png").read_bytes()
 
 
+DETAILS_MARK = "\0details\0"  # where the transcripts go in the page; no JSON or asset text holds a NUL
+
+
 def render(comparison: report.Comparison, out_dir: Path, pareto_png: bytes | None) -> str:
-    """The page's HTML."""
-    index, chunks = page_data(comparison, out_dir, pareto_png)
+    """The page's HTML (as `write` writes it)."""
+    details: list[str] = []
+    index = _page_data(comparison, out_dir, pareto_png, _details_writer(details.append))
+    head, tail = _page_parts(comparison, out_dir, index, DETAILS_MARK)
+    return head + "".join(details) + tail
+
+
+def _page_parts(comparison: report.Comparison, out_dir: Path, index: dict, mark: str) -> tuple[str, str]:
+    """The page before its transcripts and after them."""
     title = f"mascompare · {out_dir.resolve().name or out_dir.resolve()}"
     script = _asset("view.js")
     style = _asset("view.css")
     csp = (f"default-src 'none'; script-src '{_sha256(script)}'; style-src '{_sha256(style)}'; img-src data:; "
            "base-uri 'none'; form-action 'none'")
-    details = "\n".join(f'<script type="application/json" id="mascompare-details-{k}">{chunk}</script>'
-                        for k, chunk in enumerate(chunks))
     values = {"csp": csp, "title": html.escape(title), "style": style, "index": script_json(index),
-              "script": script, "details": details}
-    return PLACEHOLDER.sub(lambda match: values[match.group(1)], _asset("template.html"))
+              "script": script, "details": mark}
+    head, tail = PLACEHOLDER.sub(lambda match: values[match.group(1)], _asset("template.html")).split(mark)
+    return head, tail
+
+
+def _details_writer(write: Callable[[str], object]) -> Callable[[list[str]], None]:
+    """Writes each chunk of transcripts as one of the page's script elements, a line apart."""
+    count = 0
+
+    def emit(chunk: list[str]) -> None:
+        nonlocal count
+        element = f'<script type="application/json" id="mascompare-details-{count}">{_chunk_json(chunk)}</script>'
+        write(f"\n{element}" if count else element)
+        count += 1
+
+    return emit
+
+
+def _chunk_json(chunk: list[str]) -> str:
+    return script_safe("[" + ",".join(chunk) + "]")
 
 
 def _asset(name: str) -> str:
@@ -103,20 +145,30 @@ def _dumps(value) -> str:
 
 def page_data(comparison: report.Comparison, out_dir: Path, pareto_png: bytes | None) -> tuple[dict, list[str]]:
     """The data the page opens with, and its transcripts as JSON chunks."""
+    chunks: list[str] = []
+    index = _page_data(comparison, out_dir, pareto_png, lambda chunk: chunks.append(_chunk_json(chunk)))
+    return index, chunks
+
+
+def _page_data(comparison: report.Comparison, out_dir: Path, pareto_png: bytes | None,
+               emit: Callable[[list[str]], object]) -> dict:
+    """The data the page opens with; its transcripts go to `emit` a chunk (a list of JSON texts) at a time.
+    Each run's samples are let go once encoded (the runs keep what collect read for the page only until here)."""
     table, runs = comparison.table, comparison.collection.runs
-    records = {int(key): read_run(runs[int(key)].dir, runs[int(key)].info) for key in table.run}
+    records = {int(key): _records_of(runs[int(key)]) for key in table.run}
+    graphs = {key: run_records.graph for key, run_records in records.items()}
     order = {int(key): position for position, key in enumerate(table.run)}  # the page's run numbers
     shared = _shared_texts(records.values())
     texts = TextTable(shared)
     questions: list[dict] = []
     columns: dict[str, list] = {name: [] for name in SAMPLE_COLUMNS}
-    chunks, current, current_bytes, starts = [], [], 0, []
+    current, current_bytes, starts = [], 0, []
     groups = []
     for task, model, rows in comparison.groups():
         group = len(groups)
         question_of: dict[str, int] = {}
         for key in rows.run:
-            for sample in records[int(key)].samples:
+            for sample in records.pop(int(key)).samples:
                 q = question_of.get(sample.pair)
                 if q is None:
                     q = question_of[sample.pair] = len(questions)
@@ -130,17 +182,17 @@ def page_data(comparison: report.Comparison, out_dir: Path, pareto_png: bytes | 
                 current.append(encoded)
                 current_bytes += len(encoded)
                 if current_bytes >= CHUNK_BYTES:
-                    chunks.append(current)
+                    emit(current)
                     current, current_bytes = [], 0
         groups.append(_group(comparison, task, model, rows, order, list(question_of.values())))
     if current:
-        chunks.append(current)
-    index = {
+        emit(current)
+    return {
         "description": _description(comparison),
         "metric": comparison.metric,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "groups": groups,
-        "runs": [_run(runs[int(key)], row, records[int(key)], out_dir) for key, row in
+        "runs": [_run(runs[int(key)], row, graphs[int(key)], out_dir) for key, row in
                  zip(table.run, table.to_dict("records"))],
         "questions": questions,
         "samples": columns,
@@ -149,7 +201,12 @@ def page_data(comparison: report.Comparison, out_dir: Path, pareto_png: bytes | 
         "failures": [report._failure_line(f) for f in comparison.collection.failures],
         "pareto": "data:image/png;base64," + base64.b64encode(pareto_png).decode("ascii") if pareto_png else None,
     }
-    return index, [script_safe("[" + ",".join(chunk) + "]") for chunk in chunks]
+
+
+def _records_of(run: report.Run) -> RunRecords:
+    """What collect kept of the run for the page (handed over once), else its folder read now."""
+    records, run.view_records = run.view_records, None
+    return records if records is not None else read_run(run.dir, run.info)
 
 
 class TextTable:
@@ -229,13 +286,13 @@ def _detail(sample: Sample, texts: TextTable) -> dict:
     return detail
 
 
-def _run(run: report.Run, row: dict, records: RunRecords, out_dir: Path) -> dict:
+def _run(run: report.Run, row: dict, graph: dict | None, out_dir: Path) -> dict:
     environment = report.flatten(run.info.environment or {})
     return {
         "label": row["label"], "method": row["method"], "status": row.get("status"),
         "dir": _relative(run.dir, out_dir),
         "environment": {key: _plain(value) for key, value in environment.items()},
-        "graph": records.graph,
+        "graph": graph,
     }
 
 

@@ -59,12 +59,14 @@ class RunRecords:
     graph: dict | None  # the pruned methods' communication graph (see read_graph)
 
 
-def read_run(directory: str | Path, info: RunRecord) -> RunRecords:
-    """The samples (latest line per id and repeat) and graph of a run directory; `info` is its run.json."""
+def read_run(directory: str | Path, info: RunRecord, latest: dict | None = None) -> RunRecords:
+    """The samples (latest line per id and repeat) and graph of a run directory; `info` is its run.json, `latest`
+    its latest records where the caller has read them already (store.read_samples(...).latest)."""
     directory = Path(directory)
     shared = {ref: SharedText(text) for ref, text in read_texts(directory).items()}
     questions: dict[str, str | None] = {}
-    samples = [_sample(record, shared, questions) for record in latest_records(directory).values()]
+    records = latest_records(directory) if latest is None else latest
+    samples = [_sample(record, shared, questions) for record in records.values()]
     return RunRecords(samples, read_graph(directory, info))
 
 

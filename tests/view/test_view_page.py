@@ -135,3 +135,17 @@ def test_view_open_hands_the_file_to_the_browser(tiny_sweep, tmp_path, monkeypat
     result = runner.invoke(app, ["view", str(tiny_sweep), "--out", str(tmp_path), "--open"])
     assert result.exit_code == 0, result.output
     assert opened == [(tmp_path / "view.html").as_uri()]
+
+
+def test_the_page_written_in_pieces_is_the_page_rendered_whole(tiny_sweep, tmp_path, monkeypatch):
+    from mascompare.cli import comparison_of
+
+    monkeypatch.setattr(page, "CHUNK_BYTES", 2_000)  # several chunks of transcripts, each written as encoded
+    kept = comparison_of("compare", [tiny_sweep], None, None, "flexible", for_view=True)  # records read once
+    assert all(run.view_records is not None for run in kept.collection.runs)
+    written = page.write(kept, tmp_path, b"png").read_text(encoding="utf-8")
+    assert all(run.view_records is None for run in kept.collection.runs)  # let go once on the page
+    whole = page.render(report.compare(report.collect([tiny_sweep])), tmp_path, b"png")
+    generated = re.compile(r'"generated":"[^"]*"')
+    assert generated.sub("", written) == generated.sub("", whole)
+    assert written.count('id="mascompare-details-') > 3 and sorted(p.name for p in tmp_path.iterdir()) == ["view.html"]
