@@ -40,8 +40,10 @@ $(VENV)/.installed-server: $(VENV)/.installed
 run: install
 	$(BIN)/mascompare run -m +experiment=smoke
 
+# Two workers, a test file each at a time (its fixtures, e.g. the llama.cpp server, start once), one torch
+# thread each: two threads per worker on two cores would stall each other (see run.threads in README.md).
 test: install-server
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # An OpenAI-compatible llama.cpp server on loopback with the embedded SmolLM2 GGUF (Ctrl-C stops it).
 # PORT: 8080 if free, else any free port (printed). REPLICAS: servers behind that port, for parallel requests.
