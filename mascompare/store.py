@@ -268,11 +268,14 @@ def _text_row(raw) -> tuple[str, str]:
 
 
 def _scan(path: Path, parse) -> tuple[list, list[DamagedLine]]:
-    """parse(row) of each JSON line of the file, and the lines that are not rows: not UTF-8, not JSON, or
+    """parse(row) of each JSON line of the file, and the lines that are not rows (see _parse_lines)."""
+    return _parse_lines(path.read_bytes(), parse) if path.is_file() else ([], [])
+
+
+def _parse_lines(data: bytes, parse) -> tuple[list, list[DamagedLine]]:
+    """parse(row) of each JSON line of a file's bytes, and the lines that are not rows: not UTF-8, not JSON, or
     refused by parse (DamagedRecord). A last line without its newline was cut short unless it is whole."""
-    if not path.is_file():
-        return [], []
-    pieces = path.read_bytes().removeprefix(BOM).split(b"\n")
+    pieces = data.removeprefix(BOM).split(b"\n")
     rows, damaged = [], []
     for number, piece in enumerate(pieces, 1):
         if not piece.strip():
@@ -297,7 +300,7 @@ def _set_aside(path: Path, parse, consequence: str) -> list[DamagedLine]:
     if not path.is_file():
         return []
     data = path.read_bytes()
-    _, damaged = _scan(path, parse)
+    _, damaged = _parse_lines(data, parse)
     if not damaged:
         if data.strip() and not data.endswith(b"\n"):
             with open(path, "ab") as f:
