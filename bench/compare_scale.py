@@ -7,7 +7,7 @@ samples.jsonl, prompts.jsonl and run.json with a full composed config. `compare`
 given, in its own process, on the same folder (with its page, view.html, as by default), and once more with
 --no-html:
 
-    python bench/compare_scale.py --tree /tmp/main-checkout --tree .   # before and after, side by side
+    python bench/compare_scale.py --tree /tmp/main-checkout --tree . --repeat 5   # before and after, in turn
 
 Each checkout runs with PYTHONPATH set to it and OMP_NUM_THREADS=1. Peak memory is the child's maximum
 resident set size.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,9 +94,13 @@ def main() -> None:
     parser.add_argument("--tree", action="append", type=Path, help="a checkout to measure (repeatable; default .)")
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds, each running every checkout and variant once in turn (the machine's noise "
+                             "falls alike on all); the summary gives each one's median and fastest")
     parser.add_argument("--keep", type=Path, help="generate into this folder (and keep it); reused if it exists")
     args = parser.parse_args()
     trees = args.tree or [Path(".")]
+    variants = (("default", ()), ("--no-html", ("--no-html",)))
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or Path(scratch) / "sweep"
         if not root.exists():
@@ -104,12 +109,24 @@ def main() -> None:
             print(f"generated {args.runs} runs x {args.samples} samples in {time.perf_counter() - started:.0f} s "
                   f"({sum(f.stat().st_size for f in root.rglob('*') if f.is_file()) / 2**20:.0f} MB)")
         print(f"{'checkout':40} {'variant':10} {'wall s':>8} {'CPU s':>8} {'peak MB':>8} {'exit':>5} {'lines out':>9}")
-        for tree in trees:
-            for variant, extra in (("default", ()), ("--no-html", ("--no-html",))):
-                out = Path(scratch) / f"out-{len(str(tree))}-{variant}"
-                wall, cpu, peak, status, lines = measure(tree.resolve(), root, out, *extra)
-                print(f"{str(tree):40} {variant:10} {wall:8.1f} {cpu:8.1f} {peak:8.0f} {status:5d} {lines:9d}",
-                      flush=True)
+        measured: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
+        for _ in range(args.repeat):
+            for k, tree in enumerate(trees):
+                for variant, extra in variants:
+                    out = Path(scratch) / f"out-{k}-{variant}"
+                    wall, cpu, peak, status, lines = measure(tree.resolve(), root, out, *extra)
+                    measured.setdefault((k, variant), []).append((wall, cpu, peak))
+                    print(f"{str(tree):40} {variant:10} {wall:8.1f} {cpu:8.1f} {peak:8.0f} {status:5d} {lines:9d}",
+                          flush=True)
+        if args.repeat > 1 or len(trees) > 1:
+            print(f"\n{'checkout':40} {'variant':10} {'median CPU s':>12} {'fastest':>8} {'median wall s':>13} "
+                  f"{'max peak MB':>11} {'CPU vs first':>12}")
+            for (k, variant), rows in measured.items():
+                cpu = statistics.median(r[1] for r in rows)
+                first = statistics.median(r[1] for r in measured[(0, variant)])
+                print(f"{str(trees[k]):40} {variant:10} {cpu:12.1f} {min(r[1] for r in rows):8.1f} "
+                      f"{statistics.median(r[0] for r in rows):13.1f} {max(r[2] for r in rows):11.0f} "
+                      f"{cpu / first:11.2f}x")
 
 
 if __name__ == "__main__":

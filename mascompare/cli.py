@@ -8,6 +8,8 @@ composed and checked here first, so that a refused command leaves nothing behind
 from __future__ import annotations
 
 import difflib
+import functools
+import gc
 import json
 import os
 import re
@@ -490,6 +492,22 @@ METRIC_OPTION = typer.Option("flexible", "--metric",
                              help="Accuracy for the paired statistics and the plot: strict or flexible.")
 
 
+@contextmanager
+def many_records():
+    """Python's cycle collector paused while a command reads many runs' records and compares them. The records
+    hold no cycles, so it would find nothing, yet it walks every object still alive again and again as they pile
+    up: a fifth of compare's time on 2000 runs (bench/compare_scale.py). Afterwards it runs as usual (a plot's
+    artists do refer to each other) and seldom walks the records again: only when the old objects grow by a
+    quarter."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
 def comparison_of(command: str, paths: list[Path], reference: str | None, by: list[str] | None, metric: str,
                   for_view: bool = False):
     """The comparison of every run under paths, or one sentence saying why there is none; for_view: its page
@@ -502,7 +520,9 @@ def comparison_of(command: str, paths: list[Path], reference: str | None, by: li
                         f"directory, e.g. {files[0].parent}.")
     read_view = None
     if for_view:
-        from mascompare.view.records import read_run as read_view
+        from mascompare.view.records import read_run
+
+        read_view = functools.partial(read_run, questions={})  # a question's text, once found, serves every run
     return report.compare(report.collect(paths, read_view), reference, by or (), metric)
 
 
@@ -551,7 +571,8 @@ def compare(
 
     try:
         target = None if as_json else writable_output(paths, out)  # before anything is computed or printed
-        comparison = comparison_of("compare", paths, reference, by, metric, for_view=not (as_json or no_html))
+        with many_records():
+            comparison = comparison_of("compare", paths, reference, by, metric, for_view=not (as_json or no_html))
     except UserError as exc:
         fail(str(exc), exc.status)
     if as_json:  # for scripts: the table on stdout, nothing written
@@ -581,7 +602,8 @@ def view(
     from mascompare import view as viewer
 
     try:
-        comparison = comparison_of("view", paths, reference, by, metric, for_view=True)
+        with many_records():
+            comparison = comparison_of("view", paths, reference, by, metric, for_view=True)
     except UserError as exc:
         fail(str(exc), exc.status)
     path = viewer.write(comparison, output_dir(paths, out))

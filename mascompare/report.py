@@ -120,20 +120,25 @@ class Comparison:
 
 def flatten(node, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists stay whole (as JSON text, so that they compare and hash)."""
+    flat: dict = {}
+    _flatten_into(flat, node, prefix)
+    return flat
+
+
+def _flatten_into(flat: dict, node, prefix: str) -> None:
     if isinstance(node, dict):
-        flat = {}
         for key, value in node.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    if isinstance(node, list):
-        node = json.dumps(node, sort_keys=True)
-    return {prefix[:-1]: node}
+            _flatten_into(flat, value, f"{prefix}{key}.")
+    else:
+        flat[prefix[:-1]] = json.dumps(node, sort_keys=True) if isinstance(node, list) else node
 
 
 def _job_dirs(path: Path) -> set[Path]:
     """Directories below path that hold a run, or a sweep job that failed before its run began (failed.json)."""
-    found = {p.parent for p in path.rglob(RUN_FILE)} | {p.parent for p in path.rglob(FAILURE_FILE)}
-    return {d.resolve() for d in found}
+    # one walk of the resolved folder, not a glob per file name; like rglob, it does not follow symlinks, so the
+    # folders it finds are resolved paths already
+    return {Path(folder) for folder, _, names in os.walk(path.resolve())
+            if RUN_FILE in names or FAILURE_FILE in names}
 
 
 def _overrides(job_dir: Path) -> list[str]:
@@ -260,32 +265,33 @@ def _summaries(collection: Collection, by: list[str]) -> pd.DataFrame:
     tables = stats.split_by_run(collection.samples)
     rows = []
     for run in collection.runs:
-        summary = stats.summarize(tables.get(run.key, collection.samples.iloc[:0])).to_json()
+        summary = stats.summarize(tables.get(run.key, collection.samples.iloc[:0]))
         row = {"task": run.task, "model": run.model, "method": run.method, "run": run.key,
                "run_dir": str(run.dir), "status": run.info.status,
-               **{k: summary[k] for k in ("n", "errors", "samples", "repeats")}}
+               **{k: getattr(summary, k) for k in ("n", "errors", "samples", "repeats")}}
         for kind in METRICS:
-            low, high = summary[f"accuracy_{kind}_ci95"] or (None, None)
-            row.update({f"accuracy_{kind}": summary[f"accuracy_{kind}"], f"accuracy_{kind}_low": low,
+            low, high = getattr(summary, f"accuracy_{kind}_ci95") or (None, None)
+            row.update({f"accuracy_{kind}": getattr(summary, f"accuracy_{kind}"), f"accuracy_{kind}_low": low,
                         f"accuracy_{kind}_high": high})
         for column in stats.MEAN_COLUMNS:
-            row[f"mean_{column}"] = summary[f"mean_{column}"]
-        row["decoding_calls"] = summary["decoding_calls"]
-        row["calls_at_max_new_tokens"] = summary["calls_at_max_new_tokens"]
-        row["mean_time_per_sample_s"] = summary["mean_time_per_sample_s"]
-        row["time_per_sample_s_low"], row["time_per_sample_s_high"] = summary["time_per_sample_s_ci95"] or (None, None)
-        row["cost_usd"] = summary["cost_usd"]
+            row[f"mean_{column}"] = getattr(summary, f"mean_{column}")
+        row["decoding_calls"] = summary.decoding_calls
+        row["calls_at_max_new_tokens"] = summary.calls_at_max_new_tokens
+        row["mean_time_per_sample_s"] = summary.mean_time_per_sample_s
+        row["time_per_sample_s_low"], row["time_per_sample_s_high"] = summary.time_per_sample_s_ci95 or (None, None)
+        row["cost_usd"] = summary.cost_usd
         rows.append(row)
     table = pd.DataFrame(rows)
     for key in by:  # as given: pandas would turn integers with a missing value into floats
         table[key] = pd.Series([run.config.get(key) for run in collection.runs], dtype=object)
     table["setting"] = _settings(collection.runs, by)
-    table["label"] = [_label(row, by) for row in table.to_dict("records")]
+    records = table.to_dict("records")
+    table["label"] = [_label(row, by) for row in records]
     clash = table.duplicated(["task", "model", "label"], keep=False)  # same settings, other folders
     if clash.any():
         common = os.path.commonpath(list(table.run_dir))
         table.loc[clash, "label"] += [f" [{os.path.relpath(d, common)}]" for d in table.run_dir[clash]]
-    order = sorted(range(len(table)), key=lambda i: _sort_key(table.iloc[i], by))
+    order = sorted(range(len(table)), key=lambda i: _sort_key(records[i], by))
     return table.iloc[order].reset_index(drop=True)
 
 
@@ -320,7 +326,17 @@ def _settings(runs: list[Run], by: list[str]) -> list[str]:
 def _differing(runs: list[Run]) -> list[str]:
     """The identity keys whose values are not the same in all of runs."""
     keys = set().union(*(r.identity for r in runs))
-    return sorted(k for k in keys if len({_show(r.identity.get(k)) for r in runs}) > 1)
+    return sorted(k for k in keys if len({_show(value) for value in _distinct(r.identity.get(k) for r in runs)}) > 1)
+
+
+def _distinct(values) -> list:
+    """The values, each once (those of one type that are equal are shown alike, but for 0.0 and -0.0): thousands
+    of runs share a few values, and showing each is what takes the time."""
+    values = list(values)
+    try:
+        return list({(type(v), repr(v) if type(v) is float else v): v for v in values}.values())
+    except TypeError:  # a value that cannot be hashed: each shown
+        return values
 
 
 def _short(key: str) -> str:

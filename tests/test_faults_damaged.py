@@ -9,6 +9,7 @@ import json
 from faults import error_line, files, invoke, keys_once, run_dir_of, run_json, says, scripted_run
 
 from mascompare.cli import app
+from mascompare.store import read_samples
 
 EXPECTED = [("arith-L1-0000", 0), ("arith-L2-0000", 0), ("arith-L3-0000", 0), ("arith-L4-0000", 0)]
 
@@ -103,3 +104,28 @@ def test_a_failed_json_that_is_not_json_is_listed_not_fatal(tmp_path):
     compared = invoke(app, ["compare", str(root), "--no-html", "--out", str(tmp_path / "out")])
     assert compared.exit_code == 0 and "Traceback" not in compared.output, compared.output
     assert "failed.json" in compared.output
+
+
+def test_run_files_an_editor_saved_with_a_byte_order_mark_read_as_they_were(tmp_path):
+    root = tmp_path / "results"
+    assert scripted_run(root).exit_code == 0
+    run_dir = run_dir_of(root)
+    plain = invoke(app, ["compare", str(run_dir), "--json"])
+    for name in ("run.json", "samples.jsonl", "prompts.jsonl"):
+        path = run_dir / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    job = root / "broken-job"
+    job.mkdir()
+    (job / "failed.json").write_bytes(b'\xef\xbb\xbf{"error": "refused: model.path is missing", "overrides": ["x=1"]}')
+    before = files(root)
+    shown = invoke(app, ["show", str(run_dir)])
+    assert shown.exit_code == 0 and "utf-8-sig" not in shown.output and "left out" not in shown.output, shown.output
+    compared = invoke(app, ["compare", str(run_dir), "--json"])
+    assert compared.exit_code == 0 and json.loads(compared.stdout) == json.loads(plain.stdout)
+    listed = invoke(app, ["compare", str(root), "--no-html", "--out", str(tmp_path / "out")])
+    assert listed.exit_code == 0 and "refused: model.path is missing" in listed.output, listed.output
+    assert files(root) == before
+    resumed = scripted_run(root)
+    assert resumed.exit_code == 0 and "damaged" not in resumed.output, resumed.output
+    samples = read_samples(run_dir)  # the mark stays at the head of the file, read as nothing
+    assert sorted(record.key for record in samples.records) == EXPECTED[:3] and not samples.damaged

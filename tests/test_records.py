@@ -185,3 +185,47 @@ def test_a_run_json_of_a_newer_schema_or_missing_fields_is_refused():
         RunRecord.from_json({**VERSION_1_RUN, "schema": SCHEMA_VERSION + 1})
     with pytest.raises(DamagedRecord, match="^it lacks run_dir, config_hash$"):
         RunRecord.from_json({k: v for k, v in VERSION_1_RUN.items() if k not in ("run_dir", "config_hash")})
+
+
+# ---------------------------------------------------------------- the compiled test of a whole record
+
+ODD_VALUES = (None, True, False, -1, 0, 3, 2.5, -0.5, float("nan"), "s", "", [], ["a"], [1], [-1], [None], {},
+              {"a": 1}, {"a": "b"}, {"a": -1}, {"a": None})
+
+
+@pytest.mark.parametrize("cls", [Turn, UsageRecord, Usage, Summary, SampleRecord, RunRecord])
+def test_the_compiled_test_of_a_record_judges_every_field_as_its_own_check_does(cls):
+    from dataclasses import fields
+
+    from mascompare.records import _schema, _whole
+
+    checks, required = _schema(cls)
+    whole = _whole(cls, ())
+    assert whole({}) == (not required)  # only a record without required fields is whole when empty
+    base = {name: value for name in required for value in ODD_VALUES if checks[name](value)}
+    assert set(base) == set(required) and whole(base)
+    for f in fields(cls):
+        for value in ODD_VALUES:
+            assert whole({**base, f.name: value}) == checks[f.name](value), (f.name, value)
+    for name in required:
+        assert not whole({k: v for k, v in base.items() if k != name})
+    assert whole({**base, "added_later": object()})  # a reader ignores additions
+
+
+def test_a_record_built_at_once_equals_one_built_field_by_field(monkeypatch):
+    import mascompare.records as records
+
+    line = {**VERSION_1_LINE, "schema": SCHEMA_VERSION, "added_later": 1,
+            "agents": [{**call, "new_field": [1]} for call in VERSION_1_LINE["agents"]]}
+    full = sample_record("a", batch=3, repeat=1)
+    full.agents = [UsageRecord("a", "solver", "answerer", output_tokens=5, finish_reason="eos", seed=7,
+                               kv_received_from={"planner": 12}, messages=[{"role": "user", "content": ["x"]}])]
+    full.transcript = [Turn("solver", "answerer", 0, "4")]
+    lines = [VERSION_1_LINE, line, json.loads(json.dumps(full.to_json())), {"id": "a", "error": "boom"}]
+    runs = [VERSION_1_RUN, {**VERSION_1_RUN, "schema": SCHEMA_VERSION, "repeats": 3, "summary": None}]
+    at_once = [SampleRecord.from_json(x) for x in lines], [RunRecord.from_json(x) for x in runs]
+    monkeypatch.setattr(records, "_whole", lambda cls, nested: lambda raw: False)
+    one_by_one = [SampleRecord.from_json(x) for x in lines], [RunRecord.from_json(x) for x in runs]
+    assert at_once == one_by_one
+    assert [r.to_json() for r in at_once[0]] == [r.to_json() for r in one_by_one[0]]
+    assert not hasattr(at_once[0][1], "added_later") and not hasattr(at_once[0][1].agents[0], "new_field")

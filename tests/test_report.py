@@ -170,6 +170,21 @@ def test_mismatched_settings_and_extractors_are_warned_about(tmp_path):
     assert not any("decoding" in w for w in by_budget.warnings[("arith", "tiny")])
 
 
+def test_settings_differ_where_they_are_shown_apart():
+    from types import SimpleNamespace
+
+    def differing(*values):
+        runs = [SimpleNamespace(identity={"k": value} if value is not ... else {}) for value in values]
+        return report._differing(runs) == ["k"]
+
+    assert not differing(64, 64, 64) and differing(64, 128, 64)
+    assert differing(1, 1.0) and differing(1, True) and differing(0.0, -0.0)  # equal, but shown apart
+    assert not differing(None, float("nan"), ...)  # unset, NaN and absent are all shown as "—"
+    assert not differing("a" * 23 + "x" * 5, "a" * 23 + "y" * 5)  # alike in the 24 characters shown
+    assert differing("[1, 2]", "[1, 3]") and not differing(*["[1, 2]"] * 3)
+    assert differing({"a": 1}, {"a": 2})  # a value that cannot be hashed is still shown and told apart
+
+
 def test_by_turns_a_sweep_axis_into_a_column_and_references_match_settings(tmp_path):
     for steps in (0, 10, 20):
         make_run(tmp_path / f"latent{steps}", "latent_mas", [True] * (steps // 10 + 1) + [False] * (3 - steps // 10),

@@ -216,3 +216,31 @@ def test_a_bootstrap_drawn_once_for_many_runs_equals_a_fresh_draw():
                                     for _ in range(BOOTSTRAP_RESAMPLES // BOOTSTRAP_CHUNK))])
         assert np.array_equal(cluster_bootstrap(totals, np.ones(len(totals)), seed=3), expected)
     assert _cached_counts.cache_info().hits == 1  # the second run of 12 clusters reused the first one's draw
+
+
+def test_percentile_interval_gives_np_quantiles_figures_to_the_bit():
+    rng = np.random.default_rng(11)
+    samples = [rng.normal(size=n) * scale for n, scale in
+               ((1, 1), (2, 1), (3, 1e-3), (41, 1e6), (162, 1), (10_000, 1), (10_000, 1e-9), (997, 7))]
+    samples += [np.round(rng.normal(size=500), 1),  # ties
+                np.array([1.0, np.inf, 2.0]), np.array([-np.inf, 1.0, 2.0, 3.0]), np.array([np.nan, 1.0, 2.0]),
+                np.full(7, 0.1)]
+    for level in (0.95, 0.9, 0.5):
+        tail = (1 - level) / 2
+        for values in samples:
+            with np.errstate(invalid="ignore"):  # inf - inf: both warn alike
+                expected = tuple(float(q) for q in np.quantile(values, [tail, 1 - tail]))
+                got = percentile_interval(values.copy(), level)
+            assert np.array_equal(got, expected, equal_nan=True), (len(values), level, got, expected)
+    values = rng.random(100)
+    kept = values.copy()
+    percentile_interval(values)
+    assert np.array_equal(values, kept)  # the caller's estimates are left as they were
+
+
+def test_paired_bootstrap_interval_equals_the_cluster_bootstrap_of_single_samples():
+    rng = np.random.default_rng(5)
+    for n in (3, 20, 300):
+        x, y = rng.random(n) < 0.6, (rng.random(n) < 0.4) * rng.random(n)
+        d = x.astype(float) - y
+        assert paired_bootstrap_interval(x, y, seed=4) == percentile_interval(cluster_bootstrap(d, np.ones(n), seed=4))

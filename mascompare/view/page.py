@@ -136,8 +136,11 @@ def script_safe(json_text: str) -> str:
     return re.sub("[<>&\u2028\u2029]", lambda m: SCRIPT_ESCAPES[m.group(0)], json_text)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)  # one for every sample
+
+
 def _dumps(value) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 # ---------------------------------------------------------------- the data
@@ -252,6 +255,9 @@ def _number(value):
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+CALL_TEXTS_AND_FIGURES = frozenset(("messages", "reply", "time_s", "cost_usd"))  # what _detail writes its own way
+
+
 def _detail(sample: Sample, texts: TextTable) -> dict:
     """A sample's transcript: each text inline, or a position in the page's table (>= 0) or the sample's own (< 0)."""
     repeated = Counter()
@@ -274,7 +280,7 @@ def _detail(sample: Sample, texts: TextTable) -> dict:
 
     calls = []
     for call in sample.agent_calls:
-        calls.append({**{k: v for k, v in call.items() if k not in ("messages", "reply", "time_s", "cost_usd")},
+        calls.append({**{k: v for k, v in call.items() if k not in CALL_TEXTS_AND_FIGURES},
                       "time_s": _number(call["time_s"]), "cost_usd": _number(call["cost_usd"]),
                       "messages": [[m["role"], [ref(p) for p in m["content"]]] for m in call["messages"]],
                       "reply": ref(call["reply"])})

@@ -59,28 +59,36 @@ class RunRecords:
     graph: dict | None  # the pruned methods' communication graph (see read_graph)
 
 
-def read_run(directory: str | Path, info: RunRecord, latest: dict | None = None) -> RunRecords:
+def read_run(directory: str | Path, info: RunRecord, latest: dict | None = None,
+             questions: dict[str, str] | None = None) -> RunRecords:
     """The samples (latest line per id and repeat) and graph of a run directory; `info` is its run.json, `latest`
-    its latest records where the caller has read them already (store.read_samples(...).latest)."""
+    its latest records where the caller has read them already (store.read_samples(...).latest), `questions` the
+    texts of the questions found so far by their hashes, shared by the runs of one page (added to here)."""
     directory = Path(directory)
     shared = {ref: SharedText(text) for ref, text in read_texts(directory).items()}
-    questions: dict[str, str | None] = {}
+    questions = {} if questions is None else questions
+    missing: set[str] = set()  # the questions whose text this run's messages do not hold
     records = latest_records(directory) if latest is None else latest
-    samples = [_sample(record, shared, questions) for record in records.values()]
+    samples = [_sample(record, shared, questions, missing) for record in records.values()]
     return RunRecords(samples, read_graph(directory, info))
 
 
-def _sample(record: SampleRecord, shared: dict[str, SharedText], questions: dict[str, str | None]) -> Sample:
+def _sample(record: SampleRecord, shared: dict[str, SharedText], questions: dict[str, str],
+            missing: set[str]) -> Sample:
     usage = record.usage
     calls = [_call(call, shared) for call in record.agents]
     _attach_replies(calls, record.transcript)
     question_hash = record.question_hash or ""
-    if question_hash not in questions:
-        questions[question_hash] = _recover_question(calls, question_hash)
+    if question_hash not in questions and question_hash not in missing:
+        question = _recover_question(calls, question_hash)
+        if question is None:
+            missing.add(question_hash)
+        else:
+            questions[question_hash] = question
     details = record.score_details or {}
     return Sample(
         id=record.id, repeat=record.repeat, pair=f"{record.id}|{question_hash}",
-        question=questions[question_hash], target=_text(record.target),
+        question=questions.get(question_hash), target=_text(record.target),
         correct_strict=bool(record.correct_strict), correct_flexible=bool(record.correct_flexible),
         answer_strict=_text(record.extracted_strict), answer_flexible=_text(record.extracted_flexible),
         output_tokens=usage.output_tokens, input_tokens=usage.input_tokens, latent_steps=usage.latent_steps,

@@ -104,3 +104,20 @@ def test_fields_the_records_add_are_read_and_missing_ones_tolerated(tmp_path):
         [None, {"planner": 80}, None, {"planner": 80, "critic": 90, "refiner": 78}]
     assert sample.sandbox == {"flexible": sandbox["flexible"]}
     assert bare.question is None and bare.agent_calls == [] and bare.correct_flexible and bare.output_tokens == 3
+
+
+def test_a_question_found_in_one_run_serves_the_runs_read_after_it(tmp_path):
+    source = next(d for d in run_dirs(GOLDEN) if info_of(d).method == "latent_mas")
+    texts = read_texts(source)
+    row = rows_of(source)[0]
+    with_calls, without = tmp_path / "with_calls", tmp_path / "without"
+    for run_dir, agents in ((with_calls, [{**call, "messages": expand_messages(call["messages"], texts)}
+                                          for call in row["agents"]]), (without, [])):
+        run_dir.mkdir()
+        shutil.copy(source / "run.json", run_dir / "run.json")
+        RunStore(run_dir).append(SampleRecord.from_json({**row, "agents": agents}))
+    assert read_run(without, info_of(without)).samples[0].question is None  # alone: its lines hold no question
+    questions: dict = {}
+    found = read_run(with_calls, info_of(with_calls), questions=questions).samples[0].question
+    assert found is not None and short_hash(found) == row["question_hash"] and questions == {row["question_hash"]: found}
+    assert read_run(without, info_of(without), questions=questions).samples[0].question == found
