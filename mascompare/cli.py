@@ -494,16 +494,17 @@ METRIC_OPTION = typer.Option("flexible", "--metric",
 
 @contextmanager
 def many_records():
-    """Python's cycle collector paused while a command reads many runs' records and compares them. The records
-    hold no cycles, so it would find nothing, yet it walks every object still alive again and again as they pile
-    up: a fifth of compare's time on 2000 runs (bench/compare_scale.py). Afterwards it runs as usual (a plot's
-    artists do refer to each other) and seldom walks the records again: only when the old objects grow by a
-    quarter."""
+    """Python's cycle collector paused while a command reads many runs' records and compares them, and kept off
+    them afterwards. The records hold no cycles, so it would find nothing, yet it walks every object still alive
+    again and again as they pile up (a fifth of compare's time on 2000 runs, bench/compare_scale.py); and once
+    enabled again it would walk them all twice more as they age. gc.freeze sets what is alive apart from its
+    walks for the rest of the process, which a command ends; refcounting still frees the records."""
     paused = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if paused:
             gc.enable()
 

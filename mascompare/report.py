@@ -214,7 +214,9 @@ def _long_table(runs: list[Run], read_view: Callable | None = None) -> pd.DataFr
         run.set_aside = set_aside_lines(run.dir)
         extra = {"run": run.key, "task": run.task, "model": run.model, "method": run.method}
         latest = samples.latest
-        rows += [{**row, **extra} for row in stats.sample_rows(list(latest.values()))]
+        for row in stats.sample_rows(list(latest.values())):
+            row.update(extra)
+            rows.append(row)
         if read_view is not None:
             run.view_records = read_view(run.dir, run.info, latest)
     return pd.DataFrame.from_records(rows, columns=["run", "task", "model", "method", *stats.SAMPLE_COLUMNS])

@@ -249,6 +249,23 @@ def test_compare_command_prints_tables_and_writes_files(tmp_path):
     assert (tmp_path / "runs" / "comparison.md").is_file()  # the folder holding both runs
 
 
+def test_compare_and_view_leave_the_cycle_collector_on_and_what_they_read_set_apart(tmp_path):
+    import gc
+
+    text, latent = two_runs(tmp_path)
+    try:
+        for args, status, read in ((["compare", str(text), str(latent), "--no-html"], 0, True),
+                                   (["view", str(text), str(latent)], 0, True),
+                                   (["compare", str(tmp_path / "nowhere")], 2, False),  # refused before reading
+                                   (["compare", str(tmp_path), "--by", "method.nothing"], 2, True)):
+            gc.unfreeze()
+            result = runner.invoke(app, args, env={"COLUMNS": "200"})
+            assert result.exit_code == status, result.output
+            assert gc.isenabled() and (gc.get_freeze_count() > 0) == read
+    finally:
+        gc.unfreeze()
+
+
 @pytest.mark.parametrize("args, expected", [
     (["{empty}"], "No runs found in"),
     (["{missing}"], "does not exist"),

@@ -260,14 +260,18 @@ CALL_TEXTS_AND_FIGURES = frozenset(("messages", "reply", "time_s", "cost_usd")) 
 
 def _detail(sample: Sample, texts: TextTable) -> dict:
     """A sample's transcript: each text inline, or a position in the page's table (>= 0) or the sample's own (< 0)."""
-    repeated = Counter()
+    shared = texts.shared
+    repeated: dict[str, int] = {}
     for call in sample.agent_calls:
-        repeated.update(p for m in call["messages"] for p in m["content"]
-                        if len(p) >= LOCAL_TEXT_MIN_CHARS and p not in texts.shared)
-        if call["reply"] and len(call["reply"]) >= LOCAL_TEXT_MIN_CHARS:
-            repeated[call["reply"]] += 1
+        for message in call["messages"]:
+            for part in message["content"]:
+                if len(part) >= LOCAL_TEXT_MIN_CHARS and part not in shared:
+                    repeated[part] = repeated.get(part, 0) + 1
+        reply = call["reply"]
+        if reply and len(reply) >= LOCAL_TEXT_MIN_CHARS:
+            repeated[reply] = repeated.get(reply, 0) + 1
     if sample.final_text and len(sample.final_text) >= LOCAL_TEXT_MIN_CHARS:
-        repeated[sample.final_text] += 1
+        repeated[sample.final_text] = repeated.get(sample.final_text, 0) + 1
     own = [text for text, count in repeated.items() if count > 1]
     own_position = {text: -1 - k for k, text in enumerate(own)}
 
@@ -280,10 +284,11 @@ def _detail(sample: Sample, texts: TextTable) -> dict:
 
     calls = []
     for call in sample.agent_calls:
-        calls.append({**{k: v for k, v in call.items() if k not in CALL_TEXTS_AND_FIGURES},
-                      "time_s": _number(call["time_s"]), "cost_usd": _number(call["cost_usd"]),
-                      "messages": [[m["role"], [ref(p) for p in m["content"]]] for m in call["messages"]],
-                      "reply": ref(call["reply"])})
+        written = {k: v for k, v in call.items() if k not in CALL_TEXTS_AND_FIGURES}
+        written["time_s"], written["cost_usd"] = _number(call["time_s"]), _number(call["cost_usd"])
+        written["messages"] = [[m["role"], [ref(p) for p in m["content"]]] for m in call["messages"]]
+        written["reply"] = ref(call["reply"])
+        calls.append(written)
     detail = {"calls": calls, "final": ref(sample.final_text), "texts": own}
     if sample.sandbox:
         detail["sandbox"] = sample.sandbox
