@@ -117,7 +117,7 @@ def summarize(table: "pd.DataFrame | Columns") -> Summary:
     for column in MEAN_COLUMNS:
         setattr(summary, f"mean_{column}", _mean(done[column]) if n else None)
     summary.mean_time_per_sample_s = _mean(done["time_s"]) if n else None
-    estimates = _batch_time_estimates(done["batch"], done["time_s"], seed=0)
+    estimates = batch_time_estimates(done["batch"], done["time_s"], seed=0)
     summary.time_per_sample_s_ci95 = list(percentile_interval(estimates)) if estimates is not None else None
     costs = done["cost_usd"]
     summary.cost_usd = None if not n or pd.isna(costs).any() else float(np.asarray(costs, dtype=float).sum())
@@ -164,11 +164,14 @@ def cluster_bootstrap(totals, sizes, resamples: int = BOOTSTRAP_RESAMPLES, seed:
     """Bootstrap estimates of sum(totals) / sum(sizes), resampling clusters (not rows) with replacement.
 
     A cluster is whatever varies together: a sample with all its repeats (accuracy), or one batch
-    (time per sample, since a batch's samples share its wall time).
+    (time per sample, since a batch's samples share its wall time). `sizes` None: every cluster is one row.
     """
-    totals, sizes = np.asarray(totals, dtype=float), np.asarray(sizes, dtype=float)
-    return np.concatenate([(counts @ totals) / (counts @ sizes)
-                           for counts in _resample_counts(len(totals), resamples, seed)])
+    totals = np.asarray(totals, dtype=float)
+    chunks = _resample_counts(len(totals), resamples, seed)
+    if sizes is None:  # every cluster of size 1: a resample's size, a sum of whole numbers, is exactly n
+        return np.concatenate([(counts @ totals) / len(totals) for counts in chunks])
+    sizes = np.asarray(sizes, dtype=float)
+    return np.concatenate([(counts @ totals) / (counts @ sizes) for counts in chunks])
 
 
 CACHED_COUNTS_BYTES = 16 << 20  # a count matrix kept for reuse is at most this big (n <= 200 at 10,000 resamples)
@@ -227,12 +230,9 @@ def accuracy_interval(correct_by_sample: dict[str, list[bool]]) -> tuple[float, 
     return percentile_interval(cluster_bootstrap([sum(o) for o in outcomes], [len(o) for o in outcomes]))
 
 
-def batch_time_estimates(rows: pd.DataFrame, seed: int) -> np.ndarray | None:
-    """Bootstrap estimates of a run's mean time per sample, resampling its batches (None with fewer than two)."""
-    return _batch_time_estimates(rows.batch.to_numpy(), rows.time_s.to_numpy(), seed)
-
-
-def _batch_time_estimates(batches, times, seed: int) -> np.ndarray | None:
+def batch_time_estimates(batches, times, seed: int) -> np.ndarray | None:
+    """Bootstrap estimates of a run's mean time per sample from its rows' batches and times, resampling its
+    batches (None with fewer than two)."""
     totals, counts = _batch_totals(batches, times)
     if len(totals) < 2:
         return None
@@ -290,25 +290,17 @@ def paired_bootstrap_interval(x, y, seed: int = 0, level: float = 0.95) -> tuple
     d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
     if len(d) == 0:
         return None
-    # cluster_bootstrap(d, ones): each resample's size, a sum of whole numbers, is exactly len(d)
-    return percentile_interval(np.concatenate([(counts @ d) / len(d) for counts in
-                                               _resample_counts(len(d), BOOTSTRAP_RESAMPLES, seed)]), level)
+    return percentile_interval(cluster_bootstrap(d, None, seed=seed), level)
 
 
-def speedup_interval(rows: pd.DataFrame, ref_rows: pd.DataFrame, memo: dict | None = None) -> tuple[float, float] | None:
-    """95% interval of (reference time per sample) / (this run's), from independent bootstraps of the
-    two runs' batches: it shows the spread between batches, not the load on the machine on the day.
-    `memo` keeps the reference's bootstrap for the next run set against the same rows of it."""
-    return _speedup_interval((rows.batch.to_numpy(), rows.time_s.to_numpy()),
-                             (ref_rows.batch.to_numpy(), ref_rows.time_s.to_numpy()), tuple(ref_rows.index), memo)
-
-
-def _speedup_interval(ours, theirs, key, memo: dict | None) -> tuple[float, float] | None:
-    """speedup_interval on (batches, times) arrays; key names the reference's rows in the caller's table (the
-    same rows, the same bootstrap)."""
-    ours = _batch_time_estimates(*ours, seed=1)
+def speedup_interval(ours, theirs, key, memo: dict | None) -> tuple[float, float] | None:
+    """95% interval of (reference time per sample) / (this run's), from independent bootstraps of the two runs'
+    batches (`ours`, `theirs`: each a run's (batches, times) arrays): it shows the spread between batches, not the
+    load on the machine on the day. `memo` keeps the reference's bootstrap for the next run set against the same
+    rows of it, which `key` names (the rows' labels in the caller's table)."""
+    ours = batch_time_estimates(*ours, seed=1)
     if memo is None or key not in memo:
-        estimates = _batch_time_estimates(*theirs, seed=2)
+        estimates = batch_time_estimates(*theirs, seed=2)
         if memo is not None:
             memo[key] = estimates
     else:
@@ -347,7 +339,7 @@ def paired(ours: "pd.DataFrame | Columns", theirs: "pd.DataFrame | Columns", met
     run_time, ref_time = _mean(a["time_s"]), _mean(b["time_s"])
     speedup = float(ref_time / run_time) if run_time > 0 and ref_time > 0 else None
     ref_key = tuple(theirs.index[theirs_done][their_kept])
-    interval = _speedup_interval((a["batch"], a["time_s"]), (b["batch"], b["time_s"]), ref_key, memo) \
+    interval = speedup_interval((a["batch"], a["time_s"]), (b["batch"], b["time_s"]), ref_key, memo) \
         if speedup is not None else None
     xb, yb = x.astype(bool), y.astype(bool)
     return {

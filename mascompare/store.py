@@ -363,6 +363,6 @@ def check_writable(folder: str | Path, setting: str, purpose: str = "") -> Path:
         raise UserError(f"{where} is not writable ({existing} is read-only for this user); "
                         f"set {setting} to a writable directory.")
     if stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES:
-        raise EnvironmentFault(f"{where} is on a full disk (under 1 MB free at {existing}); free some space or set "
-                        f"{setting} to another disk.")
+        raise EnvironmentFault(f"{where} is on a full disk (under 1 MB free at {existing}); free some space or "
+                               f"set {setting} to another disk.")
     return existing

@@ -68,7 +68,8 @@ def test_time_per_sample_interval_comes_from_the_spread_between_batches():
     assert timed(same) == (0.25, [0.25, 0.25])  # batches alike: no spread
     one_batch = [record(f"s{i}", batch=0, wall=0.1 * i) for i in range(4)]
     assert timed(one_batch)[1] is None  # one batch says nothing about the spread
-    assert batch_time_estimates(sample_table(one_batch), seed=0) is None
+    table = sample_table(one_batch)
+    assert batch_time_estimates(table.batch.to_numpy(), table.time_s.to_numpy(), seed=0) is None
     mixed = [record("a", batch=0, wall=1.0), record("b", batch=0, wall=1.0), record("c", batch=1, wall=3.0)]
     mean, (low, high) = timed(mixed)
     # batches: (2 s, 2 samples) and (3 s, 1 sample); resamples give 4/4, 5/3 or 6/2 s per sample

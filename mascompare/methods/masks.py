@@ -151,7 +151,6 @@ def read_masks(path: Path, masks_format: str, method: str, names: list[str], wha
     return data
 
 
-
 def stored_edges(path: Path, data: dict, where: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
     """The initial mask and the learned logits a masks file keeps at `where` (keys under "initial" and "logits",
     e.g. ["spatial"]) for `n` graph nodes, as arrays; one clear error when either is not an n x n matrix, the mask

@@ -216,13 +216,14 @@ def prepare_prompts(run_dir: Path | None, prompt_pack: str | None, agents: list[
     if prompt_pack is None:
         return {}
     path = pack_path(prompt_pack)
-    info = {"prompt_pack": {"source": str(path), "sha256": file_hash(path)}}
+    data = path.read_bytes()
+    info = {"prompt_pack": {"source": str(path), "sha256": hashlib.sha256(data).hexdigest()}}
     if run_dir is not None:
         copy = run_dir / PACK_COPY
         if resume and copy.is_file() and file_hash(copy) != info["prompt_pack"]["sha256"]:
             raise UserError(f"{path} has changed since this run began (its copy: {copy}); restore it, or run the "
                             "changed pack under another file name.")
         run_dir.mkdir(parents=True, exist_ok=True)
-        copy.write_bytes(path.read_bytes())
+        copy.write_bytes(data)
         info["prompt_pack"]["copy"] = str(copy)
     return info

@@ -206,14 +206,9 @@ def check_team(agents: list[Agent], formats: Formats, fewshot: int | None, *, te
                          "give agents `examples`.")
 
 
-def example_questions(agents: list[Agent], fewshot: int | None) -> list[str]:
-    """The questions of the worked examples the agents are shown."""
-    return [e.question for agent in agents for e in (agent.examples or [])[:fewshot]]
-
-
 def example_hashes(agents: list[Agent], fewshot: int | None) -> set[str]:
     """The question hashes (identity.short_hash) of the worked examples shown: the overlap guard compares them."""
-    return {short_hash(question) for question in example_questions(agents, fewshot)}
+    return {short_hash(e.question) for agent in agents for e in (agent.examples or [])[:fewshot]}
 
 
 # --- messages ------------------------------------------------------------------------------------
